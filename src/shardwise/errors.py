@@ -1,0 +1,76 @@
+"""The exception tree of shardwise.
+
+Every error shardwise raises derives from :class:`ShardwiseError`. Backend errors (botocore, sqlite3) are
+translated into this tree at the backend boundary, so callers never need to import a backend to handle one::
+
+    ShardwiseError
+    ├── ConfigurationError        bad configuration, arguments or files; fix the input and retry
+    ├── MalformedItemError        an item in a table cannot be read as what its key says it is
+    ├── InvalidStateError         a table or stream is missing, not ready, or in a state the call cannot use
+    │   └── ResourceNotFoundError the named table, stream or shard does not exist
+    ├── InvalidArgumentError      a request the backend refused as invalid (bad iterator, bad sequence number)
+    │   └── ExpiredIteratorError  a shard iterator is older than its lifetime; ask for a new one
+    └── DependencyError           the backend failed or could not be reached; usually worth retrying
+        └── ThrottlingError       the backend asked us to slow down (throughput or request-rate limits)
+
+A *lost race* is not an error: conditional lease operations return ``None`` (falsy) when their condition did
+not hold, and only infrastructure faults raise.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DependencyError",
+    "ExpiredIteratorError",
+    "InvalidArgumentError",
+    "InvalidStateError",
+    "MalformedItemError",
+    "ResourceNotFoundError",
+    "ShardwiseError",
+    "ThrottlingError",
+]
+
+
+class ShardwiseError(Exception):
+    """Root of every error raised by shardwise."""
+
+
+class ConfigurationError(ShardwiseError):
+    """Configuration, command-line arguments or input files are invalid. The message names the fix."""
+
+
+class MalformedItemError(ShardwiseError):
+    """An item read from a table is not a valid instance of what it claims to be.
+
+    ``key`` names the item so that an operator can find and repair it.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"item {key!r}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class InvalidStateError(ShardwiseError):
+    """A table or stream is missing, not yet ready, or in a state the operation cannot work with."""
+
+
+class ResourceNotFoundError(InvalidStateError):
+    """The named table, stream or shard does not exist."""
+
+
+class InvalidArgumentError(ShardwiseError):
+    """The backend rejected a request as invalid (for example an unknown shard iterator)."""
+
+
+class ExpiredIteratorError(InvalidArgumentError):
+    """A shard iterator expired; request a new one from the last position read."""
+
+
+class DependencyError(ShardwiseError):
+    """The backend failed or could not be reached. Retrying later is usually safe."""
+
+
+class ThrottlingError(DependencyError):
+    """The backend throttled the request (provisioned throughput or request-rate limit exceeded)."""

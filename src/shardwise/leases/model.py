@@ -1,0 +1,87 @@
+"""The lease: which worker processes which shard, and how far it has got.
+
+A :class:`Lease` carries every attribute a KCL 3.x lease item has (reference: kcl-protocol.md §2.2). It is a
+frozen value: operations on a lease store return the new value instead of mutating the old one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from shardwise.checkpoint.sequence import ExtendedSequenceNumber
+from shardwise.hashkeys import HashKeyRange
+
+__all__ = ["RESERVED_KEYS", "Lease"]
+
+#: Keys of coordinator items that may share a lease table with leases (KCL 3.5 single-table layout and the
+#: lock client). Items with these keys are never leases, whatever attributes they carry.
+RESERVED_KEYS = frozenset({"Leader", "Migration3.0", "TableMigration3.5"})
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One lease item.
+
+    Attribute names on the right are the DynamoDB attribute names KCL uses.
+
+    * ``lease_key`` (``leaseKey``): the shard id.
+    * ``lease_owner`` (``leaseOwner``): worker id, or ``None`` when unassigned (the attribute is omitted).
+    * ``lease_counter`` (``leaseCounter``): optimistic-lock counter, bumped by every renewal and ownership
+      change; liveness is "this counter moved recently" as seen on the observer's monotonic clock.
+    * ``checkpoint`` (``checkpoint`` + ``checkpointSubSequenceNumber``).
+    * ``pending_checkpoint`` (``pendingCheckpoint`` + ``pendingCheckpointSubSequenceNumber``) and
+      ``pending_checkpoint_state`` (``pendingCheckpointState``): a prepared, not yet committed checkpoint.
+    * ``owner_switches_since_checkpoint`` (``ownerSwitchesSinceCheckpoint``).
+    * ``parent_shard_ids`` / ``child_shard_ids`` (``parentShardId`` / ``childShardIds``, string sets).
+    * ``hash_key_range`` (``startingHashKey`` / ``endingHashKey``, decimal strings).
+    * ``throughput_kbps`` (``throughputKBps``): EMA of KB/s delivered, written by the owner on renewal.
+    * ``checkpoint_owner`` (``checkpointOwner``): during a graceful handoff, the old owner still allowed to
+      checkpoint while ``lease_owner`` already names the new one.
+    """
+
+    lease_key: str
+    checkpoint: ExtendedSequenceNumber
+    lease_owner: str | None = None
+    lease_counter: int = 0
+    pending_checkpoint: ExtendedSequenceNumber | None = None
+    pending_checkpoint_state: bytes | None = None
+    owner_switches_since_checkpoint: int = 0
+    parent_shard_ids: frozenset[str] = field(default_factory=frozenset)
+    child_shard_ids: frozenset[str] = field(default_factory=frozenset)
+    hash_key_range: HashKeyRange | None = None
+    throughput_kbps: float | None = None
+    checkpoint_owner: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lease_key:
+            raise ValueError("lease_key must not be empty")
+        if self.lease_counter < 0:
+            raise ValueError(f"lease_counter must be >= 0, got {self.lease_counter}")
+        if self.owner_switches_since_checkpoint < 0:
+            raise ValueError("owner_switches_since_checkpoint must be >= 0")
+        if self.pending_checkpoint_state is not None and self.pending_checkpoint is None:
+            raise ValueError("pending_checkpoint_state needs a pending_checkpoint")
+
+    @property
+    def is_unassigned(self) -> bool:
+        return self.lease_owner is None
+
+    @property
+    def in_handoff(self) -> bool:
+        """True while a graceful handoff is in progress (``checkpointOwner`` set)."""
+        return self.checkpoint_owner is not None
+
+    @property
+    def actual_owner(self) -> str | None:
+        """The worker actually processing the shard: the checkpoint owner during a handoff, else the owner."""
+        return self.checkpoint_owner if self.checkpoint_owner is not None else self.lease_owner
+
+    @property
+    def is_complete(self) -> bool:
+        """The shard is closed and fully processed (checkpoint ``SHARD_END``)."""
+        return self.checkpoint.is_shard_end
+
+    def with_changes(self, **changes: object) -> Lease:
+        """A copy with the given fields replaced (``dataclasses.replace``, validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

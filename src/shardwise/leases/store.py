@@ -1,0 +1,133 @@
+"""The ``LeaseStore`` port: a table of leases with KCL's conditional operations.
+
+Every mutating operation is *conditional* exactly as KCL's ``DynamoDBLeaseRefresher`` does it
+(kcl-protocol.md §2.3). When the condition does not hold — another worker got there first — the operation
+returns ``None`` (falsy). Only infrastructure faults raise, as :class:`~shardwise.errors.DependencyError`,
+:class:`~shardwise.errors.ThrottlingError` or :class:`~shardwise.errors.InvalidStateError`.
+
+Operations that succeed return the lease as it now is in the table, so callers never guess the new counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from shardwise.checkpoint.sequence import ExtendedSequenceNumber
+from shardwise.hashkeys import HashKeyRange
+from shardwise.leases.model import Lease
+
+__all__ = ["LeaseStore"]
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """Storage for the leases of one application (one lease table)."""
+
+    @property
+    def table_name(self) -> str:
+        """Name of the lease table (KCL: the application name unless configured otherwise)."""
+        ...
+
+    def create_table_if_not_exists(self) -> bool:
+        """Create the lease table if needed and wait until it is usable. True if this call created it."""
+        ...
+
+    def table_exists(self) -> bool:
+        """Whether the lease table exists and is usable."""
+        ...
+
+    def is_empty(self) -> bool:
+        """Whether the table holds no lease (non-lease items do not count)."""
+        ...
+
+    def list_leases(self) -> list[Lease]:
+        """Every lease in the table, in key order.
+
+        Non-lease items (``entityType`` other than ``LEASE``, or the reserved keys ``Leader``,
+        ``Migration3.0``, ``TableMigration3.5``) and malformed lease items are skipped with a warning that
+        names the key; they never make the listing fail.
+        """
+        ...
+
+    def get_lease(self, lease_key: str) -> Lease | None:
+        """The lease with this key, or ``None`` if there is none (or the item is not a valid lease)."""
+        ...
+
+    def create_lease_if_not_exists(self, lease: Lease) -> Lease | None:
+        """Write ``lease`` if no item has its key. Condition: ``leaseKey`` does not exist."""
+        ...
+
+    def renew_lease(self, lease: Lease, *, throughput_kbps: float | None = None) -> Lease | None:
+        """Renew a held lease: ``leaseCounter := c + 1`` (and ``throughputKBps`` if given).
+
+        Condition: ``leaseCounter == lease.lease_counter`` and, unless ``lease`` is itself in handoff
+        (``checkpoint_owner`` set), ``checkpointOwner`` does not exist — so a renewal fails as soon as a
+        leader has started a graceful handoff, and the renewer can re-read and adopt it.
+        """
+        ...
+
+    def take_lease(self, lease: Lease, owner: str) -> Lease | None:
+        """Take a lease (KCL 2.x taker): ``leaseCounter := c + 1``, ``leaseOwner := owner``, remove
+        ``checkpointOwner``, and add 1 to ``ownerSwitchesSinceCheckpoint`` if the owner changes.
+
+        Condition: ``leaseCounter == lease.lease_counter``.
+        """
+        ...
+
+    def evict_lease(self, lease: Lease) -> Lease | None:
+        """Release a lease: remove ``leaseOwner`` (unless in handoff), remove ``checkpointOwner``, add 1 to
+        ``leaseCounter``.
+
+        Condition: the item exists and ``leaseOwner`` / ``checkpointOwner`` equal the observed values
+        (or are absent where ``lease`` has them as ``None``).
+        """
+        ...
+
+    def assign_lease(self, lease: Lease, new_owner: str) -> Lease | None:
+        """Assign a lease (KCL 3.x leader, or completion of a handoff): ``leaseOwner := new_owner``,
+        remove ``checkpointOwner``, add 1 to ``leaseCounter``, and add 1 to ``ownerSwitchesSinceCheckpoint``
+        if the owner changes or the checkpoint owner is the new owner.
+
+        Condition: the item exists and ``leaseOwner`` / ``checkpointOwner`` equal the observed values (or
+        are absent where ``lease`` has them as ``None``). The counter is not part of the condition.
+        """
+        ...
+
+    def initiate_graceful_handoff(self, lease: Lease, new_owner: str) -> Lease | None:
+        """Start a graceful handoff: ``leaseOwner := new_owner``, ``checkpointOwner := current owner``;
+        the counter is not incremented.
+
+        Condition: the item exists, ``leaseOwner == lease.lease_owner`` and ``checkpointOwner`` does not exist.
+        """
+        ...
+
+    def update_lease(self, lease: Lease) -> Lease | None:
+        """Write the checkpoint fields of ``lease``: ``checkpoint`` (+ sub-sequence), ``pendingCheckpoint*``
+        (removed when ``None``), ``ownerSwitchesSinceCheckpoint``, and ``childShardIds`` / hash range when
+        present; ``leaseCounter := c + 1``.
+
+        Condition: ``leaseCounter == lease.lease_counter``.
+        """
+        ...
+
+    def update_lease_meta(
+        self,
+        lease_key: str,
+        *,
+        child_shard_ids: Iterable[str] | None = None,
+        hash_key_range: HashKeyRange | None = None,
+    ) -> Lease | None:
+        """Write ``childShardIds`` and/or the hash range without touching the counter.
+
+        Condition: the item exists.
+        """
+        ...
+
+    def delete_lease(self, lease_key: str) -> None:
+        """Delete the lease item unconditionally (a missing item is not an error)."""
+        ...
+
+    def get_checkpoint(self, lease_key: str) -> ExtendedSequenceNumber | None:
+        """The lease's checkpoint, or ``None`` if there is no such lease."""
+        ...
