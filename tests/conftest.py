@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import standins  # noqa: E402
+from support import standins
 
 for _key, _value in standins.FAKE_AWS_ENV.items():
     os.environ[_key] = _value

@@ -27,7 +27,7 @@ HOST = "127.0.0.1"
 # Fake credentials: the stand-ins accept anything, and the tests must never pick up real ones.
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - not a secret, a stand-in credential
+    "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 
@@ -88,14 +88,23 @@ def _wait_for_port(server: Server, timeout_s: float) -> None:
     raise StandInUnavailable(f"{server.name} did not listen on {HOST}:{server.port} within {timeout_s}s")
 
 
-def _start(name: str, argv: list[str], port: int, log_dir: Path, env: dict[str, str] | None = None,
-           cwd: Path | None = None, timeout_s: float = 30.0) -> Server:
+def _start(
+    name: str,
+    argv: list[str],
+    port: int,
+    log_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 30.0,
+) -> Server:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}-{port}.log"
     full_env = {**os.environ, **FAKE_AWS_ENV, **(env or {})}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True
+        )
     server = Server(name, process, port, log_path)
     _wait_for_port(server, timeout_s)
     return server
@@ -138,8 +147,14 @@ def start_kinesis_local(log_dir: Path) -> Server:
         "SHARD_LIMIT": "500",
         "LOG_LEVEL": "WARN",
     }
-    return _start("kinesis-local", [_node(), "-r", str(LOOPBACK_PRELOAD), str(main)], port, log_dir,
-                  env=env, cwd=STANDINS_DIR)
+    return _start(
+        "kinesis-local",
+        [_node(), "-r", str(LOOPBACK_PRELOAD), str(main)],
+        port,
+        log_dir,
+        env=env,
+        cwd=STANDINS_DIR,
+    )
 
 
 def start_kinesalite(log_dir: Path) -> Server:
@@ -148,8 +163,22 @@ def start_kinesalite(log_dir: Path) -> Server:
     if not cli.exists():
         raise StandInUnavailable(f"{cli} not found; run scripts/setup (npm install in tests/standins)")
     port = free_port()
-    argv = [_node(), "-r", str(LOOPBACK_PRELOAD), str(cli), "--port", str(port), "--createStreamMs", "20",
-            "--deleteStreamMs", "20", "--updateStreamMs", "20", "--shardLimit", "500"]
+    argv = [
+        _node(),
+        "-r",
+        str(LOOPBACK_PRELOAD),
+        str(cli),
+        "--port",
+        str(port),
+        "--createStreamMs",
+        "20",
+        "--deleteStreamMs",
+        "20",
+        "--updateStreamMs",
+        "20",
+        "--shardLimit",
+        "500",
+    ]
     return _start("kinesalite", argv, port, log_dir)
 
 

@@ -98,7 +98,8 @@ class LeaseStore(Protocol):
         """Start a graceful handoff: ``leaseOwner := new_owner``, ``checkpointOwner := current owner``;
         the counter is not incremented.
 
-        Condition: the item exists, ``leaseOwner == lease.lease_owner`` and ``checkpointOwner`` does not exist.
+        Condition: the item exists, ``leaseOwner == lease.lease_owner`` and ``checkpointOwner`` does not
+        exist.
         """
         ...
 

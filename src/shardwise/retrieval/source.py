@@ -16,14 +16,15 @@ class StreamSource(Protocol):
     Errors: :class:`~shardwise.errors.ResourceNotFoundError` for an unknown stream or shard,
     :class:`~shardwise.errors.ExpiredIteratorError` for an expired iterator,
     :class:`~shardwise.errors.InvalidArgumentError` for an invalid one,
-    :class:`~shardwise.errors.ThrottlingError` / :class:`~shardwise.errors.DependencyError` for backend faults.
+    :class:`~shardwise.errors.ThrottlingError` / :class:`~shardwise.errors.DependencyError` for backend
+    faults.
     """
 
     @property
     def stream_name(self) -> str: ...
 
     def list_shards(self, shard_filter: ShardFilter | None = None) -> list[Shard]:
-        """Every shard (all pages), optionally filtered as Kinesis' ``ShardFilter`` does, in shard-id order."""
+        """Every shard (all pages), optionally filtered as Kinesis' ``ShardFilter`` does, by shard id."""
         ...
 
     def get_shard_iterator(self, shard_id: str, position: StartingPosition) -> str:

@@ -1,0 +1,33 @@
+"""shardwise: consume sharded streams (Amazon Kinesis first) with a fleet of workers that share the shards
+through KCL-compatible leases.
+
+The embedded default (SQLite lease store + SQLite-backed local stream) runs anywhere with no AWS account;
+DynamoDB + Kinesis are for production.
+"""
+
+from shardwise.errors import (
+    ConfigurationError,
+    DependencyError,
+    ExpiredIteratorError,
+    InvalidArgumentError,
+    InvalidStateError,
+    MalformedItemError,
+    ResourceNotFoundError,
+    ShardwiseError,
+    ThrottlingError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "DependencyError",
+    "ExpiredIteratorError",
+    "InvalidArgumentError",
+    "InvalidStateError",
+    "MalformedItemError",
+    "ResourceNotFoundError",
+    "ShardwiseError",
+    "ThrottlingError",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Coordination: worker loops, leader election, migration and feature versions."""

@@ -1,0 +1,1 @@
+"""Lifecycle: the shard-consumer state machine."""

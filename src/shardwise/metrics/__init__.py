@@ -1,0 +1,1 @@
+"""Metrics: the MetricsSink port and its sinks."""
