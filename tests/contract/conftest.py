@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from shardwise.leases.store import LeaseStore
+from shardwise.retrieval.source import StreamSource
 
 _counter = itertools.count()
 
@@ -99,3 +101,95 @@ def store(lease_backend: LeaseBackend) -> LeaseStore:
     store = lease_backend.open_store()
     store.create_table_if_not_exists()
     return store
+
+
+# -- stream sources ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamBackend:
+    """A way to create streams on one backend, write to them and reshard them, plus the source under test."""
+
+    name: str
+    create: Callable[[str, int], StreamSource]
+    open: Callable[[str], StreamSource]  # a source for a stream that may not exist
+    put: Callable[
+        ..., tuple[str, str]
+    ]  # (stream, data, partition_key, explicit_hash_key=None) -> (shard, seq)
+    split: Callable[[str, str, int], None]
+    merge: Callable[[str, str, str], None]
+
+
+def _local_stream_backend(tmp_path: Path) -> StreamBackend:
+    from shardwise.retrieval.local import LocalStreamStore
+
+    store = LocalStreamStore(tmp_path / "streams.db")
+
+    def create(name: str, shards: int) -> StreamSource:
+        store.create_stream(name, shards)
+        return store.stream(name)
+
+    def put(
+        stream: str, data: bytes, partition_key: str, explicit_hash_key: str | None = None
+    ) -> tuple[str, str]:
+        result = store.put_record(stream, data, partition_key, explicit_hash_key=explicit_hash_key)
+        return result.shard_id, result.sequence_number
+
+    def split(stream: str, shard_id: str, hash_key: int) -> None:
+        store.split_shard(stream, shard_id, hash_key)
+
+    def merge(stream: str, shard_id: str, adjacent: str) -> None:
+        store.merge_shards(stream, shard_id, adjacent)
+
+    return StreamBackend("local", create, store.stream, put, split, merge)
+
+
+def _kinesis_backend(endpoint_url: str) -> StreamBackend:
+    import boto3
+    from shardwise.retrieval.kinesis import KinesisStream
+
+    client = boto3.client("kinesis", endpoint_url=endpoint_url, region_name="us-east-1")
+
+    def wait_active(name: str) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
+                "StreamStatus"
+            ]
+            if status == "ACTIVE":
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"stream {name} not ACTIVE after 30 s")
+
+    def create(name: str, shards: int) -> StreamSource:
+        client.create_stream(StreamName=name, ShardCount=shards)
+        wait_active(name)
+        return open_source(name)
+
+    def put(
+        stream: str, data: bytes, partition_key: str, explicit_hash_key: str | None = None
+    ) -> tuple[str, str]:
+        extra = {"ExplicitHashKey": explicit_hash_key} if explicit_hash_key is not None else {}
+        response = client.put_record(StreamName=stream, Data=data, PartitionKey=partition_key, **extra)
+        return response["ShardId"], response["SequenceNumber"]
+
+    def split(stream: str, shard_id: str, hash_key: int) -> None:
+        client.split_shard(StreamName=stream, ShardToSplit=shard_id, NewStartingHashKey=str(hash_key))
+        wait_active(stream)
+
+    def merge(stream: str, shard_id: str, adjacent: str) -> None:
+        client.merge_shards(StreamName=stream, ShardToMerge=shard_id, AdjacentShardToMerge=adjacent)
+        wait_active(stream)
+
+    def open_source(name: str) -> StreamSource:
+        return KinesisStream(name, endpoint_url=endpoint_url, region_name="us-east-1")
+
+    return StreamBackend("kinesis", create, open_source, put, split, merge)
+
+
+@pytest.fixture(params=["local", pytest.param("kinesis", marks=pytest.mark.aws)])
+def stream_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StreamBackend:
+    if request.param == "local":
+        return _local_stream_backend(tmp_path)
+    server = request.getfixturevalue("kinesis_local")
+    return _kinesis_backend(server.endpoint_url)

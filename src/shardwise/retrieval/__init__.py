@@ -1,4 +1,4 @@
-"""Retrieval: the ``StreamSource`` port, its backends (Kinesis, local SQLite stream) and KPL de-aggregation."""
+"""Retrieval: the ``StreamSource`` port, its backends (Kinesis, local SQLite stream), KPL de-aggregation."""
 
 from shardwise.retrieval.model import (
     ChildShard,
