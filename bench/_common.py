@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import standins  # noqa: E402
+import support.standins as standins  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 

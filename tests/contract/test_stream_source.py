@@ -12,14 +12,14 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from shardwise.retrieval.reader import ShardReader
 
-from conftest import StreamBackend
 from shardwise.errors import ResourceNotFoundError
 from shardwise.hashkeys import MAX_HASH_KEY, hash_key_for
 from shardwise.retrieval.kpl import aggregate
 from shardwise.retrieval.model import Record, ShardFilter, ShardFilterType, StartingPosition
+from shardwise.retrieval.reader import ShardReader
 from shardwise.retrieval.source import StreamSource
+from support.backends import StreamBackend
 
 
 def unique(prefix: str = "contract") -> str:

@@ -3,22 +3,13 @@
 Items are in boto3 *client* form (``{"leaseCounter": {"N": "4"}}``) and carry exactly the attributes KCL 3.x
 writes (kcl-protocol.md §2.2), so that tables are shared with Java KCL workers in both directions:
 
-==============================================  =====  ================================================
-attribute                                       type   written
-==============================================  =====  ================================================
-``leaseKey``                                    S      always
-``leaseOwner``                                  S      when the lease has an owner
-``leaseCounter``                                N      always
-``checkpoint`` / ``checkpointSubSequenceNumber`` S / N  always
-``pendingCheckpoint`` / ``…SubSequenceNumber``  S / N  when a checkpoint is prepared
-``pendingCheckpointState``                      B      when the prepared checkpoint carries state
-``ownerSwitchesSinceCheckpoint``                N      always
-``parentShardId`` / ``childShardIds``           SS     when non-empty
-``startingHashKey`` / ``endingHashKey``         S      when the hash range is known (decimal strings)
-``throughputKBps``                              N      when known (a double)
-``checkpointOwner``                             S      during a graceful handoff
-``entityType``                                  S      ``LEASE``, on create only (as KCL 3.5 does)
-==============================================  =====  ================================================
+* always: ``leaseKey`` (S), ``leaseCounter`` (N), ``checkpoint`` (S) + ``checkpointSubSequenceNumber`` (N),
+  ``ownerSwitchesSinceCheckpoint`` (N);
+* when set: ``leaseOwner`` (S), ``pendingCheckpoint`` (S) + ``pendingCheckpointSubSequenceNumber`` (N),
+  ``pendingCheckpointState`` (B), ``startingHashKey`` / ``endingHashKey`` (S, decimal), ``throughputKBps``
+  (N, a double), ``checkpointOwner`` (S);
+* when non-empty: ``parentShardId`` and ``childShardIds`` (SS);
+* on request: ``entityType`` = ``LEASE`` (S), which KCL 3.5 writes on create only.
 
 Reading tolerates KCL's create quirk (``pendingCheckpointState`` written as N: treated as no state) and
 ignores attributes it does not know (``streamName``, ``shardId``, …). Numbers are parsed as Python ints.

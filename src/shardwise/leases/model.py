@@ -82,6 +82,16 @@ class Lease:
         """The shard is closed and fully processed (checkpoint ``SHARD_END``)."""
         return self.checkpoint.is_shard_end
 
+    def counts_as_owner_switch(self, new_owner: str) -> bool:
+        """Whether giving this (observed) lease to ``new_owner`` adds 1 to ``ownerSwitchesSinceCheckpoint``.
+
+        KCL's rule for take and assign, judged on the caller's observed lease: the previous owner exists and
+        differs, or the lease goes back to the worker that still held it as checkpoint owner in a handoff.
+        Taking an unowned lease is not a switch.
+        """
+        changed_owner = self.lease_owner is not None and self.lease_owner != new_owner
+        return changed_owner or self.checkpoint_owner == new_owner
+
     def with_changes(self, **changes: object) -> Lease:
         """A copy with the given fields replaced (``dataclasses.replace``, validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -290,9 +290,9 @@ class SQLiteLeaseStore:
     def take_lease(self, lease: Lease, owner: str) -> Lease | None:
         return self._conditional_update(
             lease.lease_key,
-            "owner_switches = owner_switches + (CASE WHEN lease_owner IS ? THEN 0 ELSE 1 END), "
+            "owner_switches = owner_switches + ?, "
             "lease_counter = lease_counter + 1, lease_owner = ?, checkpoint_owner = NULL",
-            (owner, owner),
+            (int(lease.counts_as_owner_switch(owner)), owner),
             "lease_counter = ?",
             (lease.lease_counter,),
         )
@@ -317,10 +317,9 @@ class SQLiteLeaseStore:
         condition, cond_params = self._owners_condition(lease)
         return self._conditional_update(
             lease.lease_key,
-            "owner_switches = owner_switches + "
-            "(CASE WHEN lease_owner IS NOT ? OR checkpoint_owner IS ? THEN 1 ELSE 0 END), "
+            "owner_switches = owner_switches + ?, "
             "lease_owner = ?, checkpoint_owner = NULL, lease_counter = lease_counter + 1",
-            (new_owner, new_owner, new_owner),
+            (int(lease.counts_as_owner_switch(new_owner)), new_owner),
             condition,
             cond_params,
         )

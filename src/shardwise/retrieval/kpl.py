@@ -22,10 +22,10 @@ lengths are bounds-checked before use, varints are capped at 10 bytes / 64 bits 
 ``_MAX_GROUP_DEPTH``. Anything it cannot read makes :func:`deaggregate` pass the Kinesis record through
 unchanged (KCL behaviour, kcl-protocol.md §8.4); it never raises.
 
-Decoding follows the Java protobuf runtime that KCL uses where the format leaves room: unknown fields of every
-wire type (including groups) are skipped, a known field number arriving with an unexpected wire type is skipped
-as an unknown field, the last value of a repeated scalar wins, missing *required* fields make the message
-malformed, and invalid UTF-8 in strings is replaced with U+FFFD rather than rejected.
+Decoding follows the Java protobuf runtime that KCL uses where the format leaves room: unknown fields of
+every wire type (including groups) are skipped, a known field number arriving with an unexpected wire type is
+skipped as an unknown field, the last occurrence of a singular field wins, missing *required* fields make the
+message malformed, and invalid UTF-8 in strings is replaced with U+FFFD rather than rejected.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _warn_passthrough(record: Record, problem: str) -> None:
     )
 
 
-# -- decoding -------------------------------------------------------------------------------------------------
+# -- decoding ----------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -347,7 +347,7 @@ def _check_tag(buf: memoryview, start: int, end: int) -> None:
         raise _MalformedError("tag without its required key")
 
 
-# -- encoding -------------------------------------------------------------------------------------------------
+# -- encoding ----------------------------------------------------------------------------------------------
 
 
 def _encode_varint(value: int) -> bytes:
