@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import support.standins as standins  # noqa: E402
+from support import standins  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
@@ -53,6 +53,10 @@ def record_results(section: str, command: str, lines: list[str]) -> None:
     )
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     pattern = re.compile(rf"^{re.escape(header)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _m: body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
+    text = (
+        pattern.sub(lambda _m: body + "\n", text)
+        if pattern.search(text)
+        else text.rstrip("\n") + "\n\n" + body
+    )
     RESULTS.write_text(text.rstrip("\n") + "\n")
     print(body)

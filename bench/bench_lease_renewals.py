@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from _common import record_results, standins, timed_rate
-
 from shardwise.checkpoint.sequence import TRIM_HORIZON
 from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.leases.model import Lease
@@ -43,7 +42,9 @@ def renewals_per_second(store: LeaseStore, leases: int, seconds: float) -> tuple
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--leases", type=int, default=32)
     args = parser.parse_args()
@@ -56,14 +57,16 @@ def main() -> None:
 
         with standins.running(standins.start_moto(Path(tmp) / "logs")) as moto:
             ddb_store = DynamoDBLeaseStore(
-                DynamoDBLeaseStoreConfig(table_name="bench-app"), endpoint_url=moto.endpoint_url, region_name="us-east-1"
+                DynamoDBLeaseStoreConfig(table_name="bench-app"),
+                endpoint_url=moto.endpoint_url,
+                region_name="us-east-1",
             )
             rate, count, secs = renewals_per_second(ddb_store, args.leases, args.seconds)
             lines.append(f"| DynamoDB on moto server 127.0.0.1 | {rate:,.0f} | {count:,} | {secs:.1f} |")
     lines.append("")
     lines.append(
-        f"{args.leases} leases renewed round-robin by one thread. moto's figure measures the stand-in (a Python "
-        "HTTP server on the same 2 cores), not DynamoDB; it shows the client-side cost is not the bottleneck."
+        f"{args.leases} leases renewed round-robin by one thread. moto's figure measures the stand-in "
+        "(a Python HTTP server sharing the same 2 cores), not DynamoDB."
     )
     record_results(
         "Conditional lease renewals",

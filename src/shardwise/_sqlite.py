@@ -30,8 +30,15 @@ class SQLiteDatabase:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            # A forked child must not use (or close) its parent's connections: start afresh.
+            self._local = threading.local()
+            self._all = []
+            self._lock = threading.Lock()
+            self._pid = os.getpid()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._open()
