@@ -53,10 +53,6 @@ def record_results(section: str, command: str, lines: list[str]) -> None:
     )
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     pattern = re.compile(rf"^{re.escape(header)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = (
-        pattern.sub(lambda _m: body + "\n", text)
-        if pattern.search(text)
-        else text.rstrip("\n") + "\n\n" + body
-    )
+    text = pattern.sub(lambda _m: body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
     RESULTS.write_text(text.rstrip("\n") + "\n")
     print(body)

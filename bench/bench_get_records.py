@@ -46,9 +46,7 @@ def payloads(n: int) -> list[tuple[bytes, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=50_000)
     args = parser.parse_args()
     records = payloads(args.records)
@@ -78,18 +76,14 @@ def main() -> None:
             source = KinesisStream("bench", endpoint_url=server.endpoint_url, region_name="us-east-1")
             total, secs = read_everything(source)
             assert total == args.records, (total, args.records)
-            lines.append(
-                f"| KinesisStream on kinesalite 127.0.0.1 | {total:,} | {secs:.2f} | {total / secs:,.0f} |"
-            )
+            lines.append(f"| KinesisStream on kinesalite 127.0.0.1 | {total:,} | {secs:.2f} | {total / secs:,.0f} |")
     lines.append("")
     lines.append(
         "Single-threaded read of 4 shards from TRIM_HORIZON, 100-byte records. The kinesalite figure "
         "includes the stand-in's own cost on the same 2 cores; real Kinesis allows 2 MiB/s and "
         "5 GetRecords/s per shard."
     )
-    record_results(
-        "GetRecords throughput", f"python bench/bench_get_records.py --records {args.records}", lines
-    )
+    record_results("GetRecords throughput", f"python bench/bench_get_records.py --records {args.records}", lines)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,7 @@ def renewals_per_second(store: LeaseStore, leases: int, seconds: float) -> tuple
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--leases", type=int, default=32)
     args = parser.parse_args()

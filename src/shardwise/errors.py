@@ -10,6 +10,9 @@ translated into this tree at the backend boundary, so callers never need to impo
     │   └── ResourceNotFoundError the named table, stream or shard does not exist
     ├── InvalidArgumentError      a request the backend refused as invalid (bad iterator, bad sequence number)
     │   └── ExpiredIteratorError  a shard iterator is older than its lifetime; ask for a new one
+    ├── CheckpointError           a record processor's checkpoint could not be taken
+    │   ├── InvalidCheckpointError    the position is behind the last checkpoint or beyond what was delivered
+    │   └── LeaseLostError            this worker no longer holds the shard's lease (KCL: ShutdownException)
     └── DependencyError           the backend failed or could not be reached; usually worth retrying
         └── ThrottlingError       the backend asked us to slow down (throughput or request-rate limits)
 
@@ -20,11 +23,14 @@ not hold, and only infrastructure faults raise.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "ConfigurationError",
     "DependencyError",
     "ExpiredIteratorError",
     "InvalidArgumentError",
+    "InvalidCheckpointError",
     "InvalidStateError",
+    "LeaseLostError",
     "MalformedItemError",
     "ResourceNotFoundError",
     "ShardwiseError",
@@ -66,6 +72,25 @@ class InvalidArgumentError(ShardwiseError):
 
 class ExpiredIteratorError(InvalidArgumentError):
     """A shard iterator expired; request a new one from the last position read."""
+
+
+class CheckpointError(ShardwiseError):
+    """A checkpoint could not be taken. ``kcl_name`` is the name KCL (and amazon-kclpy) gives the error."""
+
+    kcl_name = "KinesisClientLibException"
+
+
+class InvalidCheckpointError(CheckpointError, ValueError):
+    """The checkpoint position is invalid: not a sequence number, behind the last checkpoint, or beyond the
+    largest sequence number delivered to the processor."""
+
+    kcl_name = "IllegalArgumentException"
+
+
+class LeaseLostError(CheckpointError):
+    """The worker no longer holds the lease of this shard, so it may not checkpoint it."""
+
+    kcl_name = "ShutdownException"
 
 
 class DependencyError(ShardwiseError):

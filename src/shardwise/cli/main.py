@@ -11,6 +11,8 @@ import logging
 import click
 
 from shardwise import __version__
+from shardwise.cli.demo import demo
+from shardwise.cli.run import leases, run
 from shardwise.cli.stream import stream
 
 __all__ = ["cli", "main"]
@@ -29,6 +31,9 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+cli.add_command(demo)
+cli.add_command(run)
+cli.add_command(leases)
 cli.add_command(stream)
 
 

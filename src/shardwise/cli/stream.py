@@ -89,9 +89,7 @@ class _Position(_PositionParam):
 
     name = "POSITION"
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> StartingPosition:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> StartingPosition:
         if isinstance(value, StartingPosition):
             return value
         text = str(value).strip()
@@ -189,8 +187,7 @@ def _describe_json(desc: StreamDescription) -> dict[str, Any]:
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in [headers, *rows]
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in [headers, *rows]
     ]
     return "\n".join(lines)
 
@@ -205,9 +202,7 @@ def stream() -> None:
 
 @stream.command("create")
 @click.argument("name")
-@click.option(
-    "--shards", "shard_count", type=click.IntRange(1, 10_000), required=True, help="Number of shards."
-)
+@click.option("--shards", "shard_count", type=click.IntRange(1, 10_000), required=True, help="Number of shards.")
 @click.option(
     "--retention-hours",
     type=click.IntRange(1, 8_760),
@@ -230,9 +225,7 @@ def create_command(name: str, shard_count: int, retention_hours: int, db: Path) 
 @stream.command("put")
 @click.argument("name")
 @click.argument("data", nargs=-1)
-@click.option(
-    "--partition-key", "-k", help="Partition key of every record [default: a random UUID per record]."
-)
+@click.option("--partition-key", "-k", help="Partition key of every record [default: a random UUID per record].")
 @click.option("--explicit-hash-key", help="Route every record to the shard owning this hash key (decimal).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the number of records put.")
 @_db_option
@@ -346,8 +339,7 @@ def split_command(name: str, shard_id: str, hash_key: int | None, db: Path) -> N
             shards = {s.shard_id: s for s in store.stream(name).list_shards()}
             if shard_id not in shards:
                 raise click.ClickException(
-                    f"shard {shard_id!r} does not exist in stream {name!r}; "
-                    f"see `shardwise stream describe {name}`"
+                    f"shard {shard_id!r} does not exist in stream {name!r}; see `shardwise stream describe {name}`"
                 )
             hash_range = shards[shard_id].hash_key_range
             hash_key = hash_range.start + (hash_range.end - hash_range.start + 1) // 2
@@ -385,8 +377,7 @@ def merge_command(name: str, shard_id: str, adjacent_shard_id: str, db: Path) ->
     type=_Position(),
     default="TRIM_HORIZON",
     show_default=True,
-    help="TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER:<n>, AFTER_SEQUENCE_NUMBER:<n> or "
-    "AT_TIMESTAMP:<ISO time>.",
+    help="TRIM_HORIZON, LATEST, AT_SEQUENCE_NUMBER:<n>, AFTER_SEQUENCE_NUMBER:<n> or AT_TIMESTAMP:<ISO time>.",
 )
 @click.option(
     "--limit",
@@ -411,9 +402,7 @@ def read_command(
         source = store.stream(name)
         iterator: str | None = source.get_shard_iterator(shard_id, position)
         while iterator is not None:
-            want = (
-                MAX_GET_RECORDS_LIMIT if limit is None else min(MAX_GET_RECORDS_LIMIT, limit - len(records))
-            )
+            want = MAX_GET_RECORDS_LIMIT if limit is None else min(MAX_GET_RECORDS_LIMIT, limit - len(records))
             result = source.get_records(iterator, limit=want)
             records.extend(result.records)
             if result.next_iterator is None:
@@ -434,15 +423,13 @@ def read_command(
     for record in records:
         text = record.data.decode("utf-8", "backslashreplace")
         click.echo(
-            f"{record.sequence_number}\t{_iso(record.approximate_arrival_timestamp)}\t"
-            f"{record.partition_key}\t{text}"
+            f"{record.sequence_number}\t{_iso(record.approximate_arrival_timestamp)}\t{record.partition_key}\t{text}"
         )
     if not records:
         click.echo(f"no records in {shard_id} from that position", err=True)
     if shard_end:
         listed = ", ".join(
-            f"{c.shard_id} (parents {'+'.join(c.parent_shards)}, "
-            f"{c.hash_key_range.start}-{c.hash_key_range.end})"
+            f"{c.shard_id} (parents {'+'.join(c.parent_shards)}, {c.hash_key_range.start}-{c.hash_key_range.end})"
             for c in children
         )
         click.echo(f"end of closed shard {shard_id}; child shards: {listed or 'none'}")

@@ -1,0 +1,279 @@
+"""``shardwise run`` (one worker) and ``shardwise leases`` (the lease table, readable or as JSON)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+import click
+
+from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override
+from shardwise.coordinator.worker import Worker
+from shardwise.errors import ConfigurationError, ShardwiseError
+from shardwise.leases.model import Lease
+from shardwise.leases.store import LeaseStore
+from shardwise.processor import RecordProcessorFactory
+from shardwise.retrieval.source import StreamSource
+
+__all__ = ["leases", "load_factory", "open_lease_store", "open_stream_source", "run"]
+
+_BACKEND_OPTIONS = [
+    click.option(
+        "--backend",
+        type=click.Choice(["local", "aws"]),
+        default=None,
+        help="local: SQLite file (--db); aws: DynamoDB + Kinesis via boto3. [default: local]",
+    ),
+    click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False),
+        default=None,
+        envvar="SHARDWISE_DB",
+        help="SQLite database of the local backend. [default: shardwise.db]",
+    ),
+    click.option("--endpoint-url", default=None, help="Endpoint override for both DynamoDB and Kinesis."),
+    click.option("--kinesis-endpoint-url", default=None, help="Endpoint override for Kinesis only."),
+    click.option("--dynamodb-endpoint-url", default=None, help="Endpoint override for DynamoDB only."),
+    click.option("--region", default=None, help="AWS region (default: the boto3 chain)."),
+]
+
+
+def _backend_options(func: Any) -> Any:
+    for option in reversed(_BACKEND_OPTIONS):
+        func = option(func)
+    return func
+
+
+def load_factory(spec: str) -> RecordProcessorFactory:
+    """Import ``MODULE:ATTRIBUTE`` — a record-processor class or a function returning a processor."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(
+            f"processor must be given as MODULE:FACTORY (e.g. myapp.processing:Processor), got {spec!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import module {module_name!r} for the processor: {exc}") from exc
+    factory = module
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ConfigurationError(f"{spec} is not callable: give a processor class or a factory function")
+    return factory
+
+
+def open_lease_store(backend: BackendConfig, table_name: str) -> LeaseStore:
+    if backend.backend == "local":
+        from shardwise.leases.sqlite import SQLiteLeaseStore
+
+        return SQLiteLeaseStore(backend.db, table_name)
+    try:
+        from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+    except ImportError as exc:
+        raise ConfigurationError(f"the aws backend needs boto3: pip install 'shardwise[aws]' ({exc})") from exc
+    return DynamoDBLeaseStore(
+        DynamoDBLeaseStoreConfig(table_name=table_name),
+        endpoint_url=backend.dynamodb_endpoint,
+        region_name=backend.region,
+    )
+
+
+def open_stream_source(backend: BackendConfig, stream_name: str) -> StreamSource:
+    if backend.backend == "local":
+        from shardwise.retrieval.local import LocalStreamStore
+
+        return LocalStreamStore(backend.db).stream(stream_name)
+    try:
+        from shardwise.retrieval.kinesis import KinesisStream
+    except ImportError as exc:
+        raise ConfigurationError(f"the aws backend needs boto3: pip install 'shardwise[aws]' ({exc})") from exc
+    return KinesisStream(stream_name, endpoint_url=backend.kinesis_endpoint, region_name=backend.region)
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+@click.command()
+@click.argument("processor")
+@click.option("--app", "application_name", default=None, help="Application name (names the lease table).")
+@click.option("--stream", "stream_name", default=None, help="Stream to consume.")
+@_backend_options
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML config file (see docs); flags override it.",
+)
+@click.option("--worker-id", default=None, help="Worker id (default: host:pid:random).")
+@click.option(
+    "--initial-position",
+    type=click.Choice(["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]),
+    default=None,
+    help="Where a new application starts reading. [default: LATEST]",
+)
+@click.option("--initial-timestamp", default=None, help="ISO 8601 timestamp for AT_TIMESTAMP.")
+@click.option("--failover-time-ms", type=int, default=None, help="Lease duration. [default: 10000]")
+@click.option("--max-leases-for-worker", type=int, default=None)
+@click.option("--max-leases-to-steal-at-one-time", type=int, default=None)
+@click.option("--max-records", type=int, default=None, help="GetRecords limit. [default: 10000]")
+@click.option("--idle-time-between-reads-ms", type=int, default=None, help="[default: 1500]")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any config key, e.g. --set consumer.parent_shard_poll_interval_ms=1000 (repeatable).",
+)
+def run(processor: str, config_file: str | None, settings: tuple[str, ...], **flags: Any) -> None:
+    """Run one worker: consume STREAM for application APP with the record processor PROCESSOR
+    (MODULE:FACTORY, a processor class or a function returning one).
+
+    SIGTERM or SIGINT shut the worker down gracefully: every processor gets shutdown_requested (and should
+    checkpoint), leases are released for other workers to take; a second signal exits at once.
+    """
+    try:
+        file_values = load_config_file(config_file) if config_file else {}
+        overrides = _overrides(
+            application_name=flags.pop("application_name"),
+            stream_name=flags.pop("stream_name"),
+            backend=flags.pop("backend"),
+            db=flags.pop("db"),
+            endpoint_url=flags.pop("endpoint_url"),
+            kinesis_endpoint_url=flags.pop("kinesis_endpoint_url"),
+            dynamodb_endpoint_url=flags.pop("dynamodb_endpoint_url"),
+            region=flags.pop("region"),
+            worker_id=flags.pop("worker_id"),
+            initial_position=flags.pop("initial_position"),
+            initial_timestamp=flags.pop("initial_timestamp"),
+            **{
+                "leases.failover_time_ms": flags.pop("failover_time_ms"),
+                "leases.max_leases_for_worker": flags.pop("max_leases_for_worker"),
+                "leases.max_leases_to_steal_at_one_time": flags.pop("max_leases_to_steal_at_one_time"),
+                "consumer.max_records": flags.pop("max_records"),
+                "consumer.idle_time_between_reads_ms": flags.pop("idle_time_between_reads_ms"),
+            },
+        )
+        for item in settings:
+            key, value = parse_override(item)
+            overrides[key] = value
+        worker_config, backend = build_config(merged(file_values, overrides))
+        factory = load_factory(processor)
+        worker = Worker(
+            worker_config,
+            store=open_lease_store(backend, worker_config.table_name),
+            source=open_stream_source(backend, worker_config.stream_name),
+            processor_factory=factory,
+        )
+    except ShardwiseError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    signals_seen = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            click.echo(f"second {signal.Signals(signum).name}: exiting at once", err=True)
+            sys.exit(130)
+        worker.request_shutdown()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    click.echo(
+        f"worker {worker.worker_id} consuming {worker_config.stream_name} for {worker_config.application_name}",
+        err=True,
+    )
+    try:
+        worker.run()
+    except ShardwiseError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _lease_row(lease: Lease) -> dict[str, Any]:
+    return {
+        "leaseKey": lease.lease_key,
+        "leaseOwner": lease.lease_owner,
+        "leaseCounter": lease.lease_counter,
+        "checkpoint": lease.checkpoint.sequence_number,
+        "checkpointSubSequenceNumber": lease.checkpoint.sub_sequence_number,
+        "pendingCheckpoint": None if lease.pending_checkpoint is None else str(lease.pending_checkpoint),
+        "ownerSwitchesSinceCheckpoint": lease.owner_switches_since_checkpoint,
+        "parentShardIds": sorted(lease.parent_shard_ids),
+        "childShardIds": sorted(lease.child_shard_ids),
+        "throughputKBps": lease.throughput_kbps,
+        "checkpointOwner": lease.checkpoint_owner,
+    }
+
+
+@click.command()
+@click.option("--app", "application_name", required=True, help="Application name (the lease table).")
+@click.option("--table", "table_name", default=None, help="Lease table name if it differs from the app name.")
+@_backend_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def leases(application_name: str, table_name: str | None, as_json: bool, **flags: Any) -> None:
+    """Show the lease table of an application: owner, counter, checkpoint, parents and children."""
+    try:
+        backend = BackendConfig(
+            backend=flags["backend"] or "local",
+            db=flags["db"] or "shardwise.db",
+            region=flags["region"],
+            endpoint_url=flags["endpoint_url"],
+            kinesis_endpoint_url=flags["kinesis_endpoint_url"],
+            dynamodb_endpoint_url=flags["dynamodb_endpoint_url"],
+        )
+        store = open_lease_store(backend, table_name or application_name)
+        if not store.table_exists():
+            raise ConfigurationError(
+                f"application {application_name!r} has no lease table {table_name or application_name!r} "
+                f"({'in ' + backend.db if backend.backend == 'local' else 'in DynamoDB'}); check --app/--table/--db"
+            )
+        rows = [_lease_row(lease) for lease in store.list_leases()]
+    except ShardwiseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    owners: dict[str, int] = {}
+    for row in rows:
+        owner = row["leaseOwner"] or "(unassigned)"
+        owners[owner] = owners.get(owner, 0) + 1
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "application": application_name,
+                    "table": table_name or application_name,
+                    "leases": rows,
+                    "leasesPerOwner": owners,
+                },
+                indent=2,
+            )
+        )
+        return
+    headers = ["LEASE KEY", "OWNER", "COUNTER", "CHECKPOINT", "PARENTS", "CHILDREN"]
+    table = [
+        [
+            row["leaseKey"],
+            row["leaseOwner"] or "-",
+            str(row["leaseCounter"]),
+            row["checkpoint"]
+            + (f"/{row['checkpointSubSequenceNumber']}" if row["checkpointSubSequenceNumber"] else ""),
+            ",".join(row["parentShardIds"]) or "-",
+            ",".join(row["childShardIds"]) or "-",
+        ]
+        for row in rows
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for r in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    click.echo(f"\n{len(rows)} lease(s); per owner: " + ", ".join(f"{o}={n}" for o, n in sorted(owners.items())))

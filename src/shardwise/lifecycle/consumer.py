@@ -1,0 +1,366 @@
+"""``ShardConsumer``: drives one shard through the consumer state machine for one acquisition of its lease.
+
+The worker calls :meth:`ShardConsumer.step` on its bounded thread pool whenever the consumer is due; each step
+does one unit of work (check parents, initialize, fetch and deliver one batch, shut down) and sets when the
+consumer is next due, so a pool smaller than the number of shards still serves every shard fairly.
+
+The record path: ``ShardReader.read`` (GetRecords + KPL de-aggregation) → drop records at or before the
+checkpoint the lease had when processing started → ``processor.process_records`` → the processor checkpoints
+through the :class:`~shardwise.checkpoint.checkpointer.Checkpointer`. If ``process_records`` raises, the error
+is logged and **the same batch is delivered again** after ``task_backoff_time_ms``: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from shardwise.checkpoint.checkpointer import Checkpointer
+from shardwise.checkpoint.sequence import SHARD_END, ExtendedSequenceNumber, SentinelCheckpoint
+from shardwise.coordinator.renewer import LeaseRenewer
+from shardwise.errors import ConfigurationError, LeaseLostError, ShardwiseError
+from shardwise.leases.model import Lease
+from shardwise.leases.store import LeaseStore
+from shardwise.lifecycle.states import ConsumerEvent, ConsumerState, ShutdownReason, transition
+from shardwise.processor import (
+    InitializationInput,
+    LeaseLostInput,
+    ProcessRecordsInput,
+    RecordProcessor,
+    ShardEndedInput,
+    ShutdownRequestedInput,
+)
+from shardwise.retrieval.model import ChildShard, Record, StartingPosition
+from shardwise.retrieval.reader import ReadBatch, ShardReader
+from shardwise.retrieval.source import StreamSource
+
+__all__ = ["ConsumerConfig", "ShardConsumer", "ShardEndError", "starting_position"]
+
+logger = logging.getLogger(__name__)
+
+#: Creates the child leases of a shard that reached its end (and records them on the parent lease).
+ChildLeaseCreator = Callable[[Lease, Sequence[ChildShard]], None]
+
+
+class ShardEndError(ShardwiseError):
+    """The processor returned from ``shard_ended`` without checkpointing; the shard end will be retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    """Per-shard consumption settings (KCL's polling and lifecycle defaults)."""
+
+    max_records: int = 10_000
+    idle_time_between_reads_ms: int = 1_500
+    call_process_records_even_for_empty_list: bool = False
+    parent_shard_poll_interval_ms: int = 10_000
+    task_backoff_time_ms: int = 500
+    initial_timestamp: datetime | None = None  # for leases created at AT_TIMESTAMP
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_records <= 10_000:
+            raise ConfigurationError(f"max_records must be between 1 and 10000, got {self.max_records}")
+        if self.idle_time_between_reads_ms < 0:
+            raise ConfigurationError("idle_time_between_reads_ms must be >= 0")
+        if self.parent_shard_poll_interval_ms <= 0 or self.task_backoff_time_ms <= 0:
+            raise ConfigurationError("parent_shard_poll_interval_ms and task_backoff_time_ms must be > 0")
+
+
+def starting_position(
+    checkpoint: ExtendedSequenceNumber, initial_timestamp: datetime | None
+) -> StartingPosition:
+    """Where to start reading a shard whose lease has ``checkpoint`` (KCL's IteratorBuilder)."""
+    sentinel = checkpoint.sentinel_value
+    if sentinel is SentinelCheckpoint.TRIM_HORIZON:
+        return StartingPosition.trim_horizon()
+    if sentinel is SentinelCheckpoint.LATEST:
+        return StartingPosition.latest()
+    if sentinel is SentinelCheckpoint.AT_TIMESTAMP:
+        if initial_timestamp is None:
+            raise ConfigurationError(
+                "a lease is at AT_TIMESTAMP but no initial timestamp is configured; set the initial position "
+                "timestamp (initial_position = AT_TIMESTAMP with a timestamp)"
+            )
+        return StartingPosition.at_timestamp(initial_timestamp)
+    if sentinel is SentinelCheckpoint.SHARD_END:
+        raise ValueError("a shard at SHARD_END has nothing left to read")
+    return StartingPosition.at_sequence(checkpoint.sequence_number)
+
+
+class ShardConsumer:
+    """One shard, one acquisition of its lease, one processor instance."""
+
+    def __init__(
+        self,
+        *,
+        lease: Lease,
+        token: str,
+        processor: RecordProcessor,
+        source: StreamSource,
+        store: LeaseStore,
+        renewer: LeaseRenewer,
+        create_child_leases: ChildLeaseCreator,
+        config: ConsumerConfig,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        on_records: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.shard_id = lease.lease_key
+        self.token = token
+        self._initial = lease
+        self._processor = processor
+        self._source = source
+        self._store = store
+        self._renewer = renewer
+        self._create_child_leases = create_child_leases
+        self._config = config
+        self._clock_ns = clock_ns
+        self._on_records = on_records
+        self._state = ConsumerState.WAITING_ON_PARENT_SHARDS
+        self._reason: ShutdownReason | None = None
+        self._shutdown_wanted = False
+        self._next_due_ns = 0
+        self._reader: ShardReader | None = None
+        self._pending: tuple[list[Record], ReadBatch] | None = None
+        self._children: Sequence[ChildShard] = ()
+        self._processor_initialized = False
+        self._failures = 0
+        self._lock = threading.Lock()
+        self.checkpointer = Checkpointer(
+            lease.lease_key,
+            token,
+            renewer,
+            last_checkpoint=lease.checkpoint,
+            pending_checkpoint=lease.pending_checkpoint,
+        )
+
+    # -- state -------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConsumerState:
+        return self._state
+
+    @property
+    def shutdown_reason(self) -> ShutdownReason | None:
+        return self._reason
+
+    @property
+    def is_complete(self) -> bool:
+        return self._state is ConsumerState.SHUTDOWN_COMPLETE
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def is_due(self, now_ns: int) -> bool:
+        return not self.is_complete and now_ns >= self._next_due_ns
+
+    def request_shutdown(self) -> None:
+        """Ask for a graceful shutdown: the processor gets ``shutdown_requested`` at its next step."""
+        self._shutdown_wanted = True
+        self._next_due_ns = 0
+
+    def _fire(self, event: ConsumerEvent, reason: ShutdownReason | None = None) -> None:
+        new_state = transition(self._state, event)
+        if new_state is ConsumerState.SHUTTING_DOWN and self._reason is None:
+            self._reason = reason
+        logger.debug(
+            "shard %s: %s --%s--> %s", self.shard_id, self._state.value, event.value, new_state.value
+        )
+        self._state = new_state
+
+    def _due_in(self, millis: int) -> None:
+        self._next_due_ns = self._clock_ns() + millis * 1_000_000
+
+    # -- the step ----------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Do one unit of work. Never raises: errors are logged and the step is retried after a backoff."""
+        with self._lock:
+            try:
+                self._step()
+                self._failures = 0
+            except LeaseLostError:
+                self._lose_lease()
+            except Exception:
+                self._failures += 1
+                logger.exception(
+                    "shard %s: error in state %s (attempt %d); retrying in %d ms",
+                    self.shard_id,
+                    self._state.value,
+                    self._failures,
+                    self._config.task_backoff_time_ms,
+                )
+                self._due_in(self._config.task_backoff_time_ms)
+
+    def _step(self) -> None:
+        if self._state is not ConsumerState.SHUTTING_DOWN and not self._renewer.holds(
+            self.shard_id, self.token
+        ):
+            self._lose_lease()
+            return
+        if self._shutdown_wanted and self._state in (
+            ConsumerState.WAITING_ON_PARENT_SHARDS,
+            ConsumerState.INITIALIZING,
+            ConsumerState.PROCESSING,
+        ):
+            self._fire(ConsumerEvent.SHUTDOWN_REQUESTED, ShutdownReason.REQUESTED)
+            if self.is_complete:
+                self._renewer.release(self.shard_id, self.token)
+                return
+        state = self._state
+        if state is ConsumerState.WAITING_ON_PARENT_SHARDS:
+            self._wait_for_parents()
+        elif state is ConsumerState.INITIALIZING:
+            self._initialize()
+        elif state is ConsumerState.PROCESSING:
+            self._process()
+        elif state is ConsumerState.SHUTDOWN_REQUESTED:
+            self._notify_shutdown_requested()
+        elif state is ConsumerState.SHUTTING_DOWN:
+            self._shut_down()
+
+    def _lose_lease(self) -> None:
+        if self.is_complete:
+            return
+        self._fire(ConsumerEvent.LEASE_LOST, ShutdownReason.LEASE_LOST)
+        if self._state is ConsumerState.SHUTTING_DOWN and self._reason is not ShutdownReason.LEASE_LOST:
+            # Lost while already shutting down for another reason: the processor can no longer checkpoint.
+            self._reason = ShutdownReason.LEASE_LOST
+        self._next_due_ns = 0
+
+    def _wait_for_parents(self) -> None:
+        for parent in sorted(self._initial.parent_shard_ids):
+            parent_lease = self._store.get_lease(parent)
+            if parent_lease is not None and not parent_lease.is_complete:
+                logger.debug("shard %s waits for parent %s to reach SHARD_END", self.shard_id, parent)
+                self._due_in(self._config.parent_shard_poll_interval_ms)
+                return
+        self._fire(ConsumerEvent.PARENTS_DONE)
+
+    def _initialize(self) -> None:
+        held = self._renewer.get(self.shard_id)
+        lease = held.lease if held is not None else self._initial
+        if lease.is_complete:
+            # Taken at SHARD_END (a previous owner finished it): make sure the children exist, nothing else.
+            self._fire(ConsumerEvent.SHARD_ENDED, ShutdownReason.SHARD_END)
+            return
+        self._processor.initialize(
+            InitializationInput(
+                shard_id=self.shard_id,
+                extended_sequence_number=lease.checkpoint,
+                pending_checkpoint_sequence_number=lease.pending_checkpoint,
+                pending_checkpoint_state=lease.pending_checkpoint_state,
+            )
+        )
+        self._processor_initialized = True
+        self._reader = ShardReader(
+            self._source,
+            self.shard_id,
+            starting_position(lease.checkpoint, self._config.initial_timestamp),
+            shard_range=lease.hash_key_range,
+        )
+        self._fire(ConsumerEvent.INITIALIZED)
+
+    def _process(self) -> None:
+        assert self._reader is not None
+        if self._pending is None:
+            batch = self._reader.read(limit=self._config.max_records)
+            start = self._initial.checkpoint
+            records = (
+                batch.records
+                if start.is_sentinel
+                else [r for r in batch.records if r.extended_sequence_number > start]
+            )
+            self._pending = (records, batch)
+        records, batch = self._pending
+        if records or self._config.call_process_records_even_for_empty_list:
+            if records:
+                self.checkpointer.advance(records[-1].extended_sequence_number)
+            try:
+                self._processor.process_records(
+                    ProcessRecordsInput(
+                        records=records,
+                        checkpointer=self.checkpointer,
+                        millis_behind_latest=batch.millis_behind_latest,
+                        child_shards=tuple(batch.child_shards),
+                    )
+                )
+            except LeaseLostError:
+                raise
+            except Exception:
+                self._failures += 1
+                logger.exception(
+                    "shard %s: the record processor's process_records raised; the same %d record(s) "
+                    "(from %s) will be delivered again in %d ms",
+                    self.shard_id,
+                    len(records),
+                    records[0].sequence_number if records else "-",
+                    self._config.task_backoff_time_ms,
+                )
+                self._due_in(self._config.task_backoff_time_ms)
+                return
+            if self._on_records is not None and records:
+                self._on_records(len(records), sum(len(r.data) for r in records))
+        self._pending = None
+        if batch.shard_ended:
+            self.checkpointer.advance(SHARD_END)
+            self._children = tuple(batch.child_shards)
+            self._fire(ConsumerEvent.SHARD_ENDED, ShutdownReason.SHARD_END)
+            self._next_due_ns = 0
+        elif len(batch.records) >= self._config.max_records:
+            self._next_due_ns = 0
+        else:
+            self._due_in(self._config.idle_time_between_reads_ms)
+
+    def _notify_shutdown_requested(self) -> None:
+        self._processor.shutdown_requested(
+            ShutdownRequestedInput(shard_id=self.shard_id, checkpointer=self.checkpointer)
+        )
+        self._fire(ConsumerEvent.SHUTDOWN_NOTIFIED, ShutdownReason.REQUESTED)
+        self._next_due_ns = 0
+
+    def _children_of_this_shard(self) -> Sequence[ChildShard]:
+        if self._children:
+            return self._children
+        # Some sources (kinesalite) report no ChildShards: find the children by their parent ids.
+        return tuple(
+            ChildShard(s.shard_id, s.parent_shard_ids, s.hash_key_range)
+            for s in self._source.list_shards()
+            if self.shard_id in s.parent_shard_ids
+        )
+
+    def _shut_down(self) -> None:
+        reason = self._reason
+        if reason is ShutdownReason.LEASE_LOST:
+            if self._processor_initialized:
+                self._processor.lease_lost(LeaseLostInput(shard_id=self.shard_id))
+            self._renewer.drop(self.shard_id)
+        elif reason is ShutdownReason.SHARD_END:
+            self._end_shard()
+        elif reason is ShutdownReason.REQUESTED:
+            self._renewer.release(self.shard_id, self.token)
+        self._fire(ConsumerEvent.SHUTDOWN_DONE)
+
+    def _end_shard(self) -> None:
+        held = self._renewer.get(self.shard_id)
+        if held is None or held.token != self.token:
+            raise LeaseLostError(f"lease {self.shard_id} was lost at shard end")
+        # Children first, so they exist whatever happens next (KCL's ShutdownTask order).
+        self._create_child_leases(held.lease, self._children_of_this_shard())
+        if self._processor_initialized and not held.lease.is_complete:
+            self._processor.shard_ended(
+                ShardEndedInput(shard_id=self.shard_id, checkpointer=self.checkpointer)
+            )
+            after = self._renewer.get(self.shard_id)
+            if after is None or not after.lease.is_complete:
+                raise ShardEndError(
+                    f"Application didn't checkpoint at end of shard {self.shard_id}. Application must "
+                    "checkpoint upon shard end (call checkpointer.checkpoint() in shard_ended); the shard end "
+                    "will be retried and the child shards wait until it succeeds."
+                )
+        # Done with this shard: stop renewing; the lease expires and is cleaned up once children progress.
+        self._renewer.drop(self.shard_id)
