@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -51,12 +52,18 @@ def _backend_options(func: Any) -> Any:
 
 
 def load_factory(spec: str) -> RecordProcessorFactory:
-    """Import ``MODULE:ATTRIBUTE`` — a record-processor class or a function returning a processor."""
+    """Import ``MODULE:ATTRIBUTE`` — a record-processor class or a function returning a processor.
+
+    Like ``python -m`` (and gunicorn), the current directory is searched first, so ``myapp:Processor`` finds
+    ``./myapp.py`` without ``PYTHONPATH``.
+    """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ConfigurationError(
             f"processor must be given as MODULE:FACTORY (e.g. myapp.processing:Processor), got {spec!r}"
         )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
