@@ -17,7 +17,7 @@ from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import Lease
 
-__all__ = ["LeaseStore"]
+__all__ = ["LeaseStore", "OwnerIndex"]
 
 
 @runtime_checkable
@@ -131,4 +131,26 @@ class LeaseStore(Protocol):
 
     def get_checkpoint(self, lease_key: str) -> ExtendedSequenceNumber | None:
         """The lease's checkpoint, or ``None`` if there is no such lease."""
+        ...
+
+
+@runtime_checkable
+class OwnerIndex(Protocol):
+    """The KCL 3.x owner index (``LeaseOwnerToLeaseKeyIndex``: ``leaseOwner`` HASH, ``leaseKey`` RANGE,
+    KEYS_ONLY), through which non-leader workers discover the leases the leader assigned to them."""
+
+    def owner_index_status(self) -> str | None:
+        """``"ACTIVE"``, ``"CREATING"``, ``"DELETING"``…, or ``None`` when the index does not exist."""
+        ...
+
+    def create_owner_index(self) -> bool:
+        """Start creating the index if it does not exist (does not wait). True if this call started it."""
+        ...
+
+    def delete_owner_index(self) -> bool:
+        """Start deleting the index if it exists (does not wait). True if this call started it."""
+        ...
+
+    def list_lease_keys_for_owner(self, owner: str) -> list[str]:
+        """Keys of the leases whose ``leaseOwner`` is ``owner`` (eventually consistent, like a GSI query)."""
         ...
