@@ -76,9 +76,7 @@ class BackendConfig:
 _SECTIONS: dict[str, type[Any]] = {"leases": TakerConfig, "consumer": ConsumerConfig}
 _BACKEND_KEYS = {f.name for f in dataclasses.fields(BackendConfig)}
 _WORKER_KEYS = {
-    f.name
-    for f in dataclasses.fields(WorkerConfig)
-    if f.name not in ("leases", "consumer", "initial_position")
+    f.name for f in dataclasses.fields(WorkerConfig) if f.name not in ("leases", "consumer", "initial_position")
 }
 _TOP_KEYS = _BACKEND_KEYS | _WORKER_KEYS | {"initial_position", "initial_timestamp"}
 
@@ -113,9 +111,7 @@ def _merge(base: dict[str, Any], dotted_key: str, value: Any) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigurationError(
-                f"config key {part!r} is a value, not a section; cannot set {dotted_key}"
-            )
+            raise ConfigurationError(f"config key {part!r} is a value, not a section; cannot set {dotted_key}")
         node = child
     node[parts[-1]] = value
 
@@ -142,11 +138,13 @@ def _check_value(where: str, expected: Any, value: Any) -> Any:
     raise ConfigurationError(f"config key {where} must be {names}, got {value!r}")
 
 
-def _timestamp(where: str, value: str | datetime) -> datetime:
+def _timestamp(where: str, value: object) -> datetime:
     if isinstance(value, datetime):
         stamp = value
     else:
         try:
+            if not isinstance(value, str):  # e.g. a TOML date without a time, or a number from --set
+                raise ValueError(value)
             stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ConfigurationError(
@@ -212,9 +210,7 @@ def _initial_position(name: Any, timestamp: datetime | None) -> InitialPosition:
         return InitialPosition.latest()
     if name == "AT_TIMESTAMP":
         if timestamp is None:
-            raise ConfigurationError(
-                "initial_position AT_TIMESTAMP needs initial_timestamp (ISO 8601, with zone)"
-            )
+            raise ConfigurationError("initial_position AT_TIMESTAMP needs initial_timestamp (ISO 8601, with zone)")
         return InitialPosition.at_timestamp(timestamp)
     raise ConfigurationError(f"initial_position must be TRIM_HORIZON, LATEST or AT_TIMESTAMP, got {name!r}")
 

@@ -39,11 +39,11 @@ class CheckpointWriter(Protocol):
 def _position(sequence_number: str | Record, sub_sequence_number: int | None) -> ExtendedSequenceNumber:
     if isinstance(sequence_number, Record):
         if sub_sequence_number is not None:
-            raise InvalidCheckpointError(
-                "pass either a Record or a sequence number with a sub-sequence number"
-            )
+            raise InvalidCheckpointError("pass either a Record or a sequence number with a sub-sequence number")
         return sequence_number.extended_sequence_number
     try:
+        if not isinstance(sequence_number, str):  # bytes would pass the digit check and reach the lease table
+            raise TypeError(f"a sequence number is a str, not {type(sequence_number).__name__}")
         parse_sequence_number(sequence_number)
         return ExtendedSequenceNumber(sequence_number, sub_sequence_number or 0)
     except (TypeError, ValueError) as exc:
@@ -88,6 +88,12 @@ class Checkpointer:
         with self._lock:
             self._largest_permitted = max(self._largest_permitted, delivered)
 
+    def retract(self, delivered: ExtendedSequenceNumber) -> None:
+        """Called by the shard consumer when a batch whose processing failed will be delivered again: the
+        largest permitted position goes back to ``delivered`` (never behind the last checkpoint)."""
+        with self._lock:
+            self._largest_permitted = max(delivered, self._last)
+
     def _validated(
         self, sequence_number: str | Record | None, sub_sequence_number: int | None
     ) -> ExtendedSequenceNumber:
@@ -104,9 +110,7 @@ class Checkpointer:
             )
         return target
 
-    def checkpoint(
-        self, sequence_number: str | Record | None = None, sub_sequence_number: int | None = None
-    ) -> None:
+    def checkpoint(self, sequence_number: str | Record | None = None, sub_sequence_number: int | None = None) -> None:
         """Record progress up to and including ``sequence_number`` (default: everything delivered so far).
 
         Raises :class:`InvalidCheckpointError` for a position outside [last checkpoint, largest delivered] and
@@ -116,9 +120,7 @@ class Checkpointer:
             target = self._validated(sequence_number, sub_sequence_number)
             if target == self._last and self._pending is None:
                 return
-            self._writer.write_checkpoint(
-                self.lease_key, self._token, target, pending=None, pending_state=None
-            )
+            self._writer.write_checkpoint(self.lease_key, self._token, target, pending=None, pending_state=None)
             self._last = target
             self._pending = None
 
@@ -143,12 +145,8 @@ class Checkpointer:
     def _commit(self, target: ExtendedSequenceNumber) -> None:
         with self._lock:
             if target < self._last:
-                raise InvalidCheckpointError(
-                    f"prepared checkpoint {target} is behind the last checkpoint {self._last}"
-                )
-            self._writer.write_checkpoint(
-                self.lease_key, self._token, target, pending=None, pending_state=None
-            )
+                raise InvalidCheckpointError(f"prepared checkpoint {target} is behind the last checkpoint {self._last}")
+            self._writer.write_checkpoint(self.lease_key, self._token, target, pending=None, pending_state=None)
             self._last = target
             self._pending = None
 

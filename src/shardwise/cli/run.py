@@ -68,6 +68,10 @@ def load_factory(spec: str) -> RecordProcessorFactory:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"cannot import module {module_name!r} for the processor: {exc}") from exc
+    except Exception as exc:
+        raise ConfigurationError(
+            f"importing module {module_name!r} for the processor failed: {type(exc).__name__}: {exc}"
+        ) from exc
     factory = module
     for part in attribute.split("."):
         if not hasattr(factory, part):

@@ -8,7 +8,10 @@ counter that only this worker moves while it holds the lease.
 
 A renewal that fails its condition is re-read once: if the table shows this worker still owns the lease with
 exactly the counter the renewal would have written (a retried write that did succeed), the renewal counts as
-done; otherwise the lease is lost. A lease that could not be renewed for ``failover_time`` on this worker's
+done; if it shows a graceful handoff started by the KCL 3.x leader (``checkpointOwner`` = this worker,
+``leaseOwner`` = the next owner), the renewer adopts it, keeps renewing, and tells the worker (``on_handoff``)
+so the shard consumer can shut down gracefully and then transfer the lease (:meth:`complete_handoff`);
+otherwise the lease is lost. A lease that could not be renewed for ``failover_time`` on this worker's
 monotonic clock is dropped as lost without asking the table (someone else may already have taken it).
 """
 
@@ -52,11 +55,15 @@ class LeaseRenewer:
         *,
         failover_time_ms: int,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        throughput_kbps: Callable[[str], float | None] | None = None,
+        on_handoff: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
         self._failover_ns = failover_time_ms * 1_000_000
         self._clock_ns = clock_ns
+        self._throughput_kbps = throughput_kbps
+        self._on_handoff = on_handoff
         self._held: dict[str, HeldLease] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._map_lock = threading.Lock()
@@ -93,10 +100,13 @@ class LeaseRenewer:
         held = self.get(lease_key)
         return held is not None and held.token == token
 
-    def drop(self, lease_key: str) -> HeldLease | None:
-        """Stop holding a lease (lost, or released by the caller)."""
+    def drop(self, lease_key: str, token: str | None = None) -> HeldLease | None:
+        """Stop holding a lease (lost, or released by the caller). With ``token``, only that acquisition."""
         with self._map_lock:
-            return self._held.pop(lease_key, None)
+            held = self._held.get(lease_key)
+            if held is None or (token is not None and held.token != token):
+                return None
+            return self._held.pop(lease_key)
 
     def renew_all(self) -> RenewalResult:
         renewed: list[str] = []
@@ -122,10 +132,18 @@ class LeaseRenewer:
                 logger.info("lease %s expired on this worker's clock before it could be renewed", key)
                 self.drop(key)
                 return False
+            kbps = self._throughput_kbps(key) if self._throughput_kbps is not None else None
+            handoff_to: str | None = None
             try:
-                renewed = self._store.renew_lease(held.lease)
+                renewed = self._store.renew_lease(held.lease, throughput_kbps=kbps)
                 if renewed is None:
-                    renewed = self._spurious_failure_check(held.lease)
+                    current = self._store.get_lease(key)
+                    renewed = self._spurious_failure_check(held.lease, current)
+                    if renewed is None and self._is_handoff_from_me(current):
+                        assert current is not None
+                        # Adopt the leader's handoff (owner = next, checkpointOwner = me) and renew on.
+                        renewed = self._store.renew_lease(current, throughput_kbps=kbps)
+                        handoff_to = current.lease_owner if renewed is not None else None
             except DependencyError as exc:
                 logger.warning("could not renew lease %s (will retry until it expires): %s", key, exc)
                 return None
@@ -133,10 +151,21 @@ class LeaseRenewer:
                 self.drop(key)
                 return False
             self._replace(key, held.token, renewed, now)
-            return True
+        if handoff_to is not None:
+            logger.info("lease %s is being handed off to %s; shutting its consumer down gracefully", key, handoff_to)
+            if self._on_handoff is not None:
+                self._on_handoff(key, handoff_to)
+        return True
 
-    def _spurious_failure_check(self, lease: Lease) -> Lease | None:
-        current = self._store.get_lease(lease.lease_key)
+    def _is_handoff_from_me(self, current: Lease | None) -> bool:
+        return (
+            current is not None
+            and current.checkpoint_owner == self._worker_id
+            and current.lease_owner is not None
+            and current.lease_owner != self._worker_id
+        )
+
+    def _spurious_failure_check(self, lease: Lease, current: Lease | None) -> Lease | None:
         if (
             current is not None
             and current.lease_owner == self._worker_id
@@ -172,9 +201,7 @@ class LeaseRenewer:
                 checkpoint=checkpoint,
                 pending_checkpoint=pending,
                 pending_checkpoint_state=pending_state if pending is not None else None,
-                owner_switches_since_checkpoint=0
-                if committing
-                else held.lease.owner_switches_since_checkpoint,
+                owner_switches_since_checkpoint=0 if committing else held.lease.owner_switches_since_checkpoint,
             )
             result = self._store.update_lease(updated_lease)
             if result is None:
@@ -184,6 +211,32 @@ class LeaseRenewer:
                     "another worker changed it"
                 )
             self._replace(lease_key, token, result, self._clock_ns())
+
+    def complete_handoff(self, lease_key: str, token: str) -> bool:
+        """Finish a graceful handoff: give the lease to the owner the leader chose (``assign_lease`` clears
+        ``checkpointOwner``) and stop holding it. True if the transfer was written."""
+        with self._lock_for(lease_key):
+            held = self.get(lease_key)
+            if held is None or held.token != token:
+                return False
+            self.drop(lease_key)
+            next_owner = held.lease.lease_owner
+            if held.lease.checkpoint_owner != self._worker_id or next_owner is None:
+                return False
+            try:
+                return self._store.assign_lease(held.lease, next_owner) is not None
+            except DependencyError as exc:
+                logger.warning(
+                    "could not transfer lease %s to %s (the leader will reassign it after the handoff timeout): %s",
+                    lease_key,
+                    next_owner,
+                    exc,
+                )
+                return False
+
+    def in_handoff(self, lease_key: str) -> bool:
+        held = self.get(lease_key)
+        return held is not None and held.lease.checkpoint_owner == self._worker_id
 
     def release(self, lease_key: str, token: str) -> bool:
         """Give a held lease back (evict it) so another worker can take it at once. True if released."""

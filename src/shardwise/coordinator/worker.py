@@ -97,7 +97,7 @@ class WorkerStats:
     leases_lost: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add_records(self, count: int, size: int) -> None:
+    def add_records(self, lease_key: str, count: int, size: int) -> None:
         with self._lock:
             if self.first_record_at_ns is None:
                 self.first_record_at_ns = time.monotonic_ns()
@@ -161,9 +161,7 @@ class Worker:
         self.renewer = LeaseRenewer(
             store, self.worker_id, failover_time_ms=config.leases.failover_time_ms, clock_ns=clock_ns
         )
-        self._taker = LeaseTaker(
-            store, self.worker_id, config.leases, clock_ns=clock_ns, rng=rng or random.Random()
-        )
+        self._taker = LeaseTaker(store, self.worker_id, config.leases, clock_ns=clock_ns, rng=rng or random.Random())
         self._syncer = ShardSyncer(store, source, config.initial_position)
         self._leader = DeterministicShuffleLeaderDecider(store, self.worker_id)
         self._synced_once = False
@@ -319,8 +317,7 @@ class Worker:
                 deadline = self._shutdown_deadline_ns
                 if deadline is not None and now > deadline:
                     logger.warning(
-                        "worker %s: shutdown timeout; %d shard consumer(s) did not finish, their leases will "
-                        "expire",
+                        "worker %s: shutdown timeout; %d shard consumer(s) did not finish, their leases will expire",
                         self.worker_id,
                         remaining,
                     )

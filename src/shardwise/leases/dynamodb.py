@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import boto3
 from botocore.config import Config as BotocoreConfig
@@ -68,11 +68,22 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import (
         AttributeValueTypeDef,
         CreateTableInputTypeDef,
+        GlobalSecondaryIndexUpdateTypeDef,
+        QueryInputTypeDef,
         ScanInputTypeDef,
+        TableDescriptionTypeDef,
         UpdateItemInputTypeDef,
     )
 
-__all__ = ["DynamoDBLeaseStore", "DynamoDBLeaseStoreConfig"]
+__all__ = [
+    "OWNER_INDEX_NAME",
+    "CapacityMeter",
+    "ConditionFailed",
+    "DynamoDBLeaseStore",
+    "DynamoDBLeaseStoreConfig",
+    "TableErrors",
+    "check_table_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +91,25 @@ BillingMode = Literal["PAY_PER_REQUEST", "PROVISIONED"]
 
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.\-]{3,255}")
 _MAX_TAGS = 50
-_THROTTLING_CODES = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
+_THROTTLING_CODES = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _USABLE_STATUSES = frozenset({"ACTIVE", "UPDATING"})
 # Statuses from which a table never becomes ACTIVE on its own; waiting for them is pointless.
 _DEAD_STATUSES = frozenset({"DELETING", "ARCHIVING", "ARCHIVED", "INACCESSIBLE_ENCRYPTION_CREDENTIALS"})
 _ONE: AttributeValueTypeDef = {"N": "1"}
+
+#: KCL 3.x's owner index on the lease table (kcl-protocol.md §2.1).
+OWNER_INDEX_NAME = "LeaseOwnerToLeaseKeyIndex"
+
+
+def check_table_name(table_name: object, setting: str = "table_name") -> str:
+    """``table_name`` if it is a valid DynamoDB table name, else a ``ConfigurationError`` naming ``setting``."""
+    if not isinstance(table_name, str) or not _TABLE_NAME.fullmatch(table_name):
+        raise ConfigurationError(
+            f"{setting} {table_name!r} is not a valid DynamoDB table name: use 3 to 255 characters "
+            "from A-Z, a-z, 0-9, '_', '-' and '.'"
+        )
+    return table_name
 
 
 @dataclass(frozen=True)
@@ -111,12 +133,7 @@ class DynamoDBLeaseStoreConfig:
     write_entity_type: bool = True
 
     def __post_init__(self) -> None:
-        table_name: object = self.table_name
-        if not isinstance(table_name, str) or not _TABLE_NAME.fullmatch(table_name):
-            raise ConfigurationError(
-                f"table_name {table_name!r} is not a valid DynamoDB table name: use 3 to 255 characters "
-                "from A-Z, a-z, 0-9, '_', '-' and '.'"
-            )
+        check_table_name(self.table_name)
         if self.billing_mode not in ("PAY_PER_REQUEST", "PROVISIONED"):
             raise ConfigurationError(
                 f"billing_mode {self.billing_mode!r} is not supported: use 'PAY_PER_REQUEST' or 'PROVISIONED'"
@@ -151,15 +168,88 @@ class DynamoDBLeaseStoreConfig:
                     f"tag key {key!r} is invalid: use 1 to 128 characters not starting with 'aws:'"
                 )
             if not isinstance(value, str) or len(value) > 256:
-                raise ConfigurationError(
-                    f"tag {key!r} has an invalid value: use a string of at most 256 characters"
-                )
+                raise ConfigurationError(f"tag {key!r} has an invalid value: use a string of at most 256 characters")
         # Freeze a private copy so later changes to the caller's dict cannot alter the config.
         object.__setattr__(self, "tags", MappingProxyType(dict(tags)))
 
 
-class _ConditionFailed(Exception):
-    """Internal: the request's condition did not hold (a lost race)."""
+class ConditionFailed(Exception):
+    """Raised inside a :meth:`TableErrors.translating` block whose conditional request lost its race."""
+
+
+class CapacityMeter:
+    """A thread-safe tally of the read and write capacity units one worker consumed (``ReturnConsumedCapacity``).
+
+    The lease store owns one; the coordinator item tables that live in the lease table share it, so a worker's
+    consumption of that table is summed in one place.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read_units = 0.0
+        self._write_units = 0.0
+
+    def record(self, consumed: Mapping[str, object] | None, *, write: bool) -> None:
+        """Add a response's ``ConsumedCapacity`` (``TOTAL``); a response without one adds nothing."""
+        units = consumed.get("CapacityUnits") if consumed else None
+        if not isinstance(units, int | float):
+            return
+        with self._lock:
+            if write:
+                self._write_units += units
+            else:
+                self._read_units += units
+
+    @property
+    def totals(self) -> tuple[float, float]:
+        """Read and write capacity units recorded so far."""
+        with self._lock:
+            return (self._read_units, self._write_units)
+
+
+@dataclass(frozen=True)
+class TableErrors:
+    """Translation of botocore errors for one table into :mod:`shardwise.errors` (see the module docstring).
+
+    ``subject`` names the table in messages (``"lease table 'app'"``); ``missing_hint`` is the fix suggested
+    when the table does not exist.
+    """
+
+    subject: str
+    missing_hint: str
+
+    @staticmethod
+    def code(exc: ClientError) -> str:
+        return _error_code(exc)
+
+    @contextlib.contextmanager
+    def translating(self, operation: str, *, conditional: bool = False) -> Iterator[None]:
+        """Translate botocore errors raised inside; a failed condition raises :class:`ConditionFailed` when
+        ``conditional``."""
+        try:
+            yield
+        except ClientError as exc:
+            if conditional and _error_code(exc) == _CONDITION_FAILED:
+                raise ConditionFailed from None
+            raise self.client_error(operation, exc) from exc
+        except BotoCoreError as exc:
+            raise self.botocore_error(operation, exc) from exc
+
+    def client_error(self, operation: str, exc: ClientError) -> Exception:
+        code = _error_code(exc)
+        message = _error_message(exc)
+        if code in _THROTTLING_CODES:
+            return ThrottlingError(f"DynamoDB {operation} on {self.subject} was throttled ({code}): {message}")
+        if code == "ResourceNotFoundException":
+            return self.missing(operation)
+        return DependencyError(f"DynamoDB {operation} on {self.subject} failed ({code or 'unknown error'}): {message}")
+
+    def missing(self, operation: str) -> ResourceNotFoundError:
+        """The error for "the table does not exist", as ``ResourceNotFoundException`` is translated."""
+        return ResourceNotFoundError(f"{self.subject} does not exist (DynamoDB {operation}): {self.missing_hint}")
+
+    def botocore_error(self, operation: str, exc: BotoCoreError) -> Exception:
+        return DependencyError(f"DynamoDB {operation} on {self.subject} failed: {exc}")
 
 
 class _Request:
@@ -204,9 +294,7 @@ class _Request:
     def require_lease_entity(self) -> None:
         """The item has no ``entityType`` or ``entityType`` is ``LEASE``."""
         name = self._name(ATTR_ENTITY_TYPE)
-        self._conditions.append(
-            f"(attribute_not_exists({name}) OR {name} = {self._value({'S': ENTITY_TYPE_LEASE})})"
-        )
+        self._conditions.append(f"(attribute_not_exists({name}) OR {name} = {self._value({'S': ENTITY_TYPE_LEASE})})")
 
     def require_string_or_absent(self, attribute: str, value: str | None) -> None:
         """``attribute == value``, or ``attribute`` does not exist when ``value`` is ``None``."""
@@ -257,14 +345,16 @@ class DynamoDBLeaseStore:
     ) -> None:
         if client is not None and (endpoint_url is not None or region_name is not None):
             raise ConfigurationError(
-                "pass either client or endpoint_url/region_name, not both: "
-                "configure the client you pass instead"
+                "pass either client or endpoint_url/region_name, not both: configure the client you pass instead"
             )
         self._config = config
         self._client = client if client is not None else _default_client(endpoint_url, region_name)
         self._lock = threading.Lock()
-        self._read_units = 0.0
-        self._write_units = 0.0
+        self._capacity = CapacityMeter()
+        self._errors = TableErrors(
+            f"lease table {config.table_name!r}",
+            "create it with create_table_if_not_exists(), or check the table name, region and endpoint",
+        )
         self._reported: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
@@ -281,10 +371,20 @@ class DynamoDBLeaseStore:
         return self._config
 
     @property
+    def client(self) -> DynamoDBClient:
+        """The boto3 DynamoDB client this store uses (shared by the coordinator item tables)."""
+        return self._client
+
+    @property
+    def capacity_meter(self) -> CapacityMeter:
+        """The tally behind :attr:`consumed_capacity`, shared with item tables living in the lease table."""
+        return self._capacity
+
+    @property
     def consumed_capacity(self) -> tuple[float, float]:
-        """Read and write capacity units consumed by this store's item operations so far."""
-        with self._lock:
-            return (self._read_units, self._write_units)
+        """Read and write capacity units consumed by item operations on the lease table so far (this store's,
+        plus those of coordinator item tables sharing its :attr:`capacity_meter`)."""
+        return self._capacity.totals
 
     # ------------------------------------------------------------------------------------------------ table
 
@@ -335,6 +435,11 @@ class DynamoDBLeaseStore:
 
     def _table_status(self) -> str | None:
         """The table's status, or ``None`` if it does not exist."""
+        table = self._describe_table()
+        return None if table is None else table.get("TableStatus", "UNKNOWN")
+
+    def _describe_table(self) -> TableDescriptionTypeDef | None:
+        """The table's description, or ``None`` if it does not exist."""
         try:
             response = self._client.describe_table(TableName=self.table_name)
         except ClientError as exc:
@@ -343,7 +448,7 @@ class DynamoDBLeaseStore:
             raise self._translate_client_error("DescribeTable", exc) from exc
         except BotoCoreError as exc:
             raise self._translate_botocore_error("DescribeTable", exc) from exc
-        return response["Table"].get("TableStatus", "UNKNOWN")
+        return response["Table"]
 
     def _wait_until_usable(self, deadline: float) -> None:
         while True:
@@ -373,10 +478,7 @@ class DynamoDBLeaseStore:
                 )
             except ClientError as exc:
                 # Continuous backups can be briefly unavailable right after the table becomes ACTIVE.
-                if (
-                    _error_code(exc) == "ContinuousBackupsUnavailableException"
-                    and time.monotonic() < deadline
-                ):
+                if _error_code(exc) == "ContinuousBackupsUnavailableException" and time.monotonic() < deadline:
                     time.sleep(self._config.table_poll_interval_s)
                     continue
                 raise self._translate_client_error("UpdateContinuousBackups", exc) from exc
@@ -384,6 +486,109 @@ class DynamoDBLeaseStore:
                 raise self._translate_botocore_error("UpdateContinuousBackups", exc) from exc
             logger.info("enabled point-in-time recovery on lease table %r", self.table_name)
             return
+
+    # ------------------------------------------------------------------------------------------ owner index
+
+    def owner_index_status(self) -> str | None:
+        """The ``IndexStatus`` of ``LeaseOwnerToLeaseKeyIndex`` from ``DescribeTable``, or ``None`` if the
+        index does not exist. Raises :class:`~shardwise.errors.ResourceNotFoundError` if the table does not."""
+        table = self._describe_table()
+        if table is None:
+            raise self._errors.missing("DescribeTable")
+        for index in table.get("GlobalSecondaryIndexes", []):
+            if index.get("IndexName") == OWNER_INDEX_NAME:
+                return index.get("IndexStatus", "UNKNOWN")
+        return None
+
+    def create_owner_index(self) -> bool:
+        """Start creating ``LeaseOwnerToLeaseKeyIndex`` (``leaseOwner`` HASH, ``leaseKey`` RANGE, KEYS_ONLY) as
+        KCL does: on-demand when the table is on-demand, else with the table's current read/write capacity.
+
+        Does not wait. False if the index already exists or is being created (``ResourceInUseException``, or
+        a validation error saying it already exists) — several workers may race to create it.
+        """
+        table = self._describe_table()
+        if table is None:
+            raise self._errors.missing("DescribeTable")
+        if any(index.get("IndexName") == OWNER_INDEX_NAME for index in table.get("GlobalSecondaryIndexes", [])):
+            return False
+        create: dict[str, object] = {
+            "IndexName": OWNER_INDEX_NAME,
+            "KeySchema": [
+                {"AttributeName": ATTR_LEASE_OWNER, "KeyType": "HASH"},
+                {"AttributeName": ATTR_LEASE_KEY, "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        }
+        billing_mode = table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
+        if billing_mode != "PAY_PER_REQUEST":
+            throughput = table.get("ProvisionedThroughput", {})
+            create["ProvisionedThroughput"] = {
+                "ReadCapacityUnits": throughput.get("ReadCapacityUnits", self._config.read_capacity_units),
+                "WriteCapacityUnits": throughput.get("WriteCapacityUnits", self._config.write_capacity_units),
+            }
+        update = cast("GlobalSecondaryIndexUpdateTypeDef", {"Create": create})
+        try:
+            self._client.update_table(
+                TableName=self.table_name,
+                AttributeDefinitions=[
+                    {"AttributeName": ATTR_LEASE_OWNER, "AttributeType": "S"},
+                    {"AttributeName": ATTR_LEASE_KEY, "AttributeType": "S"},
+                ],
+                GlobalSecondaryIndexUpdates=[update],
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ResourceInUseException" or "already exists" in _error_message(exc).lower():
+                logger.info("owner index of lease table %r already exists or is being changed", self.table_name)
+                return False
+            raise self._translate_client_error("UpdateTable", exc) from exc
+        except BotoCoreError as exc:
+            raise self._translate_botocore_error("UpdateTable", exc) from exc
+        logger.info("creating %s on lease table %r (%s)", OWNER_INDEX_NAME, self.table_name, billing_mode)
+        return True
+
+    def delete_owner_index(self) -> bool:
+        """Start deleting ``LeaseOwnerToLeaseKeyIndex`` if it exists (does not wait). False if it does not
+        exist, or the table is busy with another change (``ResourceInUseException``)."""
+        if self.owner_index_status() is None:
+            return False
+        try:
+            self._client.update_table(
+                TableName=self.table_name,
+                GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": OWNER_INDEX_NAME}}],
+            )
+        except ClientError as exc:
+            if _error_code(exc) in ("ResourceInUseException", "ResourceNotFoundException"):
+                logger.info("owner index of lease table %r is gone or being changed", self.table_name)
+                return False
+            raise self._translate_client_error("UpdateTable", exc) from exc
+        except BotoCoreError as exc:
+            raise self._translate_botocore_error("UpdateTable", exc) from exc
+        logger.info("deleting %s on lease table %r", OWNER_INDEX_NAME, self.table_name)
+        return True
+
+    def list_lease_keys_for_owner(self, owner: str) -> list[str]:
+        """Keys of the leases whose ``leaseOwner`` is ``owner``, in key order: a paginated, eventually
+        consistent ``Query`` on ``LeaseOwnerToLeaseKeyIndex`` (as KCL's lease discoverer does)."""
+        request: QueryInputTypeDef = {
+            "TableName": self.table_name,
+            "IndexName": OWNER_INDEX_NAME,
+            "KeyConditionExpression": "#owner = :owner",
+            "ExpressionAttributeNames": {"#owner": ATTR_LEASE_OWNER},
+            "ExpressionAttributeValues": {":owner": {"S": owner}},
+            "ConsistentRead": False,
+            "ReturnConsumedCapacity": "TOTAL",
+        }
+        keys: list[str] = []
+        while True:
+            with self._translating("Query"):
+                page = self._client.query(**request)
+            self._record_capacity(page.get("ConsumedCapacity"), write=False)
+            keys.extend(key for item in page.get("Items", []) if (key := item.get(ATTR_LEASE_KEY, {}).get("S")))
+            last_key = page.get("LastEvaluatedKey")
+            if not last_key:
+                return keys
+            request["ExclusiveStartKey"] = last_key
 
     # ---------------------------------------------------------------------------------------------- reading
 
@@ -431,9 +636,7 @@ class DynamoDBLeaseStore:
         """The item's lease, or ``None`` (reported once per key and reason) if it is not a valid lease."""
         if classify_item(item) == "other":
             entity = item.get(ATTR_ENTITY_TYPE, {}).get("S")
-            reason = (
-                f"not a lease (entityType {entity})" if entity else "not a lease (reserved coordinator key)"
-            )
+            reason = f"not a lease (entityType {entity})" if entity else "not a lease (reserved coordinator key)"
             self._report_skip(item_key(item), reason)
             return None
         try:
@@ -465,7 +668,7 @@ class DynamoDBLeaseStore:
                     ExpressionAttributeNames={"#leaseKey": ATTR_LEASE_KEY},
                     ReturnConsumedCapacity="TOTAL",
                 )
-        except _ConditionFailed:
+        except ConditionFailed:
             return None
         self._record_capacity(response.get("ConsumedCapacity"), write=True)
         return lease_from_item(item)
@@ -528,9 +731,7 @@ class DynamoDBLeaseStore:
         request.set(ATTR_OWNER_SWITCHES, number_value(lease.owner_switches_since_checkpoint))
         if lease.pending_checkpoint is not None:
             request.set(ATTR_PENDING_CHECKPOINT, {"S": lease.pending_checkpoint.sequence_number})
-            request.set(
-                ATTR_PENDING_CHECKPOINT_SUB, number_value(lease.pending_checkpoint.sub_sequence_number)
-            )
+            request.set(ATTR_PENDING_CHECKPOINT_SUB, number_value(lease.pending_checkpoint.sub_sequence_number))
         else:
             request.remove(ATTR_PENDING_CHECKPOINT)
             request.remove(ATTR_PENDING_CHECKPOINT_SUB)
@@ -617,52 +818,23 @@ class DynamoDBLeaseStore:
         try:
             with self._translating("UpdateItem", conditional=True):
                 response = self._client.update_item(**params)
-        except _ConditionFailed:
+        except ConditionFailed:
             return None
         self._record_capacity(response.get("ConsumedCapacity"), write=True)
         return lease_from_item(response["Attributes"])
 
     def _record_capacity(self, consumed: Mapping[str, object] | None, *, write: bool) -> None:
-        units = consumed.get("CapacityUnits") if consumed else None
-        if not isinstance(units, int | float):
-            return
-        with self._lock:
-            if write:
-                self._write_units += units
-            else:
-                self._read_units += units
+        self._capacity.record(consumed, write=write)
 
-    @contextlib.contextmanager
-    def _translating(self, operation: str, *, conditional: bool = False) -> Iterator[None]:
-        """Translate botocore errors raised inside into :mod:`shardwise.errors` (or ``_ConditionFailed``)."""
-        try:
-            yield
-        except ClientError as exc:
-            if conditional and _error_code(exc) == _CONDITION_FAILED:
-                raise _ConditionFailed from None
-            raise self._translate_client_error(operation, exc) from exc
-        except BotoCoreError as exc:
-            raise self._translate_botocore_error(operation, exc) from exc
+    def _translating(self, operation: str, *, conditional: bool = False) -> contextlib.AbstractContextManager[None]:
+        """Translate botocore errors raised inside into :mod:`shardwise.errors` (or ``ConditionFailed``)."""
+        return self._errors.translating(operation, conditional=conditional)
 
     def _translate_client_error(self, operation: str, exc: ClientError) -> Exception:
-        code = _error_code(exc)
-        message = _error_message(exc)
-        if code in _THROTTLING_CODES:
-            return ThrottlingError(
-                f"DynamoDB {operation} on lease table {self.table_name!r} was throttled ({code}): {message}"
-            )
-        if code == "ResourceNotFoundException":
-            return ResourceNotFoundError(
-                f"lease table {self.table_name!r} does not exist (DynamoDB {operation}): create it with "
-                "create_table_if_not_exists(), or check the table name, region and endpoint"
-            )
-        return DependencyError(
-            f"DynamoDB {operation} on lease table {self.table_name!r} failed "
-            f"({code or 'unknown error'}): {message}"
-        )
+        return self._errors.client_error(operation, exc)
 
     def _translate_botocore_error(self, operation: str, exc: BotoCoreError) -> Exception:
-        return DependencyError(f"DynamoDB {operation} on lease table {self.table_name!r} failed: {exc}")
+        return self._errors.botocore_error(operation, exc)
 
 
 def _default_client(endpoint_url: str | None, region_name: str | None) -> DynamoDBClient:

@@ -265,15 +265,11 @@ def lease_from_item(item: Mapping[str, AttributeValueTypeDef]) -> Lease:
     reader = _Reader(item)
     lease_key = reader.required_string(ATTR_LEASE_KEY)
     lease_counter = reader.required_integer(ATTR_LEASE_COUNTER)
-    checkpoint = reader.sequence(
-        ATTR_CHECKPOINT, ATTR_CHECKPOINT_SUB, reader.required_string(ATTR_CHECKPOINT)
-    )
+    checkpoint = reader.sequence(ATTR_CHECKPOINT, ATTR_CHECKPOINT_SUB, reader.required_string(ATTR_CHECKPOINT))
     pending_text = reader.string(ATTR_PENDING_CHECKPOINT)
     # An empty pendingCheckpoint means "none", as in KCL.
     pending = (
-        reader.sequence(ATTR_PENDING_CHECKPOINT, ATTR_PENDING_CHECKPOINT_SUB, pending_text)
-        if pending_text
-        else None
+        reader.sequence(ATTR_PENDING_CHECKPOINT, ATTR_PENDING_CHECKPOINT_SUB, pending_text) if pending_text else None
     )
     try:
         return Lease(

@@ -148,15 +148,11 @@ class SQLiteLeaseStore:
 
     def table_exists(self) -> bool:
         with self._db.reading() as conn:
-            row = conn.execute(
-                "SELECT 1 FROM shardwise_lease_tables WHERE table_name = ?", (self._table,)
-            ).fetchone()
+            row = conn.execute("SELECT 1 FROM shardwise_lease_tables WHERE table_name = ?", (self._table,)).fetchone()
         return row is not None
 
     def _require_table(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute(
-            "SELECT 1 FROM shardwise_lease_tables WHERE table_name = ?", (self._table,)
-        ).fetchone()
+        row = conn.execute("SELECT 1 FROM shardwise_lease_tables WHERE table_name = ?", (self._table,)).fetchone()
         if row is None:
             raise ResourceNotFoundError(
                 f"lease table {self._table!r} does not exist in {self._db.path}; create it first "
@@ -172,8 +168,7 @@ class SQLiteLeaseStore:
             try:
                 return list(
                     conn.execute(
-                        f"SELECT {_COLUMNS} FROM shardwise_leases WHERE table_name = ? {where} "
-                        "ORDER BY lease_key",
+                        f"SELECT {_COLUMNS} FROM shardwise_leases WHERE table_name = ? {where} ORDER BY lease_key",
                         (self._table, *params),
                     )
                 )

@@ -70,9 +70,7 @@ class ConsumerConfig:
             raise ConfigurationError("parent_shard_poll_interval_ms and task_backoff_time_ms must be > 0")
 
 
-def starting_position(
-    checkpoint: ExtendedSequenceNumber, initial_timestamp: datetime | None
-) -> StartingPosition:
+def starting_position(checkpoint: ExtendedSequenceNumber, initial_timestamp: datetime | None) -> StartingPosition:
     """Where to start reading a shard whose lease has ``checkpoint`` (KCL's IteratorBuilder)."""
     sentinel = checkpoint.sentinel_value
     if sentinel is SentinelCheckpoint.TRIM_HORIZON:
@@ -106,7 +104,7 @@ class ShardConsumer:
         create_child_leases: ChildLeaseCreator,
         config: ConsumerConfig,
         clock_ns: Callable[[], int] = time.monotonic_ns,
-        on_records: Callable[[int, int], None] | None = None,
+        on_records: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.shard_id = lease.lease_key
         self.token = token
@@ -159,17 +157,16 @@ class ShardConsumer:
         return not self.is_complete and now_ns >= self._next_due_ns
 
     def request_shutdown(self) -> None:
-        """Ask for a graceful shutdown: the processor gets ``shutdown_requested`` at its next step."""
+        """Ask for a graceful shutdown: the processor gets ``shutdown_requested`` at its next step, then the
+        lease is given back — transferred to the next owner during a KCL 3.x handoff, else released."""
         self._shutdown_wanted = True
         self._next_due_ns = 0
 
     def _fire(self, event: ConsumerEvent, reason: ShutdownReason | None = None) -> None:
         new_state = transition(self._state, event)
-        if new_state is ConsumerState.SHUTTING_DOWN and self._reason is None:
+        if new_state in (ConsumerState.SHUTTING_DOWN, ConsumerState.SHUTDOWN_COMPLETE) and self._reason is None:
             self._reason = reason
-        logger.debug(
-            "shard %s: %s --%s--> %s", self.shard_id, self._state.value, event.value, new_state.value
-        )
+        logger.debug("shard %s: %s --%s--> %s", self.shard_id, self._state.value, event.value, new_state.value)
         self._state = new_state
 
     def _due_in(self, millis: int) -> None:
@@ -181,8 +178,10 @@ class ShardConsumer:
         """Do one unit of work. Never raises: errors are logged and the step is retried after a backoff."""
         with self._lock:
             try:
+                failures = self._failures
                 self._step()
-                self._failures = 0
+                if self._failures == failures:  # _process counts a failed process_records without raising
+                    self._failures = 0
             except LeaseLostError:
                 self._lose_lease()
             except Exception:
@@ -197,9 +196,7 @@ class ShardConsumer:
                 self._due_in(self._config.task_backoff_time_ms)
 
     def _step(self) -> None:
-        if self._state is not ConsumerState.SHUTTING_DOWN and not self._renewer.holds(
-            self.shard_id, self.token
-        ):
+        if self._state is not ConsumerState.SHUTTING_DOWN and not self._renewer.holds(self.shard_id, self.token):
             self._lose_lease()
             return
         if self._shutdown_wanted and self._state in (
@@ -209,7 +206,7 @@ class ShardConsumer:
         ):
             self._fire(ConsumerEvent.SHUTDOWN_REQUESTED, ShutdownReason.REQUESTED)
             if self.is_complete:
-                self._renewer.release(self.shard_id, self.token)
+                self._give_back()
                 return
         state = self._state
         if state is ConsumerState.WAITING_ON_PARENT_SHARDS:
@@ -248,6 +245,14 @@ class ShardConsumer:
             # Taken at SHARD_END (a previous owner finished it): make sure the children exist, nothing else.
             self._fire(ConsumerEvent.SHARD_ENDED, ShutdownReason.SHARD_END)
             return
+        # Work out where to read before telling the processor anything: a configuration error here must not
+        # call initialize() again on every retry.
+        reader = ShardReader(
+            self._source,
+            self.shard_id,
+            starting_position(lease.checkpoint, self._config.initial_timestamp),
+            shard_range=lease.hash_key_range,
+        )
         self._processor.initialize(
             InitializationInput(
                 shard_id=self.shard_id,
@@ -257,12 +262,7 @@ class ShardConsumer:
             )
         )
         self._processor_initialized = True
-        self._reader = ShardReader(
-            self._source,
-            self.shard_id,
-            starting_position(lease.checkpoint, self._config.initial_timestamp),
-            shard_range=lease.hash_key_range,
-        )
+        self._reader = reader
         self._fire(ConsumerEvent.INITIALIZED)
 
     def _process(self) -> None:
@@ -271,13 +271,12 @@ class ShardConsumer:
             batch = self._reader.read(limit=self._config.max_records)
             start = self._initial.checkpoint
             records = (
-                batch.records
-                if start.is_sentinel
-                else [r for r in batch.records if r.extended_sequence_number > start]
+                batch.records if start.is_sentinel else [r for r in batch.records if r.extended_sequence_number > start]
             )
             self._pending = (records, batch)
         records, batch = self._pending
         if records or self._config.call_process_records_even_for_empty_list:
+            permitted = self.checkpointer.largest_permitted
             if records:
                 self.checkpointer.advance(records[-1].extended_sequence_number)
             try:
@@ -292,6 +291,9 @@ class ShardConsumer:
             except LeaseLostError:
                 raise
             except Exception:
+                # The batch is delivered again: until then its records may not be checkpointed (e.g. by a
+                # shutdown_requested that checkpoints "everything delivered" during the backoff).
+                self.checkpointer.retract(permitted)
                 self._failures += 1
                 logger.exception(
                     "shard %s: the record processor's process_records raised; the same %d record(s) "
@@ -304,7 +306,7 @@ class ShardConsumer:
                 self._due_in(self._config.task_backoff_time_ms)
                 return
             if self._on_records is not None and records:
-                self._on_records(len(records), sum(len(r.data) for r in records))
+                self._on_records(self.shard_id, len(records), sum(len(r.data) for r in records))
         self._pending = None
         if batch.shard_ended:
             self.checkpointer.advance(SHARD_END)
@@ -338,12 +340,18 @@ class ShardConsumer:
         if reason is ShutdownReason.LEASE_LOST:
             if self._processor_initialized:
                 self._processor.lease_lost(LeaseLostInput(shard_id=self.shard_id))
-            self._renewer.drop(self.shard_id)
+            self._renewer.drop(self.shard_id, self.token)
         elif reason is ShutdownReason.SHARD_END:
             self._end_shard()
         elif reason is ShutdownReason.REQUESTED:
-            self._renewer.release(self.shard_id, self.token)
+            self._give_back()
         self._fire(ConsumerEvent.SHUTDOWN_DONE)
+
+    def _give_back(self) -> None:
+        if self._renewer.in_handoff(self.shard_id):
+            self._renewer.complete_handoff(self.shard_id, self.token)
+        else:
+            self._renewer.release(self.shard_id, self.token)
 
     def _end_shard(self) -> None:
         held = self._renewer.get(self.shard_id)
@@ -352,9 +360,7 @@ class ShardConsumer:
         # Children first, so they exist whatever happens next (KCL's ShutdownTask order).
         self._create_child_leases(held.lease, self._children_of_this_shard())
         if self._processor_initialized and not held.lease.is_complete:
-            self._processor.shard_ended(
-                ShardEndedInput(shard_id=self.shard_id, checkpointer=self.checkpointer)
-            )
+            self._processor.shard_ended(ShardEndedInput(shard_id=self.shard_id, checkpointer=self.checkpointer))
             after = self._renewer.get(self.shard_id)
             if after is None or not after.lease.is_complete:
                 raise ShardEndError(
@@ -363,4 +369,4 @@ class ShardConsumer:
                     "will be retried and the child shards wait until it succeeds."
                 )
         # Done with this shard: stop renewing; the lease expires and is cleaned up once children progress.
-        self._renewer.drop(self.shard_id)
+        self._renewer.drop(self.shard_id, self.token)

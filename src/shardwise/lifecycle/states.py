@@ -2,14 +2,13 @@
 
 ::
 
-    WAITING_ON_PARENT_SHARDS ──parents done──▶ INITIALIZING ──initialized──▶ PROCESSING
-              │                                    │                             │  │
-              │                                    │                  shard end  │  │ shutdown requested
-              │                                    │                             ▼  ▼
-              └──── lease lost / shutdown ─────────┴────────────────▶ SHUTTING_DOWN ◀── SHUTDOWN_REQUESTED
-                                                                            │ (processor notified)
-                                                                            ▼
-                                                                    SHUTDOWN_COMPLETE
+    WAITING_ON_PARENT_SHARDS ─parents done─▶ INITIALIZING ─initialized─▶ PROCESSING ─requested─▶ SHUTDOWN_REQUESTED
+          │                                      │                        │                          │
+          │ lease lost or shutdown requested:    │                        │ shard end / lease lost   │ notified
+          │ the processor was never initialized  │                        ▼                          │ (or lease lost)
+          └──────────────────────────────────────┴──────────┐        SHUTTING_DOWN ◀────────────────┘
+                                                            ▼             │ shard_ended / lease_lost told
+                                                   SHUTDOWN_COMPLETE ◀────┘
 
 A shutdown before the processor was initialized never calls the processor: there is nothing to tell it.
 """

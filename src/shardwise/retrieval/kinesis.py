@@ -226,9 +226,7 @@ class KinesisStream:
 
     def get_records(self, shard_iterator: str, *, limit: int = _MAX_GET_RECORDS_LIMIT) -> GetRecordsResult:
         if not 1 <= limit <= _MAX_GET_RECORDS_LIMIT:
-            raise InvalidArgumentError(
-                f"GetRecords limit must be from 1 to {_MAX_GET_RECORDS_LIMIT}, got {limit}"
-            )
+            raise InvalidArgumentError(f"GetRecords limit must be from 1 to {_MAX_GET_RECORDS_LIMIT}, got {limit}")
         with self._boundary("GetRecords"):
             response = self._client.get_records(ShardIterator=shard_iterator, Limit=limit)
         with self._parsing("GetRecords"):
@@ -263,9 +261,7 @@ class KinesisStream:
         except ParamValidationError as exc:
             raise InvalidArgumentError(f"Kinesis {operation} on stream {self._stream_name!r}: {exc}") from exc
         except BotoCoreError as exc:
-            raise DependencyError(
-                f"Kinesis {operation} on stream {self._stream_name!r} failed: {exc}"
-            ) from exc
+            raise DependencyError(f"Kinesis {operation} on stream {self._stream_name!r} failed: {exc}") from exc
 
     @contextlib.contextmanager
     def _parsing(self, operation: str) -> Iterator[None]:
@@ -336,9 +332,7 @@ class KinesisAdmin:
 
     # -- producing ------------------------------------------------------------------------------------------
 
-    def put_record(
-        self, data: bytes, partition_key: str, *, explicit_hash_key: str | None = None
-    ) -> PutResult:
+    def put_record(self, data: bytes, partition_key: str, *, explicit_hash_key: str | None = None) -> PutResult:
         request: dict[str, Any] = {**self._stream._stream_ids(), "Data": data, "PartitionKey": partition_key}
         if explicit_hash_key is not None:
             request["ExplicitHashKey"] = explicit_hash_key

@@ -202,9 +202,7 @@ def even_hash_key_ranges(shard_count: int) -> list[HashKeyRange]:
 def check_stream_name(name: str) -> None:
     """Raise :class:`InvalidArgumentError` unless ``name`` is a valid Kinesis stream name."""
     if not _STREAM_NAME.fullmatch(name):
-        raise InvalidArgumentError(
-            f"invalid stream name {name!r}: use 1 to 128 letters, digits, '_', '.' or '-'"
-        )
+        raise InvalidArgumentError(f"invalid stream name {name!r}: use 1 to 128 letters, digits, '_', '.' or '-'")
 
 
 def _sequence_number(counter: int) -> str:
@@ -296,9 +294,7 @@ class _ShardRow:
 
     @property
     def parent_ids(self) -> tuple[str, ...]:
-        return tuple(
-            shard_id_for_index(p) for p in (self.parent_index, self.adjacent_parent_index) if p is not None
-        )
+        return tuple(shard_id_for_index(p) for p in (self.parent_index, self.adjacent_parent_index) if p is not None)
 
     @property
     def hash_key_range(self) -> HashKeyRange:
@@ -309,9 +305,7 @@ class _ShardRow:
             shard_id=self.shard_id,
             hash_key_range=self.hash_key_range,
             starting_sequence_number=_sequence_number(self.starting_counter),
-            ending_sequence_number=None
-            if self.ending_counter is None
-            else _sequence_number(self.ending_counter),
+            ending_sequence_number=None if self.ending_counter is None else _sequence_number(self.ending_counter),
             parent_shard_id=None if self.parent_index is None else shard_id_for_index(self.parent_index),
             adjacent_parent_shard_id=None
             if self.adjacent_parent_index is None
@@ -367,17 +361,13 @@ def _validate_entry(position: int, entry: Sequence[object]) -> tuple[bytes, str,
         )
     if len(data) > MAX_RECORD_DATA_BYTES:
         raise InvalidArgumentError(
-            f"{where}: data is {len(data)} bytes; a Kinesis record holds at most 1 MiB "
-            f"({MAX_RECORD_DATA_BYTES} bytes)"
+            f"{where}: data is {len(data)} bytes; a Kinesis record holds at most 1 MiB ({MAX_RECORD_DATA_BYTES} bytes)"
         )
     if not isinstance(partition_key, str):
-        raise InvalidArgumentError(
-            f"{where}: partition key must be a string, got {type(partition_key).__name__}"
-        )
+        raise InvalidArgumentError(f"{where}: partition key must be a string, got {type(partition_key).__name__}")
     if not 1 <= len(partition_key) <= MAX_PARTITION_KEY_LENGTH:
         raise InvalidArgumentError(
-            f"{where}: partition key must be 1 to {MAX_PARTITION_KEY_LENGTH} characters, "
-            f"got {len(partition_key)}"
+            f"{where}: partition key must be 1 to {MAX_PARTITION_KEY_LENGTH} characters, got {len(partition_key)}"
         )
     if explicit is None:
         return data, partition_key, None, hash_key_for(partition_key)
@@ -537,9 +527,7 @@ class LocalStreamStore:
         """True if the tables exist at this version; False if they must be created; raises otherwise."""
         tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "shardwise_stream_meta" in tables:
-            row = conn.execute(
-                "SELECT value FROM shardwise_stream_meta WHERE key = 'schema_version'"
-            ).fetchone()
+            row = conn.execute("SELECT value FROM shardwise_stream_meta WHERE key = 'schema_version'").fetchone()
             if row is None or str(row[0]) != str(SCHEMA_VERSION):
                 found = "no version" if row is None else f"version {row[0]}"
                 raise ConfigurationError(
@@ -576,23 +564,16 @@ class LocalStreamStore:
             last_trim_ms=int(row[7]),
         )
 
-    def _shard_rows(
-        self, conn: sqlite3.Connection, stream_id: int, where: str = "", *params: Any
-    ) -> list[_ShardRow]:
+    def _shard_rows(self, conn: sqlite3.Connection, stream_id: int, where: str = "", *params: Any) -> list[_ShardRow]:
         rows = conn.execute(
-            f"SELECT {_SHARD_COLUMNS} FROM shardwise_stream_shards WHERE stream_id = ? {where} "
-            "ORDER BY shard_index",
+            f"SELECT {_SHARD_COLUMNS} FROM shardwise_stream_shards WHERE stream_id = ? {where} ORDER BY shard_index",
             (stream_id, *params),
         ).fetchall()
         return [_shard_row(r) for r in rows]
 
-    def _retained_shard(
-        self, conn: sqlite3.Connection, st: _StreamRow, shard_id: str, now_ms: int
-    ) -> _ShardRow:
+    def _retained_shard(self, conn: sqlite3.Connection, st: _StreamRow, shard_id: str, now_ms: int) -> _ShardRow:
         match = _SHARD_ID.fullmatch(shard_id)
-        shards = (
-            self._shard_rows(conn, st.stream_id, "AND shard_index = ?", int(match.group(1))) if match else []
-        )
+        shards = self._shard_rows(conn, st.stream_id, "AND shard_index = ?", int(match.group(1))) if match else []
         if not shards or not shards[0].retained(now_ms - st.retention_ms):
             raise _not_found_shard(st.name, str(shard_id))
         return shards[0]
@@ -712,8 +693,7 @@ class LocalStreamStore:
         with self._db.transaction() as conn:
             st = self._stream_row(conn, stream)
             open_shards = sorted(
-                (s.start, s.end, s.index)
-                for s in self._shard_rows(conn, st.stream_id, "AND ending_counter IS NULL")
+                (s.start, s.end, s.index) for s in self._shard_rows(conn, st.stream_id, "AND ending_counter IS NULL")
             )
             starts = [s[0] for s in open_shards]
             now_ms = max(self._now_ms(), st.last_arrival_ms)
@@ -881,9 +861,7 @@ class LocalStreamStore:
                     (now_ms, st.stream_id),
                 )
             if count:
-                logger.debug(
-                    "trimmed %d records older than %d h from stream %s", count, st.retention_hours, name
-                )
+                logger.debug("trimmed %d records older than %d h from stream %s", count, st.retention_hours, name)
             deleted += count
         return deleted
 
@@ -903,11 +881,7 @@ class LocalStreamStore:
             chosen = [s for s in retained if s.is_open]
         elif kind is ShardFilterType.AT_TRIM_HORIZON:
             present = {s.index for s in retained}
-            chosen = [
-                s
-                for s in retained
-                if not any(p in present for p in (s.parent_index, s.adjacent_parent_index))
-            ]
+            chosen = [s for s in retained if not any(p in present for p in (s.parent_index, s.adjacent_parent_index))]
         elif kind is ShardFilterType.AFTER_SHARD_ID:
             assert shard_filter is not None
             assert shard_filter.shard_id is not None
@@ -918,9 +892,7 @@ class LocalStreamStore:
             assert shard_filter.timestamp is not None
             ts = max(_ms(shard_filter.timestamp), horizon, st.created_ms)
             if kind is ShardFilterType.AT_TIMESTAMP:
-                chosen = [
-                    s for s in retained if s.created_ms <= ts and (s.closed_ms is None or s.closed_ms >= ts)
-                ]
+                chosen = [s for s in retained if s.created_ms <= ts and (s.closed_ms is None or s.closed_ms >= ts)]
             else:  # FROM_TIMESTAMP
                 chosen = [s for s in retained if s.closed_ms is None or s.closed_ms >= ts]
         return [s.to_shard() for s in chosen]
@@ -993,8 +965,7 @@ class LocalStreamStore:
         it = _Iterator.decode(shard_iterator)
         if it.stream != stream:
             raise InvalidArgumentError(
-                f"shard iterator belongs to stream {it.stream!r}, not {stream!r}; "
-                "use that stream's get_records"
+                f"shard iterator belongs to stream {it.stream!r}, not {stream!r}; use that stream's get_records"
             )
         now_ms = self._now_ms()
         ttl_ms = int(self.iterator_ttl_s * 1000)
@@ -1014,9 +985,7 @@ class LocalStreamStore:
                 )
             shard = self._retained_shard(conn, st, shard_id_for_index(it.shard_index), now_ms)
             horizon = now_ms - st.retention_ms
-            rows = conn.execute(
-                _READ_RECORDS, (st.stream_id, shard.index, it.position, horizon, limit)
-            ).fetchall()
+            rows = conn.execute(_READ_RECORDS, (st.stream_id, shard.index, it.position, horizon, limit)).fetchall()
             exhausted = len(rows) < limit
             newest: tuple[int, int] | None = None
             if not exhausted:
@@ -1055,9 +1024,7 @@ class LocalStreamStore:
         return GetRecordsResult(records, next_iterator, behind)
 
 
-def _rebuild_store(
-    path: str, busy_timeout_s: float, clock: Callable[[], float], ttl: float
-) -> LocalStreamStore:
+def _rebuild_store(path: str, busy_timeout_s: float, clock: Callable[[], float], ttl: float) -> LocalStreamStore:
     return LocalStreamStore(path, busy_timeout_s=busy_timeout_s, clock=clock, iterator_ttl_s=ttl)
 
 
@@ -1113,9 +1080,7 @@ class LocalStream:
         return self._store._get_records(self._name, shard_iterator, limit)
 
     # Producer conveniences, so tests and demos can hold just the stream.
-    def put_record(
-        self, data: bytes, partition_key: str, *, explicit_hash_key: str | None = None
-    ) -> PutResult:
+    def put_record(self, data: bytes, partition_key: str, *, explicit_hash_key: str | None = None) -> PutResult:
         return self._store.put_record(self._name, data, partition_key, explicit_hash_key=explicit_hash_key)
 
     def put_records(self, entries: Iterable[PutEntry]) -> list[PutResult]:

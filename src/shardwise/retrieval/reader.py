@@ -128,9 +128,7 @@ class ShardReader:
         if result.records:
             self._last_sequence_number = result.records[-1].sequence_number
         if self._deaggregate:
-            records = [
-                sub for record in result.records for sub in deaggregate_record(record, self._shard_range)
-            ]
+            records = [sub for record in result.records for sub in deaggregate_record(record, self._shard_range)]
         else:
             records = list(result.records)
         if result.next_iterator is None:
