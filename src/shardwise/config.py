@@ -7,6 +7,7 @@ A file looks like this (every key optional except the two names; defaults are KC
     backend = "local"                 # or "aws"
     db = "shardwise.db"               # local backend: the SQLite file
     initial_position = "TRIM_HORIZON" # LATEST (default), TRIM_HORIZON or AT_TIMESTAMP
+    assignment = "utilization-3x"     # KCL 3.x generation (default: "lease-count-2x")
     # initial_timestamp = "2026-11-21T00:00:00Z"
 
     [leases]
@@ -17,6 +18,12 @@ A file looks like this (every key optional except the two names; defaults are KC
     [consumer]
     max_records = 10000
     idle_time_between_reads_ms = 1500
+
+    [utilization]                      # KCL 3.x balancing (kcl-protocol.md §6.6)
+    rebalance_threshold_percentage = 10
+    [coordination]
+    leader_lease_duration_ms = 120000
+    layout = "auto"                    # or "single-table" / "legacy"
 
 An unknown key or a value of the wrong type is an error naming the key, what it expects and how to fix it.
 """
@@ -34,8 +41,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shardwise.assignment.taker import TakerConfig
+from shardwise.assignment.utilization import AssignmentConfig
 from shardwise.coordinator.shard_sync import InitialPosition
-from shardwise.coordinator.worker import WorkerConfig
+from shardwise.coordinator.worker import CoordinationConfig, WorkerConfig
+from shardwise.coordinator.worker_metrics import WorkerMetricsConfig
 from shardwise.errors import ConfigurationError
 from shardwise.lifecycle.consumer import ConsumerConfig
 
@@ -73,11 +82,15 @@ class BackendConfig:
         return self.dynamodb_endpoint_url or self.endpoint_url
 
 
-_SECTIONS: dict[str, type[Any]] = {"leases": TakerConfig, "consumer": ConsumerConfig}
-_BACKEND_KEYS = {f.name for f in dataclasses.fields(BackendConfig)}
-_WORKER_KEYS = {
-    f.name for f in dataclasses.fields(WorkerConfig) if f.name not in ("leases", "consumer", "initial_position")
+_SECTIONS: dict[str, type[Any]] = {
+    "leases": TakerConfig,
+    "consumer": ConsumerConfig,
+    "utilization": AssignmentConfig,
+    "worker_metrics": WorkerMetricsConfig,
+    "coordination": CoordinationConfig,
 }
+_BACKEND_KEYS = {f.name for f in dataclasses.fields(BackendConfig)}
+_WORKER_KEYS = {f.name for f in dataclasses.fields(WorkerConfig) if f.name not in _SECTIONS} - {"initial_position"}
 _TOP_KEYS = _BACKEND_KEYS | _WORKER_KEYS | {"initial_position", "initial_timestamp"}
 
 
@@ -197,9 +210,7 @@ def build_config(values: Mapping[str, Any]) -> tuple[WorkerConfig, BackendConfig
             raise ConfigurationError(f"{required} is required: set it in the config file or with {flag}")
     hints = typing.get_type_hints(WorkerConfig)
     checked = {key: _check_value(key, hints[key], value) for key, value in values.items()}
-    worker = WorkerConfig(
-        **checked, initial_position=position, leases=sections["leases"], consumer=sections["consumer"]
-    )
+    worker = WorkerConfig(**checked, initial_position=position, **sections)
     return worker, backend
 
 

@@ -9,12 +9,15 @@ import pytest
 
 from shardwise.leases.store import LeaseStore
 from support.backends import (
+    ItemBackend,
     LeaseBackend,
     StreamBackend,
     dynamodb_backend,
+    dynamodb_item_backend,
     kinesis_backend,
     local_stream_backend,
     sqlite_backend,
+    sqlite_item_backend,
 )
 
 
@@ -32,6 +35,21 @@ def store(lease_backend: LeaseBackend) -> LeaseStore:
     store = lease_backend.open_store()
     store.create_table_if_not_exists()
     return store
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("dynamodb-single-table", marks=pytest.mark.aws),
+        pytest.param("dynamodb-legacy", marks=pytest.mark.aws),
+    ]
+)
+def item_backend(request: pytest.FixtureRequest, tmp_path: Path) -> ItemBackend:
+    """Coordinator item tables: SQLite, and DynamoDB in both layouts. Nothing is created yet."""
+    if request.param == "sqlite":
+        return sqlite_item_backend(tmp_path)
+    moto = request.getfixturevalue("moto_server")
+    return dynamodb_item_backend(moto.endpoint_url, "legacy" if request.param == "dynamodb-legacy" else "single-table")
 
 
 @pytest.fixture(params=["local", pytest.param("kinesis", marks=pytest.mark.aws)])

@@ -269,9 +269,7 @@ class TestUpdate:
     def test_checkpoint_and_pending(self, store: LeaseStore) -> None:
         lease = owned(store)
         prepared = store.update_lease(
-            lease.with_changes(
-                pending_checkpoint=ExtendedSequenceNumber(SEQ_A, 2), pending_checkpoint_state=b"state"
-            )
+            lease.with_changes(pending_checkpoint=ExtendedSequenceNumber(SEQ_A, 2), pending_checkpoint_state=b"state")
         )
         assert prepared is not None
         assert prepared.pending_checkpoint == ExtendedSequenceNumber(SEQ_A, 2)
@@ -308,9 +306,7 @@ class TestUpdate:
     def test_meta_update_leaves_counter(self, store: LeaseStore) -> None:
         lease = owned(store)
         rng = HashKeyRange(10, 20)
-        updated = store.update_lease_meta(
-            lease.lease_key, child_shard_ids=["shardId-000000000003"], hash_key_range=rng
-        )
+        updated = store.update_lease_meta(lease.lease_key, child_shard_ids=["shardId-000000000003"], hash_key_range=rng)
         assert updated is not None
         assert updated.lease_counter == lease.lease_counter
         assert (updated.child_shard_ids, updated.hash_key_range) == (frozenset({"shardId-000000000003"}), rng)
@@ -367,9 +363,7 @@ class TestRacesBetweenClients:
     def test_renew_against_steal(self, lease_backend: LeaseBackend, store: LeaseStore) -> None:
         other = lease_backend.open_store()
         lease = owned(store)
-        renewed, stolen = self._race(
-            [lambda: store.renew_lease(lease), lambda: other.take_lease(lease, "worker-b")]
-        )
+        renewed, stolen = self._race([lambda: store.renew_lease(lease), lambda: other.take_lease(lease, "worker-b")])
         assert (renewed is None) != (stolen is None)
 
     def test_counter_equals_successful_renewals(self, lease_backend: LeaseBackend, store: LeaseStore) -> None:
@@ -425,15 +419,11 @@ class TestForeignItems:
         assert store.get_lease("worker-1") is None
         assert store.get_lease("shardId-000000000002") is None
 
-    def test_table_of_only_foreign_items_is_empty(
-        self, lease_backend: LeaseBackend, store: LeaseStore
-    ) -> None:
+    def test_table_of_only_foreign_items_is_empty(self, lease_backend: LeaseBackend, store: LeaseStore) -> None:
         lease_backend.put_raw_non_lease("Migration3.0", "CLIENT_VERSION_MIGRATION")
         assert store.is_empty()
         assert store.list_leases() == []
 
-    def test_foreign_items_are_not_lease_targets(
-        self, lease_backend: LeaseBackend, store: LeaseStore
-    ) -> None:
+    def test_foreign_items_are_not_lease_targets(self, lease_backend: LeaseBackend, store: LeaseStore) -> None:
         lease_backend.put_raw_non_lease("worker-1", "WORKER_METRIC_STATS")
         assert store.create_lease_if_not_exists(new_lease("worker-1")) is None

@@ -26,20 +26,14 @@ def unique(prefix: str = "contract") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def read_all(
-    source: StreamSource, shard_id: str, position: StartingPosition, limit: int = 10_000
-) -> list[Record]:
+def read_all(source: StreamSource, shard_id: str, position: StartingPosition, limit: int = 10_000) -> list[Record]:
     """Read a shard from ``position`` until it is caught up (open shard) or ended (closed shard)."""
     records: list[Record] = []
     iterator: str | None = source.get_shard_iterator(shard_id, position)
     while iterator is not None:
         result = source.get_records(iterator, limit=limit)
         records.extend(result.records)
-        if (
-            not result.records
-            and result.millis_behind_latest in (0, None)
-            and result.next_iterator is not None
-        ):
+        if not result.records and result.millis_behind_latest in (0, None) and result.next_iterator is not None:
             break
         iterator = result.next_iterator
     return records
@@ -122,9 +116,7 @@ class TestReading:
         source = stream_backend.create(name, 1)
         (shard,) = source.list_shards()
         seqs = [stream_backend.put(name, b"d", "k")[1] for _ in range(7)]
-        first = source.get_records(
-            source.get_shard_iterator(shard.shard_id, StartingPosition.trim_horizon()), limit=3
-        )
+        first = source.get_records(source.get_shard_iterator(shard.shard_id, StartingPosition.trim_horizon()), limit=3)
         assert [r.sequence_number for r in first.records] == seqs[:3]
         assert first.next_iterator is not None
         rest = read_all(source, shard.shard_id, StartingPosition.after_sequence(seqs[2]))
@@ -144,9 +136,9 @@ class TestReading:
         batch = ShardReader(
             source, shard.shard_id, StartingPosition.trim_horizon(), shard_range=shard.hash_key_range
         ).read()
-        assert [
-            (r.data, r.partition_key, r.sequence_number, r.sub_sequence_number) for r in batch.records
-        ] == [(f"user-{i}".encode(), f"pk-{i}", seq, i) for i in range(4)]
+        assert [(r.data, r.partition_key, r.sequence_number, r.sub_sequence_number) for r in batch.records] == [
+            (f"user-{i}".encode(), f"pk-{i}", seq, i) for i in range(4)
+        ]
         assert all(r.aggregated for r in batch.records)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shardwise.coordinator.items import ItemTable, Layout
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
 
@@ -79,11 +80,60 @@ def dynamodb_backend(endpoint_url: str) -> LeaseBackend:
 
     def put_malformed(key: str) -> None:
         # A lease-looking item without leaseCounter: KCL 2.x would fail the whole scan on it.
-        raw_client.put_item(
-            TableName=table, Item={"leaseKey": {"S": key}, "checkpoint": {"S": "TRIM_HORIZON"}}
-        )
+        raw_client.put_item(TableName=table, Item={"leaseKey": {"S": key}, "checkpoint": {"S": "TRIM_HORIZON"}})
 
     return LeaseBackend("dynamodb", open_store, put_non_lease, put_malformed)
+
+
+# -- coordinator item tables -------------------------------------------------------------------------------
+
+
+@dataclass
+class ItemBackend:
+    """The two coordinator item tables of one application in one backend and layout.
+
+    ``open_tables`` returns (coordinator, worker-metrics) tables through a new client each call, and
+    ``open_lease_store`` the application's lease store (the items of the single-table layout share its table).
+    """
+
+    name: str
+    layout: str
+    open_tables: Callable[[], tuple[ItemTable, ItemTable]]
+    open_lease_store: Callable[[], LeaseStore]
+
+
+def sqlite_item_backend(tmp_path: Path) -> ItemBackend:
+    from shardwise.coordinator.sqlite_items import open_sqlite_item_tables
+    from shardwise.leases.sqlite import SQLiteLeaseStore
+
+    path = tmp_path / "items.db"
+    table = f"app{next(_counter)}"
+
+    def open_tables() -> tuple[ItemTable, ItemTable]:
+        coordinator, metrics, _ = open_sqlite_item_tables(SQLiteLeaseStore(path, table), table)
+        return coordinator, metrics
+
+    return ItemBackend("sqlite", "single-table", open_tables, lambda: SQLiteLeaseStore(path, table))
+
+
+def dynamodb_item_backend(endpoint_url: str, layout: Layout) -> ItemBackend:
+    from shardwise.coordinator.dynamodb_items import open_dynamodb_item_tables
+    from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+
+    table = f"items-app-{next(_counter)}"
+
+    def open_lease_store() -> DynamoDBLeaseStore:
+        return DynamoDBLeaseStore(
+            DynamoDBLeaseStoreConfig(table_name=table, table_poll_interval_s=0.05),
+            endpoint_url=endpoint_url,
+            region_name="us-east-1",
+        )
+
+    def open_tables() -> tuple[ItemTable, ItemTable]:
+        coordinator, metrics, _ = open_dynamodb_item_tables(open_lease_store(), table, layout=layout)
+        return coordinator, metrics
+
+    return ItemBackend(f"dynamodb-{layout}", layout, open_tables, open_lease_store)
 
 
 # -- stream sources ----------------------------------------------------------------------------------------
@@ -96,9 +146,7 @@ class StreamBackend:
     name: str
     create: Callable[[str, int], StreamSource]
     open: Callable[[str], StreamSource]  # a source for a stream that may not exist
-    put: Callable[
-        ..., tuple[str, str]
-    ]  # (stream, data, partition_key, explicit_hash_key=None) -> (shard, seq)
+    put: Callable[..., tuple[str, str]]  # (stream, data, partition_key, explicit_hash_key=None) -> (shard, seq)
     split: Callable[[str, str, int], None]
     merge: Callable[[str, str, str], None]
 
@@ -112,9 +160,7 @@ def local_stream_backend(tmp_path: Path) -> StreamBackend:
         store.create_stream(name, shards)
         return store.stream(name)
 
-    def put(
-        stream: str, data: bytes, partition_key: str, explicit_hash_key: str | None = None
-    ) -> tuple[str, str]:
+    def put(stream: str, data: bytes, partition_key: str, explicit_hash_key: str | None = None) -> tuple[str, str]:
         result = store.put_record(stream, data, partition_key, explicit_hash_key=explicit_hash_key)
         return result.shard_id, result.sequence_number
 
@@ -137,9 +183,7 @@ def kinesis_backend(endpoint_url: str) -> StreamBackend:
     def wait_active(name: str) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            status = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
-                "StreamStatus"
-            ]
+            status = client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"]
             if status == "ACTIVE":
                 return
             time.sleep(0.05)
@@ -150,9 +194,7 @@ def kinesis_backend(endpoint_url: str) -> StreamBackend:
         wait_active(name)
         return open_source(name)
 
-    def put(
-        stream: str, data: bytes, partition_key: str, explicit_hash_key: str | None = None
-    ) -> tuple[str, str]:
+    def put(stream: str, data: bytes, partition_key: str, explicit_hash_key: str | None = None) -> tuple[str, str]:
         if explicit_hash_key is None:
             response = client.put_record(StreamName=stream, Data=data, PartitionKey=partition_key)
         else:

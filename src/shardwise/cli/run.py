@@ -134,6 +134,13 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     help="Where a new application starts reading. [default: LATEST]",
 )
 @click.option("--initial-timestamp", default=None, help="ISO 8601 timestamp for AT_TIMESTAMP.")
+@click.option(
+    "--assignment",
+    type=click.Choice(["lease-count-2x", "utilization-3x"]),
+    default=None,
+    help="Lease assignment generation: KCL 2.x lease-count taking, or the KCL 3.x leader assigning "
+    "by measured load. [default: lease-count-2x]",
+)
 @click.option("--failover-time-ms", type=int, default=None, help="Lease duration. [default: 10000]")
 @click.option("--max-leases-for-worker", type=int, default=None)
 @click.option("--max-leases-to-steal-at-one-time", type=int, default=None)
@@ -167,6 +174,7 @@ def run(processor: str, config_file: str | None, settings: tuple[str, ...], **fl
             worker_id=flags.pop("worker_id"),
             initial_position=flags.pop("initial_position"),
             initial_timestamp=flags.pop("initial_timestamp"),
+            assignment=flags.pop("assignment"),
             **{
                 "leases.failover_time_ms": flags.pop("failover_time_ms"),
                 "leases.max_leases_for_worker": flags.pop("max_leases_for_worker"),

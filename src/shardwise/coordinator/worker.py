@@ -1,12 +1,25 @@
 """The worker: one process, one worker id, a handful of loops and a bounded pool of shard consumers.
 
-Loops (one thread each, each with its own interval, all stopped by one event):
+Two generations of lease coordination, chosen by ``WorkerConfig.assignment`` (and switchable at runtime by
+:meth:`Worker.switch_mode`, which the migration watcher of a later release uses):
 
-* **renewer** — every ``failover/3 − ε``: renew held leases; consumers of lost leases notice and shut down.
-* **taker** — at start, then every ``2 × (failover + ε)`` (and early after a shard ends): the KCL 2.x lease
-  taker; every newly held lease gets a :class:`ShardConsumer`.
-* **shard sync** — at start, then every ``shard_sync_interval``: if this worker is the (deterministic) leader,
-  create missing leases (first run), then audit hash-range holes, and delete finished parent leases.
+* ``lease-count-2x`` (KCL 2.x): every worker scans and **takes** leases (lease-count target, stealing);
+  shard sync runs on the deterministic leader.
+* ``utilization-3x`` (KCL 3.x): one **leader** (DynamoDB-lock compatible ``Leader`` item) assigns leases by
+  measured load (CPU when available, else throughput) with graceful handoffs; the others **discover** their
+  leases through the owner index; every worker reports its metrics.
+
+Loops (one thread each, stopped by one event; each checks the current mode on every run):
+
+* **renewer** (always) — every ``failover/3 − ε``: renew held leases (with their throughput); a lost lease's
+  consumer notices and shuts down; a handoff started by the leader makes the consumer checkpoint
+  (``shutdown_requested``) and transfer the lease.
+* **taker** (2.x) — at start, then every ``2 × (failover + ε)`` (and early after a shard ends).
+* **leader / assigner** (3.x) — every ``lease_assignment_interval`` (2 × failover): keep the leader lock;
+  on the leader, run one assignment pass.
+* **discoverer** (3.x) — every ``lease_assignment_interval/2 − ε``: start consumers for newly assigned leases.
+* **metrics** (3.x) — capture CPU every second, report the worker-metrics item every 30 s.
+* **shard sync** — on the leader of the current mode: create missing leases, audit holes, clean up parents.
 * **dispatcher** (the thread that calls :meth:`Worker.run`) — runs each due consumer's next step on the pool.
 
 Graceful shutdown (:meth:`Worker.request_shutdown`, SIGTERM/SIGINT in the CLI): taking stops, every processor
@@ -26,29 +39,81 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from shardwise.assignment.taker import TakerConfig
+from shardwise.assignment.utilization import AssignmentConfig
+from shardwise.coordinator.assigner import LeaseAssignmentManager
+from shardwise.coordinator.discoverer import LeaseDiscoverer
+from shardwise.coordinator.items import Layout
+from shardwise.coordinator.layouts import CoordinatorTables, open_coordinator_tables
 from shardwise.coordinator.leader import DeterministicShuffleLeaderDecider
+from shardwise.coordinator.leader_lock import LeaderLock
 from shardwise.coordinator.renewer import LeaseRenewer
 from shardwise.coordinator.shard_sync import InitialPosition, ShardSyncer
 from shardwise.coordinator.taker import LeaseTaker
-from shardwise.errors import ConfigurationError
-from shardwise.leases.model import Lease
-from shardwise.leases.store import LeaseStore
+from shardwise.coordinator.worker_metrics import (
+    LeaseThroughputRecorder,
+    WorkerMetricsCollector,
+    WorkerMetricsConfig,
+    WorkerMetricsReporter,
+    select_cpu_source,
+)
+from shardwise.errors import ConfigurationError, InvalidStateError
+from shardwise.leases.model import RESERVED_KEYS, Lease
+from shardwise.leases.store import LeaseStore, OwnerIndex
 from shardwise.lifecycle.consumer import ConsumerConfig, ShardConsumer
 from shardwise.lifecycle.states import ShutdownReason
+from shardwise.metrics.sink import MetricsSink, NullMetricsSink
 from shardwise.processor import RecordProcessor, RecordProcessorFactory
 from shardwise.retrieval.model import ChildShard
 from shardwise.retrieval.source import StreamSource
 
-__all__ = ["Worker", "WorkerConfig", "WorkerStats", "default_worker_id"]
+__all__ = [
+    "AssignmentMode",
+    "CoordinationConfig",
+    "Worker",
+    "WorkerConfig",
+    "WorkerStats",
+    "default_worker_id",
+]
 
 logger = logging.getLogger(__name__)
+
+AssignmentMode = Literal["lease-count-2x", "utilization-3x"]
+_EPSILON_MS = 25
 
 
 def default_worker_id() -> str:
     """``<host>:<pid>:<random>`` — unique per process, readable in the lease table."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationConfig:
+    """KCL 3.x coordination settings (kcl-protocol.md §6.1, §6.6) and where its items live."""
+
+    strategy: Literal["worker-utilization-aware", "lease-count"] = "worker-utilization-aware"
+    lease_assignment_interval_ms: int | None = None  # default: 2 × failover time
+    leader_lease_duration_ms: int = 120_000
+    leader_heartbeat_period_ms: int = 30_000
+    layout: Literal["auto", "single-table", "legacy"] = "auto"
+    coordinator_table_name: str | None = None
+    worker_metrics_table_name: str | None = None
+    owner_index_timeout_ms: int = 3_600_000
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("worker-utilization-aware", "lease-count"):
+            raise ConfigurationError("coordination.strategy must be 'worker-utilization-aware' or 'lease-count'")
+        if self.layout not in ("auto", "single-table", "legacy"):
+            raise ConfigurationError("coordination.layout must be 'auto', 'single-table' or 'legacy'")
+        if self.lease_assignment_interval_ms is not None and self.lease_assignment_interval_ms <= 0:
+            raise ConfigurationError("coordination.lease_assignment_interval_ms must be > 0")
+        if not 0 < self.leader_heartbeat_period_ms < self.leader_lease_duration_ms:
+            raise ConfigurationError(
+                "coordination.leader_heartbeat_period_ms must be > 0 and shorter than leader_lease_duration_ms "
+                "(KCL: 30000 and 120000)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +125,12 @@ class WorkerConfig:
     worker_id: str = field(default_factory=default_worker_id)
     lease_table_name: str | None = None
     initial_position: InitialPosition = field(default_factory=InitialPosition.latest)
+    assignment: AssignmentMode = "lease-count-2x"
     leases: TakerConfig = field(default_factory=TakerConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    utilization: AssignmentConfig = field(default_factory=AssignmentConfig)
+    worker_metrics: WorkerMetricsConfig = field(default_factory=WorkerMetricsConfig)
+    coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
     shard_sync_interval_ms: int = 60_000
     max_consumer_threads: int = 16
     dispatch_poll_interval_ms: int = 20
@@ -74,6 +143,10 @@ class WorkerConfig:
             raise ConfigurationError("stream_name must not be empty")
         if not self.worker_id:
             raise ConfigurationError("worker_id must not be empty")
+        if self.assignment not in ("lease-count-2x", "utilization-3x"):
+            raise ConfigurationError(
+                f"assignment must be 'lease-count-2x' or 'utilization-3x', got {self.assignment!r}"
+            )
         if self.max_consumer_threads < 1:
             raise ConfigurationError(f"max_consumer_threads must be >= 1, got {self.max_consumer_threads}")
         for name in ("shard_sync_interval_ms", "dispatch_poll_interval_ms", "shutdown_timeout_ms"):
@@ -83,6 +156,11 @@ class WorkerConfig:
     @property
     def table_name(self) -> str:
         return self.lease_table_name or self.application_name
+
+    @property
+    def lease_assignment_interval_ms(self) -> int:
+        configured = self.coordination.lease_assignment_interval_ms
+        return configured if configured is not None else 2 * self.leases.failover_time_ms
 
 
 @dataclass
@@ -109,9 +187,16 @@ class _Loop:
     """A periodic task on its own daemon thread; ``wake()`` runs it early."""
 
     def __init__(
-        self, name: str, interval_s: Callable[[], float], task: Callable[[], None], stop: threading.Event
+        self,
+        name: str,
+        interval_s: Callable[[], float],
+        task: Callable[[], None],
+        stop: threading.Event,
+        *,
+        initial_delay_s: float = 0.0,
     ) -> None:
-        self._name = name
+        self.name = name
+        self._initial_delay_s = initial_delay_s
         self._interval_s = interval_s
         self._task = task
         self._stop = stop
@@ -130,11 +215,14 @@ class _Loop:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        if self._initial_delay_s > 0:
+            self._wake.wait(self._initial_delay_s)
+            self._wake.clear()
         while not self._stop.is_set():
             try:
                 self._task()
             except Exception:
-                logger.exception("%s loop failed; it runs again at its next interval", self._name)
+                logger.exception("%s loop failed; it runs again at its next interval", self.name)
             self._wake.wait(self._interval_s())
             self._wake.clear()
 
@@ -149,7 +237,9 @@ class Worker:
         store: LeaseStore,
         source: StreamSource,
         processor_factory: RecordProcessorFactory,
+        metrics: MetricsSink | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        clock_epoch_s: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
@@ -157,18 +247,43 @@ class Worker:
         self._store = store
         self._source = source
         self._factory = processor_factory
+        self._metrics = metrics or NullMetricsSink()
         self._clock_ns = clock_ns
+        self._clock_epoch_s = clock_epoch_s
+        self._rng = rng or random.Random()
+        self._mode: AssignmentMode = config.assignment
+        self._throughput = LeaseThroughputRecorder(clock_ns)
+        renewal_interval_s = config.leases.renewal_interval_ms / 1000
         self.renewer = LeaseRenewer(
-            store, self.worker_id, failover_time_ms=config.leases.failover_time_ms, clock_ns=clock_ns
+            store,
+            self.worker_id,
+            failover_time_ms=config.leases.failover_time_ms,
+            clock_ns=clock_ns,
+            throughput_kbps=lambda key: self._throughput.throughput_kbps(key, renewal_interval_s),
+            on_handoff=self._on_handoff,
         )
-        self._taker = LeaseTaker(store, self.worker_id, config.leases, clock_ns=clock_ns, rng=rng or random.Random())
+        self._taker = LeaseTaker(store, self.worker_id, config.leases, clock_ns=clock_ns, rng=self._rng)
         self._syncer = ShardSyncer(store, source, config.initial_position)
-        self._leader = DeterministicShuffleLeaderDecider(store, self.worker_id)
+        self._deterministic_leader = DeterministicShuffleLeaderDecider(store, self.worker_id)
         self._synced_once = False
+        # KCL 3.x parts, opened on first use (a 2.x-only worker never touches the coordinator items).
+        self._tables: CoordinatorTables | None = None
+        self._lock: LeaderLock | None = None
+        self._assigner: LeaseAssignmentManager | None = None
+        self._discoverer: LeaseDiscoverer | None = None
+        self._collector = WorkerMetricsCollector(
+            select_cpu_source(config=config.worker_metrics),
+            config.worker_metrics,
+            clock_ns,
+        )
+        self._reporter: WorkerMetricsReporter | None = None
+        self._was_leader = False
+        self._reported_once = False
         # Keyed by (lease key, token): a lease lost and taken again gets a new consumer while the old one
         # still finishes its shutdown.
         self._consumers: dict[tuple[str, str], ShardConsumer] = {}
         self._running: dict[tuple[str, str], concurrent.futures.Future[None]] = {}
+        self._handoffs: dict[str, int] = {}  # lease key -> ns when the leader's handoff was noticed
         self._consumers_lock = threading.Lock()
         self._stop_loops = threading.Event()
         self._shutdown_requested = threading.Event()
@@ -176,26 +291,79 @@ class Worker:
         self._shutdown_deadline_ns: int | None = None
         self.stats = WorkerStats(started_at_ns=clock_ns())
         leases = config.leases
+        assignment_s = config.lease_assignment_interval_ms / 1000
+        metrics_cfg = config.worker_metrics
         self._loops = [
+            _Loop("shard-sync", lambda: config.shard_sync_interval_ms / 1000, self._sync, self._stop_loops),
             _Loop("renewer", lambda: leases.renewal_interval_ms / 1000, self._renew, self._stop_loops),
             _Loop("taker", lambda: leases.taker_interval_ms / 1000, self._take, self._stop_loops),
-            _Loop("shard-sync", lambda: config.shard_sync_interval_ms / 1000, self._sync, self._stop_loops),
+            _Loop("assigner", lambda: assignment_s, self._assign, self._stop_loops),
+            _Loop(
+                "discoverer", lambda: max(0.05, assignment_s / 2 - _EPSILON_MS / 1000), self._discover, self._stop_loops
+            ),
+            _Loop(
+                "metrics-capture",
+                lambda: metrics_cfg.in_memory_capture_frequency_ms / 1000,
+                self._capture,
+                self._stop_loops,
+            ),
+            # KCL reports first after two captures, so the first report carries real values.
+            _Loop(
+                "metrics-report",
+                lambda: metrics_cfg.reporter_frequency_ms / 1000,
+                self._report,
+                self._stop_loops,
+                initial_delay_s=2 * metrics_cfg.in_memory_capture_frequency_ms / 1000,
+            ),
         ]
-        self._taker_loop = self._loops[1]
+        self._loop_by_name = {loop.name: loop for loop in self._loops}
+        if self._mode == "utilization-3x":
+            self._check_worker_id_for_single_table()
 
     # -- public -------------------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> AssignmentMode:
+        return self._mode
+
+    @property
+    def layout(self) -> Layout | None:
+        return None if self._tables is None else self._tables.layout
+
+    def is_leader(self) -> bool:
+        """Whether this worker currently leads (lock leader in 3.x, deterministic leader in 2.x)."""
+        if self._mode == "utilization-3x":
+            return self._lock is not None and self._lock.holds_lock()
+        return self._deterministic_leader.is_leader()
+
+    def switch_mode(self, mode: AssignmentMode) -> None:
+        """Switch the coordination generation between two loop runs; held leases and consumers are untouched."""
+        if mode == self._mode:
+            return
+        logger.info("worker %s switches lease assignment from %s to %s", self.worker_id, self._mode, mode)
+        if mode == "utilization-3x":
+            self._check_worker_id_for_single_table()
+            self._ensure_3x()
+        elif self._lock is not None and self._lock.holds_lock():
+            self._lock.release()
+        self._mode = mode
+        for name in ("assigner", "discoverer", "metrics-report", "taker"):
+            self._loop_by_name[name].wake()
 
     def run(self) -> None:
         """Run until :meth:`request_shutdown` (then shut down gracefully). Blocks the calling thread."""
         self._store.create_table_if_not_exists()
+        if self._mode == "utilization-3x":
+            self._ensure_3x()
         logger.info(
-            "worker %s starts on application %s (lease table %s), stream %s",
+            "worker %s starts on application %s (lease table %s), stream %s, lease assignment %s",
             self.worker_id,
             self.config.application_name,
             self.config.table_name,
             self.config.stream_name,
+            self._mode,
         )
-        for loop in (self._loops[2], self._loops[0], self._loops[1]):
+        for loop in self._loops:
             loop.start()
         pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.max_consumer_threads, thread_name_prefix="shard-consumer"
@@ -206,6 +374,11 @@ class Worker:
             self._stop_loops.set()
             for loop in self._loops:
                 loop.join(5.0)
+            if self._lock is not None and self._lock.holds_lock():
+                try:
+                    self._lock.release()
+                except Exception:
+                    logger.warning("could not release the leader lock; it expires after its lease duration")
             pool.shutdown(wait=False, cancel_futures=True)
             self._stopped.set()
             logger.info("worker %s stopped", self.worker_id)
@@ -226,24 +399,97 @@ class Worker:
     def held_leases(self) -> list[Lease]:
         return [held.lease for held in self.renewer.held().values()]
 
+    # -- KCL 3.x set-up -----------------------------------------------------------------------------
+
+    def _check_worker_id_for_single_table(self) -> None:
+        if self.worker_id.startswith("shardId-") or self.worker_id in RESERVED_KEYS:
+            raise ConfigurationError(
+                f"worker id {self.worker_id!r} cannot be used with KCL 3.x coordination: worker-metrics items "
+                "share the lease table's keys, so a worker id must not look like a shard id or equal "
+                f"{', '.join(sorted(RESERVED_KEYS))}; choose another --worker-id"
+            )
+
+    def _ensure_3x(self) -> None:
+        """Open the coordinator items, the leader lock and the owner index (once)."""
+        if self._tables is not None:
+            return
+        coordination = self.config.coordination
+        tables = open_coordinator_tables(
+            self._store,
+            self.config.application_name,
+            layout=None if coordination.layout == "auto" else coordination.layout,
+            coordinator_table_name=coordination.coordinator_table_name,
+            worker_metrics_table_name=coordination.worker_metrics_table_name,
+        )
+        if not isinstance(self._store, OwnerIndex):
+            raise ConfigurationError(f"{type(self._store).__name__} has no owner index; KCL 3.x needs one")
+        self._wait_for_owner_index(self._store)
+        self._lock = LeaderLock(
+            tables.coordinator,
+            self.worker_id,
+            lease_duration_ms=coordination.leader_lease_duration_ms,
+            heartbeat_period_ms=coordination.leader_heartbeat_period_ms,
+        )
+        self._assigner = LeaseAssignmentManager(
+            self._store,
+            tables.worker_metrics,
+            config=self.config.utilization,
+            failover_time_ms=self.config.leases.failover_time_ms,
+            strategy=coordination.strategy,
+            metrics_config=self.config.worker_metrics,
+            metrics=self._metrics,
+            clock_ns=self._clock_ns,
+            clock_epoch_s=self._clock_epoch_s,
+            rng=self._rng,
+        )
+        self._discoverer = LeaseDiscoverer(self._store, self._store, self.worker_id, lambda: set(self.renewer.held()))
+        self._reporter = WorkerMetricsReporter(
+            tables.worker_metrics,
+            self.worker_id,
+            self._collector,
+            self.config.worker_metrics,
+            clock_epoch_s=self._clock_epoch_s,
+            metrics=self._metrics,
+        )
+        self._tables = tables
+        logger.info(
+            "worker %s: KCL 3.x coordination items in the %s layout (%s)",
+            self.worker_id,
+            tables.layout,
+            tables.coordinator.table_name,
+        )
+
+    def _wait_for_owner_index(self, index: OwnerIndex) -> None:
+        index.create_owner_index()
+        deadline = self._clock_ns() + self.config.coordination.owner_index_timeout_ms * 1_000_000
+        while (status := index.owner_index_status()) != "ACTIVE":
+            if self._clock_ns() > deadline or self._shutdown_requested.is_set():
+                raise InvalidStateError(
+                    f"the owner index LeaseOwnerToLeaseKeyIndex is {status} after "
+                    f"{self.config.coordination.owner_index_timeout_ms} ms; retry later or raise "
+                    "coordination.owner_index_timeout_ms"
+                )
+            time.sleep(1.0)
+
     # -- loops --------------------------------------------------------------------------------------
 
     def _renew(self) -> None:
         result = self.renewer.renew_all()
         if result.lost:
             self.stats.leases_lost += len(result.lost)
+            for key in result.lost:
+                self._throughput.forget(key)
+        self._metrics.put("RenewAllLeases", "CurrentLeases", len(self.renewer.held()))
+        self._metrics.put("RenewAllLeases", "LostLeases", len(result.lost))
 
-    def _take(self) -> None:
-        if self._shutdown_requested.is_set():
+    def _start_consumers(self, leases: Sequence[Lease]) -> None:
+        if not leases:
             return
-        taken = self._taker.take_leases()
-        if not taken:
-            return
-        tokens = self.renewer.add_leases(taken)
-        self.stats.leases_taken += len(taken)
+        tokens = self.renewer.add_leases(leases)
         with self._consumers_lock:
-            for lease in taken:
+            for lease in leases:
                 token = tokens[lease.lease_key]
+                self._throughput.seed(lease.lease_key, lease.throughput_kbps)
                 self._consumers[(lease.lease_key, token)] = ShardConsumer(
                     lease=lease,
                     token=token,
@@ -254,9 +500,67 @@ class Worker:
                     create_child_leases=self._create_child_leases,
                     config=self.config.consumer,
                     clock_ns=self._clock_ns,
-                    on_records=self.stats.add_records,
+                    on_records=self._on_records,
                 )
-        logger.info("worker %s took leases %s", self.worker_id, ", ".join(lease.lease_key for lease in taken))
+        self.stats.leases_taken += len(leases)
+
+    def _on_records(self, lease_key: str, count: int, size: int) -> None:
+        self._throughput.record(lease_key, size)
+        self.stats.add_records(lease_key, count, size)
+
+    def _take(self) -> None:
+        if self._shutdown_requested.is_set() or self._mode != "lease-count-2x":
+            return
+        taken = self._taker.take_leases()
+        self._start_consumers(taken)
+        metrics = self._taker.last_metrics
+        if metrics is not None:
+            for name, value in metrics.as_dict().items():
+                self._metrics.put("TakeLeases", name, value)
+        if taken:
+            logger.info("worker %s took leases %s", self.worker_id, ", ".join(lease.lease_key for lease in taken))
+
+    def _assign(self) -> None:
+        if self._mode != "utilization-3x" or self._lock is None or self._assigner is None:
+            return
+        leader = not self._shutdown_requested.is_set() and self._lock.is_leader()
+        if leader and not self._was_leader:
+            logger.info("worker %s is the leader now", self.worker_id)
+            self._assigner.reset()
+        self._was_leader = leader
+        if not leader:
+            return
+        run = self._assigner.run_once()
+        if any(move.to_worker == self.worker_id for move in run.decision.moves):
+            self._loop_by_name["discoverer"].wake()
+        if not self._synced_once:
+            self._loop_by_name["shard-sync"].wake()
+
+    def _discover(self) -> None:
+        if self._shutdown_requested.is_set() or self._mode != "utilization-3x" or self._discoverer is None:
+            return
+        found = self._discoverer.discover()
+        self._metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
+        if found:
+            self._start_consumers(found)
+            logger.info("worker %s discovered leases %s", self.worker_id, ", ".join(lease.lease_key for lease in found))
+
+    def _capture(self) -> None:
+        if self._mode == "utilization-3x":
+            self._collector.capture()
+
+    def _report(self) -> None:
+        if self._mode == "utilization-3x" and self._reporter is not None and not self._shutdown_requested.is_set():
+            self._reporter.report()
+            if not self._reported_once:
+                self._reported_once = True
+                self._loop_by_name["assigner"].wake()  # a new leader need not wait a whole interval for us
+
+    def _on_handoff(self, lease_key: str, next_owner: str) -> None:
+        self._handoffs[lease_key] = self._clock_ns()
+        for consumer in self.consumers():
+            if consumer.shard_id == lease_key:
+                consumer.request_shutdown()
 
     def _new_processor(self) -> RecordProcessor:
         processor = self._factory()
@@ -270,22 +574,40 @@ class Worker:
     def _sync(self) -> None:
         """Leader only: a full shard sync on the first run, then KCL's hole audit (which syncs after three
         consecutive audits see the same holes) and clean-up of finished parent leases."""
-        if self._shutdown_requested.is_set() or not self._leader.is_leader():
+        if self._shutdown_requested.is_set():
+            return
+        if self._mode == "utilization-3x":
+            if self._lock is None or not self._lock.is_leader():
+                return
+        elif not self._deterministic_leader.is_leader():
             return
         if not self._synced_once:
             created = self._syncer.sync()
             self._synced_once = True
             if created:
-                self._taker_loop.wake()
+                self._loop_by_name["taker"].wake()
+                self._loop_by_name["assigner"].wake()
         elif self._syncer.audit():
-            self._taker_loop.wake()
+            self._loop_by_name["taker"].wake()
         self._syncer.clean_up()
 
     def _create_child_leases(self, parent: Lease, children: Sequence[ChildShard]) -> None:
         self._syncer.create_child_leases(parent, children)
-        self._taker_loop.wake()
+        self._loop_by_name["taker"].wake()
+        self._loop_by_name["assigner"].wake()
 
     # -- dispatch -----------------------------------------------------------------------------------
+
+    def _force_overdue_handoffs(self, now: int) -> None:
+        timeout_ns = self.config.utilization.graceful_lease_handoff_timeout_ms * 1_000_000
+        for key, started in list(self._handoffs.items()):
+            held = self.renewer.get(key)
+            if held is None:
+                del self._handoffs[key]
+            elif now - started > timeout_ns:
+                logger.warning("handoff of lease %s timed out; transferring it without waiting for its processor", key)
+                self.renewer.complete_handoff(key, held.token)
+                del self._handoffs[key]
 
     def _dispatch(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
         poll_s = self.config.dispatch_poll_interval_ms / 1000
@@ -297,6 +619,8 @@ class Worker:
                 for consumer in self.consumers():
                     consumer.request_shutdown()
             now = self._clock_ns()
+            if self._handoffs:
+                self._force_overdue_handoffs(now)
             with self._consumers_lock:
                 for key, consumer in list(self._consumers.items()):
                     future = self._running.get(key)
@@ -306,7 +630,7 @@ class Worker:
                     if consumer.is_complete:
                         del self._consumers[key]
                         if consumer.shutdown_reason is ShutdownReason.SHARD_END:
-                            self._taker_loop.wake()
+                            self._loop_by_name["taker"].wake()
                         continue
                     if consumer.is_due(now):
                         self._running[key] = pool.submit(consumer.step)

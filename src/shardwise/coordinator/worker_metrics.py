@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from shardwise.coordinator.items import ItemTable
 from shardwise.coordinator.model import (
@@ -408,15 +408,21 @@ def select_cpu_source(
        container's cgroup shows the same limit the task metadata would).
     3. EKS (the service-account token file exists): cgroup v2 if ``/sys/fs/cgroup/cgroup.controllers``
        exists, else cgroup v1 — as KCL, whether or not a limit is set — provided its files can be read.
-    4. Anywhere else (KCL's EC2 case included: the instance-metadata service is not queried either):
-       the cgroup source when the cgroup files show a limit — v2 ``cpu.max`` with a quota or a
-       ``cpuset.cpus.effective`` smaller than the host (``host_cpu_count()``), v1 a positive
-       ``cpu.cfs_quota_us`` — so that a container's limit is respected; else ``/proc/stat`` when readable;
-       else ``None``.
+    4. Anywhere else: the cgroup source when the cgroup files show a limit — v2 ``cpu.max`` with a quota or
+       a ``cpuset.cpus.effective`` smaller than the host (``host_cpu_count()``), v1 a positive
+       ``cpu.cfs_quota_us`` — so that a container's limit is respected; else ``None`` (throughput only).
+       KCL reads the host-wide ``/proc/stat`` only on EC2, which it detects through the instance-metadata
+       service: one worker per instance. shardwise never calls that service, and on a host running several
+       workers the host-wide figure is the same for all of them and cannot tell them apart, so it uses
+       ``/proc/stat`` only when ``config.cpu_source == "proc-stat"`` says there is one worker per host.
+
+    ``config.cpu_source`` other than ``"auto"`` forces a source: ``"proc-stat"``, ``"cgroup"`` (v2 when
+    ``cgroup.controllers`` exists, else v1) or ``"none"``.
 
     ``root`` is the filesystem root the paths are relative to (tests pass a fake tree).
     """
-    if config is not None and config.disable_worker_metrics:
+    choice = "auto" if config is None else config.cpu_source
+    if (config is not None and config.disable_worker_metrics) or choice == "none":
         logger.info("worker metrics disabled: this worker reports throughput only")
         return None
     root_path = Path(root)
@@ -424,11 +430,15 @@ def select_cpu_source(
     v2 = CgroupV2Cpu(root_path, clock_ns=clock_ns, cpu_count=cpu_count)
     v1 = CgroupV1Cpu(root_path, clock_ns=clock_ns, cpu_count=cpu_count)
     is_v2 = (cgroup / "cgroup.controllers").exists()
+    if choice == "proc-stat":
+        return ProcStatCpu(root_path)
+    if choice == "cgroup":
+        return v2 if is_v2 else v1
 
     if any(env.get(name) for name in ECS_ENV_VARS):
         logger.info(
             "running on ECS: the task-metadata endpoint KCL uses is not queried; measuring CPU from the "
-            "container's cgroup or /proc/stat instead"
+            "container's cgroup instead, or balancing on throughput"
         )
     if (root_path / EKS_TOKEN_FILE).exists():
         eks_source: CgroupV2Cpu | CgroupV1Cpu = v2 if is_v2 else v1
@@ -443,11 +453,10 @@ def select_cpu_source(
     if not is_v2 and _v1_limited(v1) and _usable(v1):
         logger.info("CPU from %r (container limit %.3g CPUs)", v1, v1.limit_cores())
         return v1
-    proc = ProcStatCpu(root_path)
-    if _usable(proc):
-        logger.info("CPU from %r", proc)
-        return proc
-    logger.warning("no readable CPU source (/proc/stat or cgroup): this worker reports throughput only")
+    logger.info(
+        "no container CPU limit: this worker balances on throughput (set worker_metrics.cpu_source = "
+        '"proc-stat" when each host runs a single worker)'
+    )
     return None
 
 
@@ -472,6 +481,9 @@ class WorkerMetricsConfig:
     * ``disable_worker_metrics`` (``disableWorkerMetrics``): report no CPU; balance on throughput only.
     * ``ema_alpha`` (``workerMetricsEMAAlpha``): smoothing of a worker's ``sts`` values by the assignment
       decider.
+    * ``cpu_source``: ``"auto"`` (a container's cgroup when it has a CPU limit, else throughput only),
+      ``"proc-stat"`` (host-wide CPU: one worker per host), ``"cgroup"`` or ``"none"``; see
+      :func:`select_cpu_source`.
     """
 
     in_memory_capture_frequency_ms: int = 1_000
@@ -480,12 +492,17 @@ class WorkerMetricsConfig:
     stale_entry_cleanup_ms: int = 86_400_000
     disable_worker_metrics: bool = False
     ema_alpha: float = 0.5
+    cpu_source: Literal["auto", "proc-stat", "cgroup", "none"] = "auto"
 
     def __post_init__(self) -> None:
         _check_int("in_memory_capture_frequency_ms", self.in_memory_capture_frequency_ms, 1, _JAVA_INT_MAX)
         _check_int("reporter_frequency_ms", self.reporter_frequency_ms, 1, _JAVA_INT_MAX)
         _check_int("persisted_values_per_metric", self.persisted_values_per_metric, 1, 10_000)
         _check_int("stale_entry_cleanup_ms", self.stale_entry_cleanup_ms, 1, 2**63 - 1)
+        if self.cpu_source not in ("auto", "proc-stat", "cgroup", "none"):
+            raise ConfigurationError(
+                f"cpu_source must be 'auto', 'proc-stat', 'cgroup' or 'none', got {self.cpu_source!r}"
+            )
         if not isinstance(self.disable_worker_metrics, bool):
             raise ConfigurationError(
                 f"disable_worker_metrics must be a bool (True or False), got {self.disable_worker_metrics!r}"

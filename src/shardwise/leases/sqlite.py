@@ -132,6 +132,11 @@ class SQLiteLeaseStore:
     def path(self) -> str:
         return str(self._db.path)
 
+    @property
+    def database(self) -> SQLiteDatabase:
+        """The database this store uses (shared with the coordinator item tables of the application)."""
+        return self._db
+
     def close(self) -> None:
         self._db.close()
 
@@ -195,6 +200,20 @@ class SQLiteLeaseStore:
 
     def list_leases(self) -> list[Lease]:
         return [lease for row in self._rows("", ()) if (lease := self._parse(row)) is not None]
+
+    # -- owner index (OwnerIndex) ----------------------------------------------------------------------
+
+    def owner_index_status(self) -> str | None:
+        """Always ``"ACTIVE"``: the embedded owner index (``shardwise_leases_by_owner``) is part of the schema."""
+        return "ACTIVE"
+
+    def create_owner_index(self) -> bool:
+        """A no-op (False): the embedded owner index always exists."""
+        return False
+
+    def delete_owner_index(self) -> bool:
+        """A no-op (False): the embedded owner index is part of the schema and is never deleted."""
+        return False
 
     def list_lease_keys_for_owner(self, owner: str) -> list[str]:
         """Keys of the leases owned by ``owner`` (the embedded counterpart of the owner GSI query)."""

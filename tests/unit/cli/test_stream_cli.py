@@ -79,9 +79,7 @@ def test_create_put_describe_read(db: Path) -> None:
     first = data["records"][0]["sequence_number"]
     after = json.loads(ok(db, "read", "orders", shard, "--from", f"AFTER_SEQUENCE_NUMBER:{first}", "--json"))
     assert after["records"][0]["data"] == "world"
-    at = json.loads(
-        ok(db, "read", "orders", shard, "--from", f"AT_SEQUENCE_NUMBER:{first}", "--limit", "1", "--json")
-    )
+    at = json.loads(ok(db, "read", "orders", shard, "--from", f"AT_SEQUENCE_NUMBER:{first}", "--limit", "1", "--json"))
     assert [r["data"] for r in at["records"]] == ["hello"]
     assert json.loads(ok(db, "read", "orders", shard, "--from", "LATEST", "--json"))["records"] == []
 

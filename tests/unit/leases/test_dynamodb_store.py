@@ -147,17 +147,13 @@ def test_create_table_provisioned_uses_kcl_capacity(
 def test_create_table_provisioned_with_custom_capacity(
     make_store: StoreFactory, raw_client: DynamoDBClient, table_name: str
 ) -> None:
-    make_store(
-        billing_mode="PROVISIONED", read_capacity_units=7, write_capacity_units=3
-    ).create_table_if_not_exists()
+    make_store(billing_mode="PROVISIONED", read_capacity_units=7, write_capacity_units=3).create_table_if_not_exists()
 
     throughput = raw_client.describe_table(TableName=table_name)["Table"]["ProvisionedThroughput"]
     assert (throughput.get("ReadCapacityUnits"), throughput.get("WriteCapacityUnits")) == (7, 3)
 
 
-def test_create_table_with_tags(
-    make_store: StoreFactory, raw_client: DynamoDBClient, table_name: str
-) -> None:
+def test_create_table_with_tags(make_store: StoreFactory, raw_client: DynamoDBClient, table_name: str) -> None:
     make_store(tags={"team": "streams", "app": "orders"}).create_table_if_not_exists()
 
     arn = raw_client.describe_table(TableName=table_name)["Table"]["TableArn"]
@@ -217,9 +213,7 @@ def test_create_table_fails_at_once_for_a_deleting_table() -> None:
 
 
 def test_updating_table_counts_as_existing() -> None:
-    store = DynamoDBLeaseStore(
-        DynamoDBLeaseStoreConfig("app"), client=cast("DynamoDBClient", _FakeTables("UPDATING"))
-    )
+    store = DynamoDBLeaseStore(DynamoDBLeaseStoreConfig("app"), client=cast("DynamoDBClient", _FakeTables("UPDATING")))
 
     assert store.table_exists() is True
     assert store.create_table_if_not_exists() is False
@@ -289,9 +283,7 @@ def test_scan_skips_foreign_and_malformed_items_with_one_warning_each(
     with caplog.at_level(logging.DEBUG, logger="shardwise"):
         assert store.list_leases() == leases
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert {key for key in skipped if any(repr(key) in r.getMessage() for r in caplog.records)} == set(
-        skipped
-    )
+    assert {key for key in skipped if any(repr(key) in r.getMessage() for r in caplog.records)} == set(skipped)
 
 
 def test_get_lease_of_a_foreign_or_malformed_item_is_none(
@@ -377,9 +369,7 @@ def test_created_item_is_exactly_what_items_module_produces(
         lease_owner="worker-a",
         lease_counter=41,
         checkpoint=ExtendedSequenceNumber(SEQ, 3),
-        pending_checkpoint=ExtendedSequenceNumber(
-            "49682361785432198765432101234567890123456789012345679999", 1
-        ),
+        pending_checkpoint=ExtendedSequenceNumber("49682361785432198765432101234567890123456789012345679999", 1),
         pending_checkpoint_state=b"\x00app-state\xff",
         owner_switches_since_checkpoint=2,
         parent_shard_ids=frozenset({"shardId-000000000001", "shardId-000000000002"}),

@@ -266,15 +266,9 @@ def _with(item: Item, **attributes: AttributeValueTypeDef) -> Item:
     [
         pytest.param(_without(KCL_313_SHARD_0, "leaseCounter"), "leaseCounter", id="missing-leaseCounter"),
         pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"S": "4"}), "leaseCounter", id="leaseCounter-S"),
-        pytest.param(
-            _with(KCL_313_SHARD_0, leaseCounter={"N": "four"}), "leaseCounter", id="leaseCounter-NaN"
-        ),
-        pytest.param(
-            _with(KCL_313_SHARD_0, leaseCounter={"N": "4.5"}), "leaseCounter", id="leaseCounter-frac"
-        ),
-        pytest.param(
-            _with(KCL_313_SHARD_0, leaseCounter={"N": "-1"}), "lease_counter", id="leaseCounter-neg"
-        ),
+        pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"N": "four"}), "leaseCounter", id="leaseCounter-NaN"),
+        pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"N": "4.5"}), "leaseCounter", id="leaseCounter-frac"),
+        pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"N": "-1"}), "lease_counter", id="leaseCounter-neg"),
         pytest.param(_without(KCL_313_SHARD_0, "checkpoint"), "checkpoint", id="missing-checkpoint"),
         pytest.param(_with(KCL_313_SHARD_0, checkpoint={"S": "4968x"}), "checkpoint", id="bad-sequence"),
         pytest.param(_with(KCL_313_SHARD_0, checkpoint={"S": ""}), "checkpoint", id="empty-sequence"),
@@ -284,16 +278,12 @@ def _with(item: Item, **attributes: AttributeValueTypeDef) -> Item:
             "checkpointSubSequenceNumber",
             id="bad-sub-sequence",
         ),
-        pytest.param(
-            _with(KCL_313_SHARD_0, pendingCheckpoint={"S": "LATER"}), "pendingCheckpoint", id="pending"
-        ),
+        pytest.param(_with(KCL_313_SHARD_0, pendingCheckpoint={"S": "LATER"}), "pendingCheckpoint", id="pending"),
         pytest.param(_with(KCL_313_SHARD_0, throughputKBps={"N": "fast"}), "throughputKBps", id="throughput"),
         pytest.param(_with(KCL_313_SHARD_0, leaseOwner={"N": "7"}), "leaseOwner", id="owner-N"),
         pytest.param(_with(KCL_313_SHARD_0, parentShardId={"S": "p"}), "parentShardId", id="parent-S"),
         pytest.param(_with(KCL_313_SHARD_0, endingHashKey={"S": "-5"}), "hash key", id="bad-hash-key"),
-        pytest.param(
-            _with(KCL_313_SHARD_0, pendingCheckpointState={"S": "x"}), "pendingCheckpointState", id="state-S"
-        ),
+        pytest.param(_with(KCL_313_SHARD_0, pendingCheckpointState={"S": "x"}), "pendingCheckpointState", id="state-S"),
     ],
 )
 def test_malformed_item_raises_naming_the_key(item: Item, problem: str) -> None:

@@ -99,9 +99,7 @@ def read_all(stream: StreamSource, shard: Shard | str, start: StartingPosition |
 
 
 def raw_client(endpoint_url: str) -> Any:
-    return boto3.session.Session().client(
-        "kinesis", endpoint_url=endpoint_url, region_name=REGION, config=NO_RETRIES
-    )
+    return boto3.session.Session().client("kinesis", endpoint_url=endpoint_url, region_name=REGION, config=NO_RETRIES)
 
 
 # -- listing -------------------------------------------------------------------------------------------------
@@ -260,18 +258,14 @@ def test_aggregated_records_are_stored_as_one_and_deaggregated_by_the_reader(
     assert [r.sub_sequence_number for r in everything] == list(range(len(entries)))
 
     # With the shard's range, sub-records that hash elsewhere are dropped (what KCL does after a reshard).
-    reader = ShardReader(
-        stream, low.shard_id, StartingPosition.trim_horizon(), shard_range=low.hash_key_range
-    )
+    reader = ShardReader(stream, low.shard_id, StartingPosition.trim_horizon(), shard_range=low.hash_key_range)
     mine = reader.read().records
     assert [r.partition_key for r in mine] == [k for k in keys if hash_key_for(k) in low.hash_key_range]
     assert reader.last_sequence_number == put.sequence_number
 
 
 def _raw_records(stream: KinesisStream, shard: Shard) -> list[Record]:
-    return (
-        ShardReader(stream, shard.shard_id, StartingPosition.trim_horizon(), deaggregate=False).read().records
-    )
+    return ShardReader(stream, shard.shard_id, StartingPosition.trim_horizon(), deaggregate=False).read().records
 
 
 def test_child_shards_after_split_and_merge(local_stream: StreamFactory) -> None:
@@ -423,9 +417,7 @@ def test_kinesalite_put_and_get(lite_stream: StreamFactory) -> None:
     stream, admin = lite_stream(3, page_size=1)
     shards = stream.list_shards()  # kinesalite ignores MaxResults: one page
     assert [s.shard_id for s in shards] == [f"shardId-{i:012d}" for i in range(3)]
-    entries: list[tuple[bytes, str] | tuple[bytes, str, str | None]] = [
-        (f"v{i}".encode(), f"k{i}") for i in range(50)
-    ]
+    entries: list[tuple[bytes, str] | tuple[bytes, str, str | None]] = [(f"v{i}".encode(), f"k{i}") for i in range(50)]
     puts = admin.put_records(entries)
     entries.append((aggregate([(b"sub0", "s0", None), (b"sub1", "s1", None)]), "agg"))
     puts.append(admin.put_record(entries[-1][0], "agg"))

@@ -137,9 +137,7 @@ def test_aggregate_deduplicates_key_tables() -> None:
     assert body.count(ld(1, b"pk0")) == 1
     assert body.count(ld(1, b"pk1")) == 1
     assert body.count(ld(2, b"7")) == 1
-    assert [
-        (r.data, r.partition_key, r.explicit_hash_key) for r in deaggregate(kinesis_record(blob))
-    ] == entries
+    assert [(r.data, r.partition_key, r.explicit_hash_key) for r in deaggregate(kinesis_record(blob))] == entries
 
 
 def test_aggregate_rejects_an_invalid_explicit_hash_key() -> None:
@@ -349,9 +347,7 @@ def test_fuzz_arbitrary_bytes_after_magic(tail: bytes) -> None:
 @settings(max_examples=500, deadline=None)
 @given(
     entries=entries_strategy,
-    mutations=st.lists(
-        st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), max_size=4
-    ),
+    mutations=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), max_size=4),
     cut=st.none() | st.integers(min_value=0),
 )
 def test_fuzz_mutated_aggregates(
@@ -380,11 +376,7 @@ def protobuf_like(draw: st.DrawFn, depth: int = 0) -> bytes:
         elif wire_type == 5:
             parts.append(tag(field, 5) + draw(st.binary(min_size=4, max_size=4)))
         elif wire_type == 2:
-            inner = (
-                draw(protobuf_like(depth + 1))
-                if depth < 3 and draw(st.booleans())
-                else draw(st.binary(max_size=8))
-            )
+            inner = draw(protobuf_like(depth + 1)) if depth < 3 and draw(st.booleans()) else draw(st.binary(max_size=8))
             parts.append(ld(field, inner))
         else:
             inner = draw(protobuf_like(depth + 1)) if depth < 3 else b""

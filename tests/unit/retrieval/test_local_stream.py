@@ -235,9 +235,7 @@ def test_explicit_hash_key_overrides_the_partition_key(stream: LocalStream) -> N
         ((b"x", "k", "-1"), "explicit hash key"),
     ],
 )
-def test_puts_are_validated_like_kinesis(
-    stream: LocalStream, entry: tuple[object, ...], message: str
-) -> None:
+def test_puts_are_validated_like_kinesis(stream: LocalStream, entry: tuple[object, ...], message: str) -> None:
     good = (b"ok", "k")
     with pytest.raises(InvalidArgumentError, match=message):
         stream.put_records([good, entry])  # type: ignore[list-item]
@@ -300,13 +298,9 @@ def test_iterator_types(stream: LocalStream, clock: FakeClock) -> None:
     assert after_last == []
 
     # AT_TIMESTAMP: record i arrived at T0 + i seconds.
-    ts, _ = read_all(
-        stream, shard, StartingPosition.at_timestamp(datetime.fromtimestamp(T0 + 6.5, timezone.utc))
-    )
+    ts, _ = read_all(stream, shard, StartingPosition.at_timestamp(datetime.fromtimestamp(T0 + 6.5, timezone.utc)))
     assert ts[0].sequence_number == numbers[7]
-    exact, _ = read_all(
-        stream, shard, StartingPosition.at_timestamp(datetime.fromtimestamp(T0 + 6, timezone.utc))
-    )
+    exact, _ = read_all(stream, shard, StartingPosition.at_timestamp(datetime.fromtimestamp(T0 + 6, timezone.utc)))
     assert exact[0].sequence_number == numbers[6]
     early, _ = read_all(stream, shard, StartingPosition.at_timestamp(datetime.fromtimestamp(0, timezone.utc)))
     assert len(early) == 10
@@ -324,9 +318,7 @@ def test_iterator_types(stream: LocalStream, clock: FakeClock) -> None:
 
 def test_starting_position_on_empty_shard(stream: LocalStream) -> None:
     shard = stream.list_shards()[0]
-    it = stream.get_shard_iterator(
-        shard.shard_id, StartingPosition.at_sequence(shard.starting_sequence_number)
-    )
+    it = stream.get_shard_iterator(shard.shard_id, StartingPosition.at_sequence(shard.starting_sequence_number))
     assert stream.get_records(it).records == []
     seq = stream.put_record(b"x", "k", explicit_hash_key="0").sequence_number
     assert [r.sequence_number for r in stream.get_records(it).records] == [seq]
@@ -536,9 +528,7 @@ def test_merge_shards(stream: LocalStream, store: LocalStreamStore, order: str) 
     assert listed[a].ending_sequence_number is not None
     for parent in (a, b):
         records, last = read_all(stream, parent)
-        assert {r.sequence_number for r in records} == {
-            r.sequence_number for r in before if r.shard_id == parent
-        }
+        assert {r.sequence_number for r in records} == {r.sequence_number for r in before if r.shard_id == parent}
         assert last.next_iterator is None
         assert [(c.shard_id, c.parent_shards) for c in last.child_shards] == [(S[4], (a, b))]
     records, _ = read_all(stream, S[4])

@@ -1,0 +1,185 @@
+"""The leader's lease assignment loop (KCL 3.x ``LeaseAssignmentManager``), as a thin I/O shell.
+
+One run (every ``lease_assignment_interval``, on the leader only):
+
+1. load the snapshot: one scan of the lease table, one of the worker-metrics items (classified as KCL does:
+   active workers receive leases, stale entries are deleted);
+2. judge lease liveness on the leader's own monotonic clock: a lease seen for the first time (or after this
+   worker became leader) counts as renewed now if owned, never if unowned; afterwards it is stamped whenever
+   its counter moved. A lease is expired when its stamp is older than the failover time — so a new leader
+   declares nothing expired before a failover time has passed;
+3. decide with the pure decider (:mod:`shardwise.assignment.utilization`), rebalancing on every
+   ``variance_balancing_frequency``-th run starting with the first;
+4. apply each move with a conditional write: a graceful handoff (``initiate_graceful_handoff``) for a live
+   owned lease, ``assign_lease`` otherwise. A lost race just drops that move.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from shardwise.assignment.utilization import (
+    AssignmentConfig,
+    AssignmentDecision,
+    AssignmentSnapshot,
+    decide_lease_count,
+    decide_variance_based,
+)
+from shardwise.coordinator.items import ItemTable
+from shardwise.coordinator.worker_metrics import WorkerMetricsConfig, classify_workers, clean_up_stale
+from shardwise.errors import DependencyError
+from shardwise.leases.model import Lease
+from shardwise.leases.store import LeaseStore
+from shardwise.metrics.sink import MetricsSink, NullMetricsSink, timed
+
+__all__ = ["AssignmentRun", "LeaseAssignmentManager"]
+
+logger = logging.getLogger(__name__)
+
+OPERATION = "LeaseAssignmentManager"
+Strategy = Literal["worker-utilization-aware", "lease-count"]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentRun:
+    decision: AssignmentDecision
+    applied: tuple[str, ...]
+    failed: tuple[str, ...]
+    workers: tuple[str, ...]
+
+
+class LeaseAssignmentManager:
+    def __init__(
+        self,
+        store: LeaseStore,
+        worker_metrics: ItemTable,
+        *,
+        config: AssignmentConfig,
+        failover_time_ms: int,
+        strategy: Strategy = "worker-utilization-aware",
+        metrics_config: WorkerMetricsConfig | None = None,
+        metrics: MetricsSink | None = None,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        clock_epoch_s: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._items = worker_metrics
+        self._config = config
+        self._failover_ns = failover_time_ms * 1_000_000
+        self._handoff_grace_ns = (config.graceful_lease_handoff_timeout_ms + failover_time_ms) * 1_000_000
+        self._strategy = strategy
+        self._metrics_config = metrics_config or WorkerMetricsConfig()
+        self._metrics = metrics or NullMetricsSink()
+        self._clock_ns = clock_ns
+        self._clock_epoch_s = clock_epoch_s
+        self._rng = rng or random.Random()
+        self._stamps: dict[str, tuple[int, int]] = {}  # lease key -> (counter, last change ns; 0 = never)
+        self._handoff_seen: dict[str, int] = {}  # lease key -> ns when its handoff was first seen
+        self._runs = 0
+
+    @property
+    def runs(self) -> int:
+        """Runs since this worker last became leader."""
+        return self._runs
+
+    def reset(self) -> None:
+        """Forget everything observed (call when leadership is lost: a new term starts from scratch)."""
+        self._stamps.clear()
+        self._handoff_seen.clear()
+        self._runs = 0
+
+    def _observe(self, leases: list[Lease], now: int) -> dict[str, int]:
+        stamps: dict[str, tuple[int, int]] = {}
+        for lease in leases:
+            previous = self._stamps.get(lease.lease_key)
+            if previous is None:
+                stamps[lease.lease_key] = (lease.lease_counter, now if lease.lease_owner is not None else 0)
+            elif previous[0] != lease.lease_counter:
+                stamps[lease.lease_key] = (lease.lease_counter, now)
+            else:
+                stamps[lease.lease_key] = previous
+        self._stamps = stamps
+        return {key: stamp for key, (_, stamp) in stamps.items()}
+
+    def _blocked(self, leases: list[Lease], now: int) -> frozenset[str]:
+        seen: dict[str, int] = {}
+        blocked: set[str] = set()
+        for lease in leases:
+            if lease.checkpoint_owner is None:
+                continue
+            first = self._handoff_seen.get(lease.lease_key, now)
+            seen[lease.lease_key] = first
+            if now - first <= self._handoff_grace_ns:
+                blocked.add(lease.lease_key)
+        self._handoff_seen = seen
+        return frozenset(blocked)
+
+    def run_once(self) -> AssignmentRun:
+        with timed(self._metrics, OPERATION):
+            return self._run()
+
+    def _run(self) -> AssignmentRun:
+        leases = self._store.list_leases()
+        workers = classify_workers(self._items, self._clock_epoch_s(), self._metrics_config)
+        if workers.stale:
+            clean_up_stale(self._items, workers.stale)
+        now = self._clock_ns()
+        stamps = self._observe(leases, now)
+        expired = frozenset(
+            lease.lease_key
+            for lease in leases
+            if lease.lease_owner is not None
+            and not lease.is_complete
+            and now - stamps[lease.lease_key] > self._failover_ns
+        )
+        snapshot = AssignmentSnapshot(
+            leases=tuple(leases),
+            expired_keys=expired,
+            stamps=stamps,
+            workers=tuple(workers.active),
+            blocked_keys=self._blocked(leases, now),
+        )
+        rebalance = self._runs % self._config.variance_balancing_frequency == 0
+        self._runs += 1
+        decide = decide_variance_based if self._strategy == "worker-utilization-aware" else decide_lease_count
+        decision = decide(snapshot, self._config, rebalance=rebalance, rng=self._rng)
+        applied: list[str] = []
+        failed: list[str] = []
+        for move in decision.moves:
+            try:
+                if move.graceful:
+                    result = self._store.initiate_graceful_handoff(move.lease, move.to_worker)
+                else:
+                    result = self._store.assign_lease(move.lease, move.to_worker)
+            except DependencyError as exc:
+                logger.warning("could not move lease %s to %s: %s", move.lease.lease_key, move.to_worker, exc)
+                result = None
+            (applied if result is not None else failed).append(move.lease.lease_key)
+            if result is not None:
+                logger.info(
+                    "leader moved lease %s from %s to %s (%s%s)",
+                    move.lease.lease_key,
+                    move.lease.actual_owner,
+                    move.to_worker,
+                    move.reason,
+                    ", graceful handoff" if move.graceful else "",
+                )
+        worker_ids = tuple(sorted(w.worker_id for w in workers.active))
+        for name, value in (
+            ("TotalLeases", len(leases)),
+            ("NumWorkers", len(worker_ids)),
+            ("ExpiredLeases", len(expired)),
+            ("LeaseSpillover", decision.spillover),
+            ("NumOfLeasesReassignment", len(applied)),
+            ("FailedAssignmentCount", len(failed)),
+            ("NumWorkersWithInvalidEntry", len(workers.invalid)),
+            ("NumWorkersWithFailingWorkerMetric", len(workers.failing)),
+        ):
+            self._metrics.put(OPERATION, name, value)
+        return AssignmentRun(decision, tuple(applied), tuple(failed), worker_ids)

@@ -1,0 +1,44 @@
+"""Lease discovery (KCL 3.x): a non-leader finds the leases the leader assigned to it.
+
+Every ``lease_assignment_interval/2 − ε`` the worker queries the owner index (``LeaseOwnerToLeaseKeyIndex``)
+for its own id, fetches each key it does not hold yet with a consistent read, and accepts a lease only if the
+table still names it as owner and no graceful handoff is in progress (``checkpointOwner`` absent: until the
+old owner has checkpointed and transferred, the lease is not ours to process).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from shardwise.leases.model import Lease
+from shardwise.leases.store import LeaseStore, OwnerIndex
+
+__all__ = ["LeaseDiscoverer"]
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseDiscoverer:
+    def __init__(self, store: LeaseStore, index: OwnerIndex, worker_id: str, held_keys: Callable[[], set[str]]) -> None:
+        self._store = store
+        self._index = index
+        self._worker_id = worker_id
+        self._held_keys = held_keys
+
+    def discover(self) -> list[Lease]:
+        """Leases newly assigned to this worker and ready to process (not held yet, not in handoff)."""
+        held = self._held_keys()
+        found: list[Lease] = []
+        for key in self._index.list_lease_keys_for_owner(self._worker_id):
+            if key in held:
+                continue
+            lease = self._store.get_lease(key)
+            if lease is None or lease.lease_owner != self._worker_id:
+                logger.debug("discovered lease %s is no longer assigned to %s (index lag)", key, self._worker_id)
+                continue
+            if lease.checkpoint_owner is not None:
+                logger.debug("lease %s waits for %s to finish its handoff", key, lease.checkpoint_owner)
+                continue
+            found.append(lease)
+        return found
