@@ -8,13 +8,18 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 from typing import Any
 
 import click
 
 from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override
+from shardwise.coordinator.layouts import open_coordinator_tables
+from shardwise.coordinator.leader_lock import lock_from_record
+from shardwise.coordinator.model import LEADER_KEY
 from shardwise.coordinator.worker import Worker
+from shardwise.coordinator.worker_metrics import classify_workers
 from shardwise.errors import ConfigurationError, ShardwiseError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
@@ -236,13 +241,70 @@ def _lease_row(lease: Lease) -> dict[str, Any]:
     }
 
 
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _coordination_view(store: LeaseStore, application_name: str, now_epoch_s: float) -> dict[str, Any]:
+    """Layout, leader and worker-metrics entries of the application (KCL 3.x items; empty for a 2.x fleet)."""
+    tables = open_coordinator_tables(store, application_name)
+    leader_record = tables.coordinator.get(LEADER_KEY) if tables.coordinator.exists() else None
+    leader = None if leader_record is None else lock_from_record(leader_record, 120_000).owner_name
+    workers: list[dict[str, Any]] = []
+    if tables.worker_metrics.exists():
+        snapshot = classify_workers(tables.worker_metrics, now_epoch_s)
+        for status in ("active", "failing", "inactive", "invalid", "stale"):
+            for entry in getattr(snapshot, status):
+                workers.append(
+                    {
+                        "workerId": entry.worker_id,
+                        "status": status,
+                        "lastUpdate": entry.lut,
+                        "secondsSinceUpdate": round(now_epoch_s - entry.lut, 1) if entry.lut else None,
+                        "metrics": {name: list(values) for name, values in entry.stats.items()},
+                        "operatingRange": {name: list(values) for name, values in entry.operating_range.items()},
+                        "leader": entry.worker_id == leader,
+                    }
+                )
+        for key in snapshot.malformed:
+            workers.append(
+                {
+                    "workerId": key,
+                    "status": "malformed",
+                    "lastUpdate": None,
+                    "secondsSinceUpdate": None,
+                    "metrics": {},
+                    "operatingRange": {},
+                    "leader": key == leader,
+                }
+            )
+    workers.sort(key=lambda w: str(w["workerId"]))
+    return {
+        "layout": tables.layout,
+        "coordinatorTable": tables.coordinator.table_name,
+        "workerMetricsTable": tables.worker_metrics.table_name,
+        "leader": leader,
+        "workers": workers,
+    }
+
+
+def _metrics_text(metrics: dict[str, list[float]]) -> str:
+    if not metrics:
+        return "throughput only"
+    return " ".join(f"{name}={values[-1]:g}" if values else f"{name}=-" for name, values in sorted(metrics.items()))
+
+
 @click.command()
 @click.option("--app", "application_name", required=True, help="Application name (the lease table).")
 @click.option("--table", "table_name", default=None, help="Lease table name if it differs from the app name.")
 @_backend_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def leases(application_name: str, table_name: str | None, as_json: bool, **flags: Any) -> None:
-    """Show the lease table of an application: owner, counter, checkpoint, parents and children."""
+    """Show the lease table of an application (owner, counter, checkpoint, parents and children), its
+    coordination layout and leader, and the workers' reported metrics (KCL 3.x)."""
     try:
         backend = BackendConfig(
             backend=flags["backend"] or "local",
@@ -259,6 +321,7 @@ def leases(application_name: str, table_name: str | None, as_json: bool, **flags
                 f"({'in ' + backend.db if backend.backend == 'local' else 'in DynamoDB'}); check --app/--table/--db"
             )
         rows = [_lease_row(lease) for lease in store.list_leases()]
+        coordination = _coordination_view(store, application_name, time.time())
     except ShardwiseError as exc:
         raise click.ClickException(str(exc)) from exc
     owners: dict[str, int] = {}
@@ -273,6 +336,7 @@ def leases(application_name: str, table_name: str | None, as_json: bool, **flags
                     "table": table_name or application_name,
                     "leases": rows,
                     "leasesPerOwner": owners,
+                    **coordination,
                 },
                 indent=2,
             )
@@ -291,8 +355,24 @@ def leases(application_name: str, table_name: str | None, as_json: bool, **flags
         ]
         for row in rows
     ]
-    widths = [max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for r in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    _print_table(headers, table)
     click.echo(f"\n{len(rows)} lease(s); per owner: " + ", ".join(f"{o}={n}" for o, n in sorted(owners.items())))
+    click.echo(
+        f"layout: {coordination['layout']} (coordinator items in {coordination['coordinatorTable']}, "
+        f"worker metrics in {coordination['workerMetricsTable']}); leader: {coordination['leader'] or '-'}"
+    )
+    if coordination["workers"]:
+        click.echo("")
+        _print_table(
+            ["WORKER", "STATUS", "LAST UPDATE", "METRICS (latest)", "LEADER"],
+            [
+                [
+                    str(w["workerId"]),
+                    str(w["status"]),
+                    "-" if w["secondsSinceUpdate"] is None else f"{w['secondsSinceUpdate']:.0f} s ago",
+                    _metrics_text(w["metrics"]),
+                    "yes" if w["leader"] else "",
+                ]
+                for w in coordination["workers"]
+            ],
+        )
