@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shardwise.coordinator.layouts import open_coordinator_tables
+from shardwise.coordinator.leader_lock import lock_from_record
+from shardwise.coordinator.model import LEADER_KEY
 from shardwise.errors import ConfigurationError
 from shardwise.hashkeys import MAX_HASH_KEY
 from shardwise.leases.sqlite import SQLiteLeaseStore
@@ -87,6 +90,8 @@ class DemoOptions:
     assignment: str = "lease-count-2x"
 
     def __post_init__(self) -> None:
+        if self.assignment not in ("lease-count-2x", "utilization-3x"):
+            raise ConfigurationError(f"assignment must be lease-count-2x or utilization-3x, got {self.assignment!r}")
         if self.shards < 2 or self.workers < 2 or self.records < 100:
             raise ConfigurationError("the demo needs at least 2 shards, 2 workers and 100 records")
         if self.produce_seconds <= 0:
@@ -150,7 +155,20 @@ class _Fleet:
             "consumer.max_records=1000",
             "--set",
             f"shard_sync_interval_ms={max(1000, failover)}",
+            "--assignment",
+            self._options.assignment,
         ]
+        if self._options.assignment == "utilization-3x":
+            # Demo timings for the leader lock and metrics (KCL: 120 s lock lease, 30 s reports), so a killed
+            # leader is replaced within the demo's time.
+            argv += [
+                "--set",
+                f"coordination.leader_lease_duration_ms={3 * failover}",
+                "--set",
+                f"coordination.leader_heartbeat_period_ms={failover // 2}",
+                "--set",
+                f"worker_metrics.reporter_frequency_ms={failover // 2}",
+            ]
         log = (self._options.workdir / f"{worker_id}.log").open("wb")
         env = {**os.environ, RESULTS_ENV: str(self._results), WORKER_ENV: worker_id}
         self.processes[worker_id] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603 - our own CLI
@@ -184,6 +202,12 @@ def _active_leases_per_worker(leases: SQLiteLeaseStore, workers: list[str]) -> d
         if lease.lease_owner is not None and not lease.is_complete and lease.lease_owner in counts:
             counts[lease.lease_owner] += 1
     return counts
+
+
+def _leader(leases: SQLiteLeaseStore, db: Path) -> str | None:
+    """The worker holding the KCL 3.x leader lock, if any."""
+    record = open_coordinator_tables(leases, "demo-app").coordinator.get(LEADER_KEY)
+    return None if record is None else lock_from_record(record, 0).owner_name
 
 
 def _processed(results: sqlite3.Connection) -> tuple[int, int]:
@@ -244,7 +268,9 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
                 f"workers {len(alive)}  leases {' '.join(str(counts[w]) for w in alive)}"
             )
             if killed is None and produced >= kill_at:
-                killed = alive[0]
+                killed = _leader(leases, db) if options.assignment == "utilization-3x" else None
+                if killed not in alive:
+                    killed = alive[0]
                 fleet.kill(killed)
                 kill_time = time.monotonic()
                 fleet.start_worker()
@@ -262,7 +288,12 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
                 split = shard.shard_id
                 say(f"split {split}")
             done_producing = not producer.is_alive()
-            balanced = bool(counts) and min(counts.values()) >= 1 and max(counts.values()) - min(counts.values()) <= 1
+            # The 2.x generation balances lease counts; the 3.x leader balances measured load, so there it is
+            # enough that every worker processes something.
+            spread = 1 if options.assignment == "lease-count-2x" else options.shards
+            balanced = (
+                bool(counts) and min(counts.values()) >= 1 and max(counts.values()) - min(counts.values()) <= spread
+            )
             if done_producing and unique >= produced and takeover is not None and balanced:
                 break
             time.sleep(0.25)
@@ -284,6 +315,7 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
         split_shard=split,
         elapsed_seconds=round(time.monotonic() - started, 1),
         settings={
+            "assignment": options.assignment,
             "failover_time_ms": options.failover_time_ms,
             "shards": options.shards,
             "workers": options.workers,

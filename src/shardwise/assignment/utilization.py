@@ -238,7 +238,8 @@ class AssignmentDecision:
     * ``moves``: assignments of expired/unassigned leases first (in decision order), then rebalancing moves.
       A lease appears at most once.
     * ``spillover`` (KCL's ``LeaseSpillover`` metric) and ``spillover_keys``: expired or unassigned leases no
-      worker could take (no candidate worker left, or none under the caps).
+      worker could take (no candidate worker left, none under the caps or, for the lease-count decider,
+      none below the target).
     * ``kept_keys``: expired leases whose best worker already is their actual owner: KCL leaves them alone.
     * ``expired_or_unassigned``: how many leases were up for reassignment (KCL's ``ExpiredLeases`` metric).
     * ``rebalanced``: the rebalancing pass ran (asked for, and some worker was available).
@@ -414,19 +415,19 @@ class _Book:
 
     def under_caps(self, worker: str) -> bool:
         """KCL's queue condition: throughput <= max_throughput_per_host_kbps and lease count < max leases."""
-        return (
-            self.assigned_tp(worker) <= self.config.max_throughput_per_host_kbps
-            and self.count(worker) < self.config.max_leases_for_worker
-        )
+        if self.count(worker) >= self.config.max_leases_for_worker:
+            return False
+        max_tp = self.config.max_throughput_per_host_kbps
+        return math.isinf(max_tp) or self.assigned_tp(worker) <= max_tp
 
     def fits(self, worker: str, key: str) -> bool:
         """Whether ``worker`` may take lease ``key`` without going over either cap (its own lease always fits)."""
         if self.owner[key] == worker:
             return True
-        return (
-            self.count(worker) + 1 <= self.config.max_leases_for_worker
-            and self.assigned_tp(worker, self.tp[key]) <= self.config.max_throughput_per_host_kbps
-        )
+        if self.count(worker) + 1 > self.config.max_leases_for_worker:
+            return False
+        max_tp = self.config.max_throughput_per_host_kbps
+        return math.isinf(max_tp) or self.assigned_tp(worker, self.tp[key]) <= max_tp
 
     def enqueue(self, worker: str) -> None:
         self._version[worker] += 1
@@ -848,6 +849,38 @@ def _lease_count_target(total_leases: int, workers: int, max_leases: int) -> int
     return min(-(-total_leases // workers), max_leases)
 
 
+class _CountQueue:
+    """Workers below the lease-count target, fewest leases first (ties: worker id), with lazy updates."""
+
+    def __init__(self, book: _Book, target: int) -> None:
+        self.book = book
+        self.target = target
+        self.heap = [(book.count(worker), worker) for worker in book.worker_ids]
+        heapq.heapify(self.heap)
+
+    def changed(self, worker: str) -> None:
+        heapq.heappush(self.heap, (self.book.count(worker), worker))
+
+    def best_for(self, key: str) -> str | None:
+        """The least loaded worker below the target that can take lease ``key`` under the throughput cap."""
+        skipped: list[tuple[int, str]] = []
+        found: str | None = None
+        while self.heap:
+            count, worker = heapq.heappop(self.heap)
+            if count != self.book.count(worker):
+                continue  # stale entry: a fresher one was pushed when the count changed
+            if count >= self.target:
+                skipped.append((count, worker))
+                break
+            skipped.append((count, worker))
+            if self.book.fits(worker, key):
+                found = worker
+                break
+        for entry in skipped:
+            heapq.heappush(self.heap, entry)
+        return found
+
+
 def decide_lease_count(
     snapshot: AssignmentSnapshot,
     config: AssignmentConfig,
@@ -872,13 +905,13 @@ def decide_lease_count(
     kept: list[str] = []
 
     candidates = _candidates(snapshot, book)
+    least_loaded = _CountQueue(book, target)
     for lease in candidates:
         key = lease.lease_key
-        eligible = [
-            worker
-            for worker in book.worker_ids
-            if (book.count(worker) < target and book.fits(worker, key)) or book.owner[key] == worker
-        ]
+        options = [least_loaded.best_for(key)]
+        if book.owner[key] in book.values:  # an active owner may keep its lease even above the target
+            options.append(book.owner[key])
+        eligible = [worker for worker in options if worker is not None]
         if not eligible:
             spilled.append(key)
             continue
@@ -886,9 +919,13 @@ def decide_lease_count(
         if _stays_with_owner(lease, worker, key in snapshot.expired_keys):
             kept.append(key)
             continue
+        source = book.owner[key]
         moves.append(Move(lease, worker, _reason(lease), graceful=False))
         moved.add(key)
         book.move(key, worker)
+        least_loaded.changed(worker)
+        if source is not None and source in book.values:
+            least_loaded.changed(source)
 
     if not rebalance or not book.worker_ids:
         return _decision(

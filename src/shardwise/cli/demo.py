@@ -46,6 +46,13 @@ __all__ = ["demo"]
     default=None,
     help="Keep the demo's databases and worker logs here (default: a temporary directory).",
 )
+@click.option(
+    "--assignment",
+    type=click.Choice(["lease-count-2x", "utilization-3x"]),
+    default="lease-count-2x",
+    show_default=True,
+    help="Lease assignment generation; with utilization-3x the killed worker is the leader.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def demo(
     shards: int,
@@ -54,6 +61,7 @@ def demo(
     produce_seconds: float,
     failover_time_ms: int,
     workdir: Path | None,
+    assignment: str,
     as_json: bool,
 ) -> None:
     """Run a fleet of worker processes on a local stream; kill one, reshard, and verify nothing was lost.
@@ -76,6 +84,7 @@ def demo(
             workers=workers,
             produce_seconds=produce_seconds,
             failover_time_ms=failover_time_ms,
+            assignment=assignment,
         )
         try:
             summary = run_demo(options, progress)
@@ -93,7 +102,8 @@ def demo(
         click.echo(f"records lost:              {summary.lost}")
         click.echo("leases per worker:         " + ", ".join(f"{w}={n}" for w, n in summary.leases_per_worker.items()))
         takeover = "not measured" if summary.takeover_seconds is None else f"{summary.takeover_seconds:.1f} s"
-        click.echo(f"takeover of {summary.killed_worker}: {takeover} (failover time {failover_time_ms} ms)")
+        role = " (the leader)" if assignment == "utilization-3x" else ""
+        click.echo(f"takeover of {summary.killed_worker}{role}: {takeover} (failover time {failover_time_ms} ms)")
         click.echo(f"split shard:               {summary.split_shard}")
         click.echo(f"elapsed:                   {summary.elapsed_seconds:.0f} s")
     if summary.lost != 0:
