@@ -143,7 +143,8 @@ class LeaseAssignmentManager:
             expired_keys=expired,
             stamps=stamps,
             workers=tuple(workers.active),
-            blocked_keys=self._blocked(leases, now),
+            # An expired handoff is available again (KCL 3.5.0, #1765): the old owner died mid-handoff.
+            blocked_keys=self._blocked(leases, now) - expired,
         )
         rebalance = self._runs % self._config.variance_balancing_frequency == 0
         self._runs += 1
@@ -174,9 +175,9 @@ class LeaseAssignmentManager:
         for name, value in (
             ("TotalLeases", len(leases)),
             ("NumWorkers", len(worker_ids)),
-            ("ExpiredLeases", len(expired)),
+            ("ExpiredLeases", decision.expired_or_unassigned),
             ("LeaseSpillover", decision.spillover),
-            ("NumOfLeasesReassignment", len(applied)),
+            ("NumOfLeasesReassignment", sum(1 for m in decision.rebalance_moves if m.lease.lease_key in applied)),
             ("FailedAssignmentCount", len(failed)),
             ("NumWorkersWithInvalidEntry", len(workers.invalid)),
             ("NumWorkersWithFailingWorkerMetric", len(workers.failing)),
