@@ -30,11 +30,17 @@ from shardwise.assignment.utilization import (
     decide_lease_count,
     decide_variance_based,
 )
-from shardwise.coordinator.items import ItemTable
-from shardwise.coordinator.worker_metrics import WorkerMetricsConfig, classify_workers, clean_up_stale
+from shardwise.coordinator.items import ItemTable, SharesLeaseTable
+from shardwise.coordinator.worker_metrics import (
+    WorkerMetricsConfig,
+    WorkerMetricsSnapshot,
+    classify_worker_records,
+    classify_workers,
+    clean_up_stale,
+)
 from shardwise.errors import DependencyError
 from shardwise.leases.model import Lease
-from shardwise.leases.store import LeaseStore
+from shardwise.leases.store import LeaseStore, SharedTableScan
 from shardwise.metrics.sink import MetricsSink, NullMetricsSink, timed
 
 __all__ = ["AssignmentRun", "LeaseAssignmentManager"]
@@ -82,6 +88,7 @@ class LeaseAssignmentManager:
         self._stamps: dict[str, tuple[int, int]] = {}  # lease key -> (counter, last change ns; 0 = never)
         self._handoff_seen: dict[str, int] = {}  # lease key -> ns when its handoff was first seen
         self._runs = 0
+        self.last_leases: tuple[int, list[Lease]] | None = None  # (monotonic ns, leases) of the latest run
 
     @property
     def runs(self) -> int:
@@ -124,12 +131,29 @@ class LeaseAssignmentManager:
         with timed(self._metrics, OPERATION):
             return self._run()
 
+    def _load(self) -> tuple[list[Lease], WorkerMetricsSnapshot]:
+        """Leases and classified worker metrics: one scan of the lease table when the worker-metrics items live
+        in it (single-table layout, as KCL 3.5 reads them), else a scan of each table."""
+        now_epoch = self._clock_epoch_s()
+        items = self._items
+        if (
+            isinstance(self._store, SharedTableScan)
+            and isinstance(items, SharesLeaseTable)
+            and items.shares_lease_table
+        ):
+            leases, others = self._store.list_leases_and_other_items()
+            records = items.records_from(others)
+            return leases, classify_worker_records(
+                records, now_epoch, self._metrics_config, table_name=items.table_name
+            )
+        return self._store.list_leases(), classify_workers(items, now_epoch, self._metrics_config)
+
     def _run(self) -> AssignmentRun:
-        leases = self._store.list_leases()
-        workers = classify_workers(self._items, self._clock_epoch_s(), self._metrics_config)
+        leases, workers = self._load()
         if workers.stale:
             clean_up_stale(self._items, workers.stale)
         now = self._clock_ns()
+        self.last_leases = (now, leases)
         stamps = self._observe(leases, now)
         expired = frozenset(
             lease.lease_key

@@ -425,6 +425,17 @@ class DynamoDBItemTable:
         records.sort(key=lambda record: record.key)
         return records
 
+    @property
+    def shares_lease_table(self) -> bool:
+        """Single-table layout: these items come back from a scan of the lease table."""
+        return self._single_table
+
+    def records_from(self, raw_items: Iterable[Mapping[str, AttributeValueTypeDef]]) -> list[ItemRecord]:
+        """The records of this namespace among raw items of the table (read by someone else's scan)."""
+        records = [record for item in raw_items if (record := self._record(item)) is not None]
+        records.sort(key=lambda record: record.key)
+        return records
+
     def _scan(self) -> Iterator[Mapping[str, AttributeValueTypeDef]]:
         request: ScanInputTypeDef = {
             "TableName": self._table,

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["ABSENT", "Absent", "ItemRecord", "ItemTable", "Layout", "Namespace"]
+__all__ = ["ABSENT", "Absent", "ItemRecord", "ItemTable", "Layout", "Namespace", "SharesLeaseTable"]
 
 Layout = Literal["single-table", "legacy"]
 Namespace = Literal["coordinator", "worker-metrics"]
@@ -111,3 +111,14 @@ class ItemTable(Protocol):
     def delete(self, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
         """Delete the item if it exists and every ``expect`` condition holds. True if deleted."""
         ...
+
+
+@runtime_checkable
+class SharesLeaseTable(Protocol):
+    """An item table whose items live in the lease table (single-table layout) and can be picked out of the
+    raw items of a lease-table scan, so one scan serves both (see ``LeaseStore`` ``SharedTableScan``)."""
+
+    @property
+    def shares_lease_table(self) -> bool: ...
+
+    def records_from(self, raw_items: Iterable[Mapping[str, Any]]) -> list[ItemRecord]: ...

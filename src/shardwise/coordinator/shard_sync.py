@@ -530,19 +530,23 @@ class ShardSyncer:
             )
         return created
 
-    def clean_up(self) -> list[str]:
-        """Delete the finished parent leases whose children have started (:func:`leases_to_clean_up`)."""
+    def clean_up(self, leases: Sequence[Lease] | None = None) -> list[str]:
+        """Delete the finished parent leases whose children have started (:func:`leases_to_clean_up`).
+
+        ``leases``: a fresh snapshot of the lease table the caller already read (saves a scan)."""
         deleted: list[str] = []
-        for key in leases_to_clean_up(self._store.list_leases()):
+        for key in leases_to_clean_up(self._store.list_leases() if leases is None else leases):
             self._store.delete_lease(key)
             logger.info("deleted lease %s: its shard is finished and its children have started", key)
             deleted.append(key)
         return deleted
 
-    def audit(self) -> bool:
+    def audit(self, leases: Sequence[Lease] | None = None) -> bool:
         """One run of the hash-range auditor; runs :meth:`sync` and returns True when it decides a sync is
-        needed: at once if the table has no lease, else when the auditor's confidence threshold is reached."""
-        leases = self._store.list_leases()
+        needed: at once if the table has no lease, else when the auditor's confidence threshold is reached.
+
+        ``leases``: a fresh snapshot of the lease table the caller already read (saves a scan)."""
+        leases = self._store.list_leases() if leases is None else list(leases)
         if not leases:
             logger.info("stream %s: the lease table has no lease; running shard sync", self._source.stream_name)
             self.sync()

@@ -105,6 +105,8 @@ class LeaseTaker:
         self._total_taken = 0
         self._lock = threading.Lock()
 
+        self.last_scan: tuple[int, list[Lease]] | None = None  # (scan time ns, leases) of the latest run
+
     @property
     def worker_id(self) -> str:
         return self._worker_id
@@ -191,6 +193,7 @@ class LeaseTaker:
             self._last_metrics = TakeLeasesMetrics(list_leases_success=False)
             return []
         leases, scan_time, scan_duration = scanned
+        self.last_scan = (scan_time, leases)
         self._observations = observe(self._observations, leases, scan_time, self._worker_id)
         decision = decide(self._worker_id, self._observations, scan_time, self._config, self._rng)
         self._last_decision = decision

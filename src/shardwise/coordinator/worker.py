@@ -101,6 +101,7 @@ class CoordinationConfig:
     coordinator_table_name: str | None = None
     worker_metrics_table_name: str | None = None
     owner_index_timeout_ms: int = 3_600_000
+    max_lease_discovery_interval_ms: int | None = 60_000
 
     def __post_init__(self) -> None:
         if self.strategy not in ("worker-utilization-aware", "lease-count"):
@@ -109,6 +110,11 @@ class CoordinationConfig:
             raise ConfigurationError("coordination.layout must be 'auto', 'single-table' or 'legacy'")
         if self.lease_assignment_interval_ms is not None and self.lease_assignment_interval_ms <= 0:
             raise ConfigurationError("coordination.lease_assignment_interval_ms must be > 0")
+        if self.max_lease_discovery_interval_ms is not None and self.max_lease_discovery_interval_ms <= 0:
+            raise ConfigurationError(
+                "coordination.max_lease_discovery_interval_ms must be > 0 (set it to lease_assignment_interval_ms / 2 "
+                "for KCL's fixed interval)"
+            )
         if not 0 < self.leader_heartbeat_period_ms < self.leader_lease_duration_ms:
             raise ConfigurationError(
                 "coordination.leader_heartbeat_period_ms must be > 0 and shorter than leader_lease_duration_ms "
@@ -161,6 +167,11 @@ class WorkerConfig:
     def lease_assignment_interval_ms(self) -> int:
         configured = self.coordination.lease_assignment_interval_ms
         return configured if configured is not None else 2 * self.leases.failover_time_ms
+
+    @property
+    def lease_discovery_interval_ms(self) -> int:
+        """KCL's discovery interval: half the assignment interval minus epsilon (9 975 ms by default)."""
+        return max(50, self.lease_assignment_interval_ms // 2 - _EPSILON_MS)
 
 
 @dataclass
@@ -279,6 +290,7 @@ class Worker:
         self._reporter: WorkerMetricsReporter | None = None
         self._was_leader = False
         self._reported_once = False
+        self._discovery_interval_ms = config.lease_discovery_interval_ms
         # Keyed by (lease key, token): a lease lost and taken again gets a new consumer while the old one
         # still finishes its shutdown.
         self._consumers: dict[tuple[str, str], ShardConsumer] = {}
@@ -298,9 +310,7 @@ class Worker:
             _Loop("renewer", lambda: leases.renewal_interval_ms / 1000, self._renew, self._stop_loops),
             _Loop("taker", lambda: leases.taker_interval_ms / 1000, self._take, self._stop_loops),
             _Loop("assigner", lambda: assignment_s, self._assign, self._stop_loops),
-            _Loop(
-                "discoverer", lambda: max(0.05, assignment_s / 2 - _EPSILON_MS / 1000), self._discover, self._stop_loops
-            ),
+            _Loop("discoverer", lambda: self._discovery_interval_ms / 1000, self._discover, self._stop_loops),
             _Loop(
                 "metrics-capture",
                 lambda: metrics_cfg.in_memory_capture_frequency_ms / 1000,
@@ -541,6 +551,16 @@ class Worker:
             return
         found = self._discoverer.discover()
         self._metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
+        # KCL queries the owner index every ~10 s on every worker, which makes a small steady fleet read more
+        # than the 2.x generation (KCL issue #1406). While nothing changes the interval doubles up to
+        # coordination.max_lease_discovery_interval_ms; it drops back to KCL's whenever a lease arrives or the
+        # worker holds none (a leader that assigns to itself wakes its own discoverer at once).
+        base = self.config.lease_discovery_interval_ms
+        ceiling = max(base, self.config.coordination.max_lease_discovery_interval_ms or base)
+        if found or not self.renewer.held():
+            self._discovery_interval_ms = base
+        else:
+            self._discovery_interval_ms = min(ceiling, self._discovery_interval_ms * 2)
         if found:
             self._start_consumers(found)
             logger.info("worker %s discovered leases %s", self.worker_id, ", ".join(lease.lease_key for lease in found))
@@ -587,9 +607,25 @@ class Worker:
             if created:
                 self._loop_by_name["taker"].wake()
                 self._loop_by_name["assigner"].wake()
-        elif self._syncer.audit():
+            return
+        leases = self._recent_lease_snapshot()
+        if self._syncer.audit(leases):
             self._loop_by_name["taker"].wake()
-        self._syncer.clean_up()
+            leases = None
+        self._syncer.clean_up(leases)
+
+    def _recent_lease_snapshot(self) -> list[Lease] | None:
+        """The lease table as the taker or the leader last scanned it, if that scan is recent enough to audit
+        and clean up with (saves a scan per sync run); else ``None``."""
+        max_age_ns = self.config.shard_sync_interval_ms * 1_000_000
+        now = self._clock_ns()
+        if self._mode == "utilization-3x":
+            snapshot = None if self._assigner is None else self._assigner.last_leases
+        else:
+            snapshot = self._taker.last_scan
+        if snapshot is None or now - snapshot[0] > max_age_ns:
+            return None
+        return snapshot[1]
 
     def _create_child_leases(self, parent: Lease, children: Sequence[ChildShard]) -> None:
         self._syncer.create_child_leases(parent, children)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from shardwise.coordinator.items import ItemTable
+from shardwise.coordinator.items import ItemRecord, ItemTable
 from shardwise.coordinator.model import (
     CPU,
     MISSED,
@@ -700,6 +700,17 @@ def classify_workers(
     items: ItemTable, now_epoch_s: float, config: WorkerMetricsConfig | None = None
 ) -> WorkerMetricsSnapshot:
     """Scan the worker-metrics namespace and classify every entry (see :class:`WorkerMetricsSnapshot`)."""
+    return classify_worker_records(items.scan(), now_epoch_s, config, table_name=items.table_name)
+
+
+def classify_worker_records(
+    records: Iterable[ItemRecord],
+    now_epoch_s: float,
+    config: WorkerMetricsConfig | None = None,
+    *,
+    table_name: str = "",
+) -> WorkerMetricsSnapshot:
+    """Classify worker-metrics records already read (see :class:`WorkerMetricsSnapshot`)."""
     config = config if config is not None else WorkerMetricsConfig()
     buckets: dict[str, list[WorkerMetricStats]] = {
         "active": [],
@@ -709,14 +720,14 @@ def classify_workers(
         "stale": [],
     }
     malformed: list[str] = []
-    for record in items.scan():
+    for record in records:
         try:
             stats = metrics_from_attributes(record.key, record.attributes)
         except MalformedItemError as exc:
             logger.warning(
                 "worker-metrics entry of worker %r in %s is malformed and is ignored: %s",
                 record.key,
-                items.table_name,
+                table_name,
                 exc.problem,
             )
             malformed.append(record.key)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import boto3
 from botocore.config import Config as BotocoreConfig
@@ -599,6 +599,18 @@ class DynamoDBLeaseStore:
         leases = [lease for item in self._scan() if (lease := self._lease_or_skip(item)) is not None]
         leases.sort(key=lambda lease: lease.lease_key)
         return leases
+
+    def list_leases_and_other_items(self) -> tuple[list[Lease], list[Mapping[str, Any]]]:
+        """Every lease and every raw non-lease item (coordinator, worker metrics) of the table, one scan."""
+        leases: list[Lease] = []
+        others: list[Mapping[str, Any]] = []
+        for item in self._scan():
+            if classify_item(item) == "other":
+                others.append(item)
+            elif (lease := self._lease_or_skip(item)) is not None:
+                leases.append(lease)
+        leases.sort(key=lambda lease: lease.lease_key)
+        return leases, others
 
     def get_lease(self, lease_key: str) -> Lease | None:
         with self._translating("GetItem"):

@@ -10,14 +10,14 @@ Operations that succeed return the lease as it now is in the table, so callers n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import Lease
 
-__all__ = ["LeaseStore", "OwnerIndex"]
+__all__ = ["LeaseStore", "OwnerIndex", "SharedTableScan"]
 
 
 @runtime_checkable
@@ -153,4 +153,14 @@ class OwnerIndex(Protocol):
 
     def list_lease_keys_for_owner(self, owner: str) -> list[str]:
         """Keys of the leases whose ``leaseOwner`` is ``owner`` (eventually consistent, like a GSI query)."""
+        ...
+
+
+@runtime_checkable
+class SharedTableScan(Protocol):
+    """A lease store whose table also holds other items (KCL 3.5 single-table layout) and can return both
+    from one scan, so the leader reads leases and worker metrics at the cost of one scan (as KCL 3.5 does)."""
+
+    def list_leases_and_other_items(self) -> tuple[list[Lease], list[Mapping[str, Any]]]:
+        """Every lease (as ``list_leases``) and every raw non-lease item of the table, from one scan."""
         ...
