@@ -11,7 +11,7 @@ feeds the local stream at a steady rate, lets the fleet settle, and then measure
 
 Records live in the embedded local stream so that only the coordination traffic goes to DynamoDB.
 
-    python bench/bench_generations.py [--minutes 5] [--warmup-seconds 60] [--sizes 8x4,64x8]
+    python bench/bench_generations.py [--minutes 5] [--warmup-seconds 180] [--sizes 8x4,64x8]
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0, help="steady-state window per run")
-    parser.add_argument("--warmup-seconds", type=float, default=60.0)
+    parser.add_argument("--warmup-seconds", type=float, default=180.0)
     parser.add_argument("--sizes", default="8x4,64x8", help="comma-separated SHARDSxWORKERS")
     args = parser.parse_args()
     sizes = [tuple(int(part) for part in size.split("x")) for size in args.sizes.split(",")]

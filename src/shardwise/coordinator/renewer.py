@@ -210,7 +210,10 @@ class LeaseRenewer:
                     f"Can't update checkpoint - instance doesn't hold the lease for this shard ({lease_key}): "
                     "another worker changed it"
                 )
-            self._replace(lease_key, token, result, self._clock_ns())
+            # Keep our view of the owners (as KCL's authoritative lease does): a handoff the leader started meanwhile
+            # must still fail the next renewal's "checkpointOwner absent" condition, or it would never be noticed.
+            mine = result.with_changes(lease_owner=held.lease.lease_owner, checkpoint_owner=held.lease.checkpoint_owner)
+            self._replace(lease_key, token, mine, self._clock_ns())
 
     def complete_handoff(self, lease_key: str, token: str) -> bool:
         """Finish a graceful handoff: give the lease to the owner the leader chose (``assign_lease`` clears

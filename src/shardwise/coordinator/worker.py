@@ -59,7 +59,7 @@ from shardwise.coordinator.worker_metrics import (
     WorkerMetricsReporter,
     select_cpu_source,
 )
-from shardwise.errors import ConfigurationError, InvalidStateError
+from shardwise.errors import ConfigurationError, DependencyError, InvalidStateError
 from shardwise.leases.model import RESERVED_KEYS, Lease
 from shardwise.leases.store import LeaseStore, OwnerIndex
 from shardwise.lifecycle.consumer import ConsumerConfig, ShardConsumer
@@ -82,6 +82,7 @@ logger = logging.getLogger(__name__)
 
 AssignmentMode = Literal["lease-count-2x", "utilization-3x"]
 _EPSILON_MS = 25
+_INITIALIZATION_ATTEMPTS = 20
 
 
 def default_worker_id() -> str:
@@ -360,11 +361,28 @@ class Worker:
         for name in ("assigner", "discoverer", "metrics-report", "taker"):
             self._loop_by_name[name].wake()
 
-    def run(self) -> None:
-        """Run until :meth:`request_shutdown` (then shut down gracefully). Blocks the calling thread."""
+    def _initialize(self) -> None:
         self._store.create_table_if_not_exists()
         if self._mode == "utilization-3x":
             self._ensure_3x()
+
+    def run(self) -> None:
+        """Run until :meth:`request_shutdown` (then shut down gracefully). Blocks the calling thread.
+
+        Initialization (lease table, KCL 3.x items and owner index) is retried on transient backend faults,
+        like KCL's ``maxInitializationAttempts`` (20 attempts, 1 s apart); configuration errors fail at once.
+        """
+        for attempt in range(1, _INITIALIZATION_ATTEMPTS + 1):
+            try:
+                self._initialize()
+                break
+            except DependencyError as exc:
+                if attempt == _INITIALIZATION_ATTEMPTS or self._shutdown_requested.is_set():
+                    raise
+                logger.warning(
+                    "worker %s: initialization attempt %d failed, retrying: %s", self.worker_id, attempt, exc
+                )
+                time.sleep(1.0)
         logger.info(
             "worker %s starts on application %s (lease table %s), stream %s, lease assignment %s",
             self.worker_id,
@@ -470,9 +488,16 @@ class Worker:
         )
 
     def _wait_for_owner_index(self, index: OwnerIndex) -> None:
-        index.create_owner_index()
+        """Create the owner index if nobody has yet, and wait until it is ACTIVE. Several workers start at
+        once: a failed create is retried after re-reading the status (another worker may be creating it)."""
         deadline = self._clock_ns() + self.config.coordination.owner_index_timeout_ms * 1_000_000
         while (status := index.owner_index_status()) != "ACTIVE":
+            if status is None:
+                try:
+                    index.create_owner_index()
+                    continue
+                except DependencyError as exc:
+                    logger.info("could not create the owner index (another worker may be creating it): %s", exc)
             if self._clock_ns() > deadline or self._shutdown_requested.is_set():
                 raise InvalidStateError(
                     f"the owner index LeaseOwnerToLeaseKeyIndex is {status} after "
