@@ -25,6 +25,12 @@ A file looks like this (every key optional except the two names; defaults are KC
     leader_lease_duration_ms = 120000
     layout = "auto"                    # or "single-table" / "legacy"
 
+    # Fleet migration 2.x -> 3.x (kcl-protocol.md §4): the Migration3.0 item decides the generation.
+    # client_version_config = "compatible-with-2x"   # or "3x"; unset: no migration state machine
+    [migration]
+    client_version_poll_interval_ms = 60000
+    stabilization_period_ms = 600000
+
 An unknown key or a value of the wrong type is an error naming the key, what it expects and how to fix it.
 """
 
@@ -42,6 +48,7 @@ from typing import Any, Literal
 
 from shardwise.assignment.taker import TakerConfig
 from shardwise.assignment.utilization import AssignmentConfig
+from shardwise.coordinator.migration import MigrationConfig
 from shardwise.coordinator.shard_sync import InitialPosition
 from shardwise.coordinator.worker import CoordinationConfig, WorkerConfig
 from shardwise.coordinator.worker_metrics import WorkerMetricsConfig
@@ -88,6 +95,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "utilization": AssignmentConfig,
     "worker_metrics": WorkerMetricsConfig,
     "coordination": CoordinationConfig,
+    "migration": MigrationConfig,
 }
 _BACKEND_KEYS = {f.name for f in dataclasses.fields(BackendConfig)}
 _WORKER_KEYS = {f.name for f in dataclasses.fields(WorkerConfig) if f.name not in _SECTIONS} - {"initial_position"}

@@ -146,6 +146,14 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     help="Lease assignment generation: KCL 2.x lease-count taking, or the KCL 3.x leader assigning "
     "by measured load. [default: lease-count-2x]",
 )
+@click.option(
+    "--client-version-config",
+    type=click.Choice(["compatible-with-2x", "3x"]),
+    default=None,
+    help="Run the KCL 2.x -> 3.x migration state machine (the Migration3.0 item decides the generation and "
+    "workers switch at runtime): compatible-with-2x to migrate a running 2.x fleet, 3x to finish. Unset: "
+    "--assignment decides, no migration.",
+)
 @click.option("--failover-time-ms", type=int, default=None, help="Lease duration. [default: 10000]")
 @click.option("--max-leases-for-worker", type=int, default=None)
 @click.option("--max-leases-to-steal-at-one-time", type=int, default=None)
@@ -180,6 +188,7 @@ def run(processor: str, config_file: str | None, settings: tuple[str, ...], **fl
             initial_position=flags.pop("initial_position"),
             initial_timestamp=flags.pop("initial_timestamp"),
             assignment=flags.pop("assignment"),
+            client_version_config=flags.pop("client_version_config"),
             **{
                 "leases.failover_time_ms": flags.pop("failover_time_ms"),
                 "leases.max_leases_for_worker": flags.pop("max_leases_for_worker"),

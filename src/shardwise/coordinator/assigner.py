@@ -9,7 +9,9 @@ One run (every ``lease_assignment_interval``, on the leader only):
    its counter moved. A lease is expired when its stamp is older than the failover time — so a new leader
    declares nothing expired before a failover time has passed;
 3. decide with the pure decider (:mod:`shardwise.assignment.utilization`), rebalancing on every
-   ``variance_balancing_frequency``-th run starting with the first;
+   ``variance_balancing_frequency``-th run starting with the first — unless :meth:`LeaseAssignmentManager.reset`
+   was given ``skip_rebalance_until_ns`` (a worker switching from the 2.x generation does so, so that the
+   switch itself moves no lease);
 4. apply each move with a conditional write: a graceful handoff (``initiate_graceful_handoff``) for a live
    owned lease, ``assign_lease`` otherwise. A lost race just drops that move.
 """
@@ -88,6 +90,7 @@ class LeaseAssignmentManager:
         self._stamps: dict[str, tuple[int, int]] = {}  # lease key -> (counter, last change ns; 0 = never)
         self._handoff_seen: dict[str, int] = {}  # lease key -> ns when its handoff was first seen
         self._runs = 0
+        self._rebalance_hold_ns: int | None = None  # see reset(skip_rebalance_until_ns=...)
         self.last_leases: tuple[int, list[Lease]] | None = None  # (monotonic ns, leases) of the latest run
 
     @property
@@ -95,11 +98,19 @@ class LeaseAssignmentManager:
         """Runs since this worker last became leader."""
         return self._runs
 
-    def reset(self) -> None:
-        """Forget everything observed (call when leadership is lost: a new term starts from scratch)."""
+    def reset(self, *, skip_rebalance_until_ns: int | None = None) -> None:
+        """Forget everything observed (call when leadership is lost: a new term starts from scratch).
+
+        ``skip_rebalance_until_ns`` (a ``clock_ns`` time): the first run of the new term, and every run before
+        that time, only assigns expired and unassigned leases — no variance rebalancing; afterwards the
+        rebalancing cadence (every ``variance_balancing_frequency``-th run) resumes. A worker that has just
+        switched from the 2.x generation passes the time by which the whole fleet will have switched, so the
+        switch itself moves no lease (a fresh term also declares nothing expired for a failover time).
+        """
         self._stamps.clear()
         self._handoff_seen.clear()
         self._runs = 0
+        self._rebalance_hold_ns = skip_rebalance_until_ns
 
     def _observe(self, leases: list[Lease], now: int) -> dict[str, int]:
         stamps: dict[str, tuple[int, int]] = {}
@@ -171,6 +182,11 @@ class LeaseAssignmentManager:
             blocked_keys=self._blocked(leases, now) - expired,
         )
         rebalance = self._runs % self._config.variance_balancing_frequency == 0
+        if self._rebalance_hold_ns is not None:
+            if self._runs == 0 or now < self._rebalance_hold_ns:
+                rebalance = False
+            else:
+                self._rebalance_hold_ns = None
         self._runs += 1
         decide = decide_variance_based if self._strategy == "worker-utilization-aware" else decide_lease_count
         decision = decide(snapshot, self._config, rebalance=rebalance, rng=self._rng)

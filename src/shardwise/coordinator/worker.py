@@ -22,6 +22,15 @@ Loops (one thread each, stopped by one event; each checks the current mode on ev
 * **shard sync** — on the leader of the current mode: create missing leases, audit holes, clean up parents.
 * **dispatcher** (the thread that calls :meth:`Worker.run`) — runs each due consumer's next step on the pool.
 
+Fleet migration (``WorkerConfig.client_version_config``, kcl-protocol.md §4): when set, the ``Migration3.0``
+item decides the generation instead of ``assignment``. A :class:`~shardwise.coordinator.migration.MigrationCoordinator`
+settles the start state, then watches the item and switches this worker at runtime
+(:meth:`Worker.apply_migration_state`): 2.x taking ↔ 3.x leader assignment, deterministic ↔ lock leader,
+worker-metrics reporting on/off (reported in UPGRADE_FROM_2X under 2.x taking too), owner index created. A
+switch keeps every held lease and consumer and moves no lease: the first leader term after a switch to 3.x
+only assigns expired or unassigned leases (no rebalancing until the whole fleet has had time to switch), and a
+switch to 2.x starts the taker's observations afresh, so nothing looks expired.
+
 Graceful shutdown (:meth:`Worker.request_shutdown`, SIGTERM/SIGINT in the CLI): taking stops, every processor
 gets ``shutdown_requested`` (and checkpoints), each lease is released so another worker can take it at once,
 then the worker exits; past ``shutdown_timeout_ms`` it exits anyway and the remaining leases simply expire.
@@ -49,6 +58,15 @@ from shardwise.coordinator.items import Layout
 from shardwise.coordinator.layouts import CoordinatorTables, open_coordinator_tables
 from shardwise.coordinator.leader import DeterministicShuffleLeaderDecider
 from shardwise.coordinator.leader_lock import LeaderLock
+from shardwise.coordinator.migration import (
+    CLIENT_VERSION_CONFIGS,
+    ClientVersionConfig,
+    MigrationConfig,
+    MigrationCoordinator,
+    ReadinessProbe,
+    StateBehaviour,
+)
+from shardwise.coordinator.migration_state import ClientVersion, MigrationStore
 from shardwise.coordinator.renewer import LeaseRenewer
 from shardwise.coordinator.shard_sync import InitialPosition, ShardSyncer
 from shardwise.coordinator.taker import LeaseTaker
@@ -59,7 +77,7 @@ from shardwise.coordinator.worker_metrics import (
     WorkerMetricsReporter,
     select_cpu_source,
 )
-from shardwise.errors import ConfigurationError, DependencyError, InvalidStateError
+from shardwise.errors import ConfigurationError, DependencyError, InvalidStateError, ShardwiseError
 from shardwise.leases.model import RESERVED_KEYS, Lease
 from shardwise.leases.store import LeaseStore, OwnerIndex
 from shardwise.lifecycle.consumer import ConsumerConfig, ShardConsumer
@@ -138,6 +156,10 @@ class WorkerConfig:
     utilization: AssignmentConfig = field(default_factory=AssignmentConfig)
     worker_metrics: WorkerMetricsConfig = field(default_factory=WorkerMetricsConfig)
     coordination: CoordinationConfig = field(default_factory=CoordinationConfig)
+    # None: no migration state machine, ``assignment`` rules (pure KCL 2.x or pure 3.x semantics). Set: the
+    # ``Migration3.0`` item decides the generation and the worker switches at runtime (kcl-protocol.md §4).
+    client_version_config: ClientVersionConfig | None = None
+    migration: MigrationConfig = field(default_factory=MigrationConfig)
     shard_sync_interval_ms: int = 60_000
     max_consumer_threads: int = 16
     dispatch_poll_interval_ms: int = 20
@@ -153,6 +175,11 @@ class WorkerConfig:
         if self.assignment not in ("lease-count-2x", "utilization-3x"):
             raise ConfigurationError(
                 f"assignment must be 'lease-count-2x' or 'utilization-3x', got {self.assignment!r}"
+            )
+        if self.client_version_config is not None and self.client_version_config not in CLIENT_VERSION_CONFIGS:
+            raise ConfigurationError(
+                f"client_version_config must be {' or '.join(repr(c) for c in CLIENT_VERSION_CONFIGS)} "
+                f"(or unset for no migration), got {self.client_version_config!r}"
             )
         if self.max_consumer_threads < 1:
             raise ConfigurationError(f"max_consumer_threads must be >= 1, got {self.max_consumer_threads}")
@@ -263,15 +290,17 @@ class Worker:
         self._clock_ns = clock_ns
         self._clock_epoch_s = clock_epoch_s
         self._rng = rng or random.Random()
-        self._mode: AssignmentMode = config.assignment
+        # Under the migration state machine the worker starts in 2.x mode until the state is settled.
+        self._mode: AssignmentMode = config.assignment if config.client_version_config is None else "lease-count-2x"
         self._throughput = LeaseThroughputRecorder(clock_ns)
-        renewal_interval_s = config.leases.renewal_interval_ms / 1000
         self.renewer = LeaseRenewer(
             store,
             self.worker_id,
             failover_time_ms=config.leases.failover_time_ms,
             clock_ns=clock_ns,
-            throughput_kbps=lambda key: self._throughput.throughput_kbps(key, renewal_interval_s),
+            # Divide by the time actually elapsed: the renewer runs with a fixed delay, so its period is the
+            # renewal interval plus the renewals' own duration (KCL's fixed-rate renewer divides by the interval).
+            throughput_kbps=self._throughput.throughput_kbps,
             on_handoff=self._on_handoff,
         )
         self._taker = LeaseTaker(store, self.worker_id, config.leases, clock_ns=clock_ns, rng=self._rng)
@@ -289,6 +318,17 @@ class Worker:
             clock_ns,
         )
         self._reporter: WorkerMetricsReporter | None = None
+        # Migration: the coordinator (opened by _initialize), whether to report worker metrics (None: only in
+        # 3.x mode), and the rebalancing hold for the first leader term after a switch to 3.x.
+        self._migration: MigrationCoordinator | None = None
+        self._client_version: ClientVersion | None = None
+        self._report_metrics: bool | None = None
+        self._rebalance_hold_until_ns: int | None = None
+        self._loops_started = False
+        # Serializes opening the 3.x parts; and taker runs, leader decisions and mode switches, so a switch
+        # happens between two runs and a lock is never (re)acquired by a run of the mode being left.
+        self._setup_lock = threading.RLock()
+        self._coordination_lock = threading.Lock()
         self._was_leader = False
         self._reported_once = False
         self._discovery_interval_ms = config.lease_discovery_interval_ms
@@ -328,7 +368,7 @@ class Worker:
             ),
         ]
         self._loop_by_name = {loop.name: loop for loop in self._loops}
-        if self._mode == "utilization-3x":
+        if self._mode == "utilization-3x" or config.client_version_config is not None:
             self._check_worker_id_for_single_table()
 
     # -- public -------------------------------------------------------------------------------------
@@ -347,24 +387,123 @@ class Worker:
             return self._lock is not None and self._lock.holds_lock()
         return self._deterministic_leader.is_leader()
 
+    @property
+    def client_version(self) -> ClientVersion | None:
+        """The migration state this worker runs in (``None`` without ``client_version_config``)."""
+        return self._client_version
+
+    @property
+    def migration(self) -> MigrationCoordinator | None:
+        """The migration coordinator (``None`` without ``client_version_config`` or before initialization)."""
+        return self._migration
+
+    @property
+    def reports_worker_metrics(self) -> bool:
+        """Whether the metrics loop writes this worker's worker-metrics item."""
+        flag = self._report_metrics
+        return self._mode == "utilization-3x" if flag is None else flag
+
     def switch_mode(self, mode: AssignmentMode) -> None:
-        """Switch the coordination generation between two loop runs; held leases and consumers are untouched."""
+        """Switch the coordination generation between two loop runs; held leases and consumers are untouched.
+
+        To 3.x: the first leader term afterwards only assigns expired or unassigned leases until the whole
+        fleet has had time to notice the switch (one migration poll interval plus its jitter), so the switch
+        moves no lease. To 2.x: the leader lock is released and the taker forgets its observations (a lease
+        first seen owned counts as just renewed), so nothing looks expired.
+        """
         if mode == self._mode:
             return
-        logger.info("worker %s switches lease assignment from %s to %s", self.worker_id, self._mode, mode)
         if mode == "utilization-3x":
             self._check_worker_id_for_single_table()
-            self._ensure_3x()
-        elif self._lock is not None and self._lock.holds_lock():
-            self._lock.release()
-        self._mode = mode
+            self._ensure_3x()  # may wait for the owner index: outside the coordination lock
+        with self._coordination_lock:
+            if mode == self._mode:
+                return
+            logger.info("worker %s switches lease assignment from %s to %s", self.worker_id, self._mode, mode)
+            self._was_leader = False
+            if mode == "utilization-3x":
+                if self._loops_started:
+                    hold_ms = 0
+                    if self.config.client_version_config is not None:
+                        migration = self.config.migration
+                        hold_ms = migration.client_version_poll_interval_ms + migration.client_version_poll_jitter_ms
+                    self._rebalance_hold_until_ns = self._clock_ns() + hold_ms * 1_000_000
+                self._discovery_interval_ms = self.config.lease_discovery_interval_ms
+            else:
+                if self._lock is not None and self._lock.holds_lock():
+                    try:
+                        self._lock.release()
+                    except ShardwiseError as exc:
+                        logger.warning(
+                            "could not release the leader lock; it expires after its lease duration: %s", exc
+                        )
+                self._taker = LeaseTaker(
+                    self._store, self.worker_id, self.config.leases, clock_ns=self._clock_ns, rng=self._rng
+                )
+            self._mode = mode
         for name in ("assigner", "discoverer", "metrics-report", "taker"):
             self._loop_by_name[name].wake()
 
+    def apply_migration_state(self, version: ClientVersion, behaviour: StateBehaviour) -> None:
+        """Enter a migration state (called by the :class:`MigrationCoordinator`, at initialization and from its
+        thread): open what the state needs (coordinator items, worker-metrics table, owner index — started
+        without waiting in UPGRADE_FROM_2X, waited for in 3.x), turn worker-metrics reporting on or off and
+        switch the assignment mode. Held leases and running consumers are untouched."""
+        with self._setup_lock:
+            if (
+                behaviour.report_worker_metrics
+                or behaviour.create_owner_index
+                or behaviour.assignment == "utilization-3x"
+            ):
+                tables = self._ensure_tables()
+                if behaviour.report_worker_metrics:
+                    # Legacy layout: KCL <= 3.4 re-creates <app>-WorkerMetricStats (the rollback tool deletes it).
+                    tables.worker_metrics.create_if_not_exists()
+            if behaviour.create_owner_index and not behaviour.wait_for_owner_index:
+                self._request_owner_index()
+            if behaviour.assignment == "utilization-3x":
+                self._ensure_3x()
+        if behaviour.report_worker_metrics:
+            self._report_metrics = True  # before a switch to 3.x: the new leader needs our metrics
+        self.switch_mode(behaviour.assignment)
+        self._report_metrics = behaviour.report_worker_metrics
+        self._client_version = version
+        self._loop_by_name["metrics-report"].wake()
+
     def _initialize(self) -> None:
         self._store.create_table_if_not_exists()
-        if self._mode == "utilization-3x":
+        if self.config.client_version_config is not None:
+            self._initialize_migration(self.config.client_version_config)
+        elif self._mode == "utilization-3x":
             self._ensure_3x()
+
+    def _initialize_migration(self, client_version_config: ClientVersionConfig) -> None:
+        """Open the ``Migration3.0`` item (in the coordinator namespace of the application's layout), settle
+        the start state (kcl-protocol.md §4.1) and apply it."""
+        with self._setup_lock:
+            tables = self._ensure_tables()
+            tables.coordinator.create_if_not_exists()  # legacy layout: KCL <= 3.4 creates it at every start
+            if self._migration is None:
+                probe = ReadinessProbe(
+                    self._store,
+                    tables.worker_metrics,
+                    self._store if isinstance(self._store, OwnerIndex) else None,
+                    taker_config=self.config.leases,
+                    metrics_config=self.config.worker_metrics,
+                    clock_ns=self._clock_ns,
+                    clock_epoch_s=self._clock_epoch_s,
+                )
+                self._migration = MigrationCoordinator(
+                    self,
+                    MigrationStore(tables.coordinator, clock_ms=lambda: int(self._clock_epoch_s() * 1000)),
+                    self.config.migration,
+                    client_version_config,
+                    probe=probe,
+                    metrics=self._metrics,
+                    clock_ns=self._clock_ns,
+                    rng=self._rng,
+                )
+        self._migration.initialize()
 
     def run(self) -> None:
         """Run until :meth:`request_shutdown` (then shut down gracefully). Blocks the calling thread.
@@ -391,14 +530,19 @@ class Worker:
             self.config.stream_name,
             self._mode,
         )
+        self._loops_started = True
         for loop in self._loops:
             loop.start()
+        if self._migration is not None:
+            self._migration.start()
         pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.max_consumer_threads, thread_name_prefix="shard-consumer"
         )
         try:
             self._dispatch(pool)
         finally:
+            if self._migration is not None:
+                self._migration.stop()
             self._stop_loops.set()
             for loop in self._loops:
                 loop.join(5.0)
@@ -437,18 +581,62 @@ class Worker:
                 f"{', '.join(sorted(RESERVED_KEYS))}; choose another --worker-id"
             )
 
+    def _ensure_tables(self) -> CoordinatorTables:
+        """Open the coordinator and worker-metrics items and the metrics reporter (once; no waiting)."""
+        with self._setup_lock:
+            if self._tables is not None:
+                return self._tables
+            coordination = self.config.coordination
+            tables = open_coordinator_tables(
+                self._store,
+                self.config.application_name,
+                layout=None if coordination.layout == "auto" else coordination.layout,
+                coordinator_table_name=coordination.coordinator_table_name,
+                worker_metrics_table_name=coordination.worker_metrics_table_name,
+            )
+            self._reporter = WorkerMetricsReporter(
+                tables.worker_metrics,
+                self.worker_id,
+                self._collector,
+                self.config.worker_metrics,
+                clock_epoch_s=self._clock_epoch_s,
+                metrics=self._metrics,
+            )
+            self._tables = tables
+            logger.info(
+                "worker %s: KCL 3.x coordination items in the %s layout (%s)",
+                self.worker_id,
+                tables.layout,
+                tables.coordinator.table_name,
+            )
+            return tables
+
+    def _request_owner_index(self) -> None:
+        """Start creating the owner index if it does not exist, without waiting (UPGRADE_FROM_2X)."""
+        store = self._store
+        if not isinstance(store, OwnerIndex):
+            logger.warning(
+                "worker %s: %s has no owner index; the fleet cannot move to KCL 3.x",
+                self.worker_id,
+                type(store).__name__,
+            )
+            return
+        try:
+            if store.owner_index_status() is None and store.create_owner_index():
+                logger.info("worker %s started creating the owner index LeaseOwnerToLeaseKeyIndex", self.worker_id)
+        except DependencyError as exc:
+            logger.info("could not start creating the owner index (another worker may be creating it): %s", exc)
+
     def _ensure_3x(self) -> None:
         """Open the coordinator items, the leader lock and the owner index (once)."""
-        if self._tables is not None:
-            return
+        with self._setup_lock:
+            if self._assigner is not None:
+                return
+            self._open_3x()
+
+    def _open_3x(self) -> None:
+        tables = self._ensure_tables()
         coordination = self.config.coordination
-        tables = open_coordinator_tables(
-            self._store,
-            self.config.application_name,
-            layout=None if coordination.layout == "auto" else coordination.layout,
-            coordinator_table_name=coordination.coordinator_table_name,
-            worker_metrics_table_name=coordination.worker_metrics_table_name,
-        )
         if not isinstance(self._store, OwnerIndex):
             raise ConfigurationError(f"{type(self._store).__name__} has no owner index; KCL 3.x needs one")
         self._wait_for_owner_index(self._store)
@@ -471,21 +659,6 @@ class Worker:
             rng=self._rng,
         )
         self._discoverer = LeaseDiscoverer(self._store, self._store, self.worker_id, lambda: set(self.renewer.held()))
-        self._reporter = WorkerMetricsReporter(
-            tables.worker_metrics,
-            self.worker_id,
-            self._collector,
-            self.config.worker_metrics,
-            clock_epoch_s=self._clock_epoch_s,
-            metrics=self._metrics,
-        )
-        self._tables = tables
-        logger.info(
-            "worker %s: KCL 3.x coordination items in the %s layout (%s)",
-            self.worker_id,
-            tables.layout,
-            tables.coordinator.table_name,
-        )
 
     def _wait_for_owner_index(self, index: OwnerIndex) -> None:
         """Create the owner index if nobody has yet, and wait until it is ACTIVE. Several workers start at
@@ -544,11 +717,13 @@ class Worker:
         self.stats.add_records(lease_key, count, size)
 
     def _take(self) -> None:
-        if self._shutdown_requested.is_set() or self._mode != "lease-count-2x":
-            return
-        taken = self._taker.take_leases()
-        self._start_consumers(taken)
-        metrics = self._taker.last_metrics
+        with self._coordination_lock:
+            if self._shutdown_requested.is_set() or self._mode != "lease-count-2x":
+                return
+            taker = self._taker
+            taken = taker.take_leases()
+            self._start_consumers(taken)
+        metrics = taker.last_metrics
         if metrics is not None:
             for name, value in metrics.as_dict().items():
                 self._metrics.put("TakeLeases", name, value)
@@ -556,16 +731,26 @@ class Worker:
             logger.info("worker %s took leases %s", self.worker_id, ", ".join(lease.lease_key for lease in taken))
 
     def _assign(self) -> None:
-        if self._mode != "utilization-3x" or self._lock is None or self._assigner is None:
-            return
-        leader = not self._shutdown_requested.is_set() and self._lock.is_leader()
-        if leader and not self._was_leader:
-            logger.info("worker %s is the leader now", self.worker_id)
-            self._assigner.reset()
-        self._was_leader = leader
-        if not leader:
-            return
-        run = self._assigner.run_once()
+        with self._coordination_lock:
+            if self._mode != "utilization-3x" or self._lock is None or self._assigner is None:
+                return
+            leader = not self._shutdown_requested.is_set() and self._lock.is_leader()
+            if leader and not self._was_leader:
+                logger.info("worker %s is the leader now", self.worker_id)
+                hold = self._rebalance_hold_until_ns
+                self._rebalance_hold_until_ns = None
+                if hold is not None:
+                    logger.info(
+                        "worker %s: first leader term after the switch to KCL 3.x: only expired or unassigned leases "
+                        "are assigned for %d ms (no rebalancing)",
+                        self.worker_id,
+                        max(0, hold - self._clock_ns()) // 1_000_000,
+                    )
+                self._assigner.reset(skip_rebalance_until_ns=hold)
+            self._was_leader = leader
+            if not leader:
+                return
+            run = self._assigner.run_once()
         if any(move.to_worker == self.worker_id for move in run.decision.moves):
             self._loop_by_name["discoverer"].wake()
         if not self._synced_once:
@@ -591,11 +776,12 @@ class Worker:
             logger.info("worker %s discovered leases %s", self.worker_id, ", ".join(lease.lease_key for lease in found))
 
     def _capture(self) -> None:
-        if self._mode == "utilization-3x":
+        # Under the migration state machine collection goes on in every state (KCL: only the reporter stops).
+        if self._mode == "utilization-3x" or self._migration is not None:
             self._collector.capture()
 
     def _report(self) -> None:
-        if self._mode == "utilization-3x" and self._reporter is not None and not self._shutdown_requested.is_set():
+        if self.reports_worker_metrics and self._reporter is not None and not self._shutdown_requested.is_set():
             self._reporter.report()
             if not self._reported_once:
                 self._reported_once = True
@@ -621,10 +807,12 @@ class Worker:
         consecutive audits see the same holes) and clean-up of finished parent leases."""
         if self._shutdown_requested.is_set():
             return
-        if self._mode == "utilization-3x":
-            if self._lock is None or not self._lock.is_leader():
-                return
-        elif not self._deterministic_leader.is_leader():
+        with self._coordination_lock:
+            if self._mode == "utilization-3x":
+                leader = self._lock is not None and self._lock.is_leader()
+            else:
+                leader = self._deterministic_leader.is_leader()
+        if not leader:
             return
         if not self._synced_once:
             created = self._syncer.sync()
