@@ -15,6 +15,10 @@ count:
 * ``attempts`` — :class:`FlakyProcessor` only: one row per delivery of a batch holding ``poison-`` records,
   per poison record, with the outcome (``failure`` or ``success``) and the first sequence number and size of
   the batch, so a test can see that the *same* batch was delivered again.
+* ``lifecycle`` — :class:`LifecycleRecordingProcessor` only: one row per ``initialize`` (with the position the
+  processor starts after), per *successful* checkpoint (with the position checkpointed), per
+  ``shutdown_requested`` / ``shard_ended`` (after their checkpoint) and per ``lease_lost``, so a test can tell
+  where each owner of a shard started and where the previous one last checkpointed.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardwise.processor import BaseRecordProcessor, InitializationInput, ProcessRecordsInput
+from shardwise.processor import (
+    BaseRecordProcessor,
+    InitializationInput,
+    LeaseLostInput,
+    ProcessRecordsInput,
+    ShardEndedInput,
+    ShutdownRequestedInput,
+)
 from shardwise.retrieval.model import Record
 
 __all__ = [
@@ -37,10 +48,13 @@ __all__ = [
     "WORKER_ENV",
     "Attempt",
     "FlakyProcessor",
+    "Lifecycle",
+    "LifecycleRecordingProcessor",
     "Processed",
     "RecordingProcessor",
     "connect_results",
     "read_attempts",
+    "read_lifecycle",
     "read_processed",
 ]
 
@@ -68,6 +82,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     outcome TEXT NOT NULL CHECK (outcome IN ('failure', 'success')),
     batch_first_sequence_number TEXT NOT NULL,
     batch_size INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lifecycle (
+    shard_id TEXT NOT NULL,
+    worker_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    sequence_number TEXT NOT NULL,
     time_ns INTEGER NOT NULL
 );
 """
@@ -166,6 +187,41 @@ class FlakyProcessor(RecordingProcessor):
             raise RuntimeError("poison")
 
 
+class LifecycleRecordingProcessor(RecordingProcessor):
+    """Like :class:`RecordingProcessor`, and also writes its life to ``lifecycle``: ``initialize`` (the
+    position it starts after: a sentinel such as ``TRIM_HORIZON`` or a sequence number), ``checkpoint`` after
+    each successful checkpoint of a batch, ``shutdown_requested`` and ``shard_ended`` after their checkpoint,
+    and ``lease_lost``. A checkpoint that raises (lease lost) writes nothing."""
+
+    def initialize(self, initialization_input: InitializationInput) -> None:
+        super().initialize(initialization_input)
+        self._log("initialize", initialization_input.extended_sequence_number.sequence_number)
+
+    def process_records(self, process_records_input: ProcessRecordsInput) -> None:
+        super().process_records(process_records_input)
+        if process_records_input.records:
+            self._log("checkpoint", process_records_input.checkpointer.last_checkpoint.sequence_number)
+
+    def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
+        checkpointer = shutdown_requested_input.checkpointer
+        checkpointer.checkpoint()
+        self._log("shutdown_requested", checkpointer.last_checkpoint.sequence_number)
+
+    def shard_ended(self, shard_ended_input: ShardEndedInput) -> None:
+        checkpointer = shard_ended_input.checkpointer
+        checkpointer.checkpoint()
+        self._log("shard_ended", checkpointer.last_checkpoint.sequence_number)
+
+    def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
+        self._log("lease_lost", "")
+
+    def _log(self, event: str, sequence_number: str) -> None:
+        self._conn.execute(
+            "INSERT INTO lifecycle VALUES (?, ?, ?, ?, ?)",
+            (self._shard_id, self._worker_id, event, sequence_number, time.time_ns()),
+        )
+
+
 # -- reading the results (test side) -------------------------------------------------------------------
 
 
@@ -196,6 +252,24 @@ def read_processed(path: str | Path) -> list[Processed]:
     conn = connect_results(path)
     try:
         return [Processed(*row) for row in conn.execute("SELECT * FROM processed ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    shard_id: str
+    worker_id: str
+    event: str
+    sequence_number: str
+    time_ns: int
+
+
+def read_lifecycle(path: str | Path) -> list[Lifecycle]:
+    """Every :class:`LifecycleRecordingProcessor` event so far, in the order they were written."""
+    conn = connect_results(path)
+    try:
+        return [Lifecycle(*row) for row in conn.execute("SELECT * FROM lifecycle ORDER BY rowid")]
     finally:
         conn.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ from shardwise.coordinator.worker_metrics import classify_workers
 from shardwise.errors import ConfigurationError, ShardwiseError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
+from shardwise.metrics import LogMetricsSink, MetricsSink
 from shardwise.processor import RecordProcessorFactory
 from shardwise.retrieval.source import StreamSource
 
@@ -160,13 +162,22 @@ def _overrides(**flags: Any) -> dict[str, Any]:
 @click.option("--max-records", type=int, default=None, help="GetRecords limit. [default: 10000]")
 @click.option("--idle-time-between-reads-ms", type=int, default=None, help="[default: 1500]")
 @click.option(
+    "--metrics",
+    "metrics_sink",
+    type=click.Choice(["none", "log"]),
+    default="none",
+    show_default=True,
+    help="Where the worker's metrics go. log: one INFO line per datum on the shardwise.metrics logger, shown "
+    "even without -v (e.g. 'metric Migration CurrentState:3xWorker=1 Count').",
+)
+@click.option(
     "--set",
     "settings",
     multiple=True,
     metavar="KEY=VALUE",
     help="Any config key, e.g. --set consumer.parent_shard_poll_interval_ms=1000 (repeatable).",
 )
-def run(processor: str, config_file: str | None, settings: tuple[str, ...], **flags: Any) -> None:
+def run(processor: str, config_file: str | None, settings: tuple[str, ...], metrics_sink: str, **flags: Any) -> None:
     """Run one worker: consume STREAM for application APP with the record processor PROCESSOR
     (MODULE:FACTORY, a processor class or a function returning one).
 
@@ -207,6 +218,7 @@ def run(processor: str, config_file: str | None, settings: tuple[str, ...], **fl
             store=open_lease_store(backend, worker_config.table_name),
             source=open_stream_source(backend, worker_config.stream_name),
             processor_factory=factory,
+            metrics=_metrics_sink(metrics_sink),
         )
     except ShardwiseError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -232,6 +244,16 @@ def run(processor: str, config_file: str | None, settings: tuple[str, ...], **fl
         worker.run()
     except ShardwiseError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _metrics_sink(choice: str) -> MetricsSink | None:
+    """``--metrics``: None (the worker's null sink) or a log sink whose INFO lines pass the WARNING default."""
+    if choice != "log":
+        return None
+    metrics_logger = logging.getLogger("shardwise.metrics")
+    if not metrics_logger.isEnabledFor(logging.INFO):
+        metrics_logger.setLevel(logging.INFO)
+    return LogMetricsSink(metrics_logger)
 
 
 def _lease_row(lease: Lease) -> dict[str, Any]:

@@ -75,6 +75,7 @@ class LeaseAssignmentManager:
         clock_ns: Callable[[], int] = time.monotonic_ns,
         clock_epoch_s: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        discovery_interval_ms: int = 0,
     ) -> None:
         self._store = store
         self._items = worker_metrics
@@ -90,6 +91,8 @@ class LeaseAssignmentManager:
         self._stamps: dict[str, tuple[int, int]] = {}  # lease key -> (counter, last change ns; 0 = never)
         self._handoff_seen: dict[str, int] = {}  # lease key -> ns when its handoff was first seen
         self._runs = 0
+        self._assignment_grace_ns = (discovery_interval_ms + failover_time_ms) * 1_000_000
+        self._assigned_at: dict[str, int] = {}  # lease key -> ns when this leader assigned or handed it off
         self._rebalance_hold_ns: int | None = None  # see reset(skip_rebalance_until_ns=...)
         self.last_leases: tuple[int, list[Lease]] | None = None  # (monotonic ns, leases) of the latest run
 
@@ -107,6 +110,7 @@ class LeaseAssignmentManager:
         switched from the 2.x generation passes the time by which the whole fleet will have switched, so the
         switch itself moves no lease (a fresh term also declares nothing expired for a failover time).
         """
+        self._assigned_at.clear()
         self._stamps.clear()
         self._handoff_seen.clear()
         self._runs = 0
@@ -166,12 +170,16 @@ class LeaseAssignmentManager:
         now = self._clock_ns()
         self.last_leases = (now, leases)
         stamps = self._observe(leases, now)
+        # A lease this leader just assigned is not expired until its new owner could have discovered it (its
+        # discovery interval may have backed off) and then renewed it: else it would be moved again and again.
+        self._assigned_at = {k: t for k, t in self._assigned_at.items() if now - t <= self._assignment_grace_ns}
         expired = frozenset(
             lease.lease_key
             for lease in leases
             if lease.lease_owner is not None
             and not lease.is_complete
             and now - stamps[lease.lease_key] > self._failover_ns
+            and lease.lease_key not in self._assigned_at
         )
         snapshot = AssignmentSnapshot(
             leases=tuple(leases),
@@ -203,6 +211,7 @@ class LeaseAssignmentManager:
                 result = None
             (applied if result is not None else failed).append(move.lease.lease_key)
             if result is not None:
+                self._assigned_at[move.lease.lease_key] = now
                 logger.info(
                     "leader moved lease %s from %s to %s (%s%s)",
                     move.lease.lease_key,

@@ -657,6 +657,9 @@ class Worker:
             clock_ns=self._clock_ns,
             clock_epoch_s=self._clock_epoch_s,
             rng=self._rng,
+            discovery_interval_ms=max(
+                self.config.lease_discovery_interval_ms, coordination.max_lease_discovery_interval_ms or 0
+            ),
         )
         self._discoverer = LeaseDiscoverer(self._store, self._store, self.worker_id, lambda: set(self.renewer.held()))
 
