@@ -281,3 +281,43 @@ def test_write_checkpoint_after_the_counter_moved_raises_lease_lost_and_drops(
         renewer.write_checkpoint(A, tokens[A], ExtendedSequenceNumber("10"), pending=None, pending_state=None)
     assert renewer.get(A) is None
     assert store.lease(A) == stolen
+
+
+def handoff_renewer(store: FlakyStore, clock: FakeClock, seen: list[tuple[str, str]]) -> LeaseRenewer:
+    return LeaseRenewer(
+        store,
+        "w1",
+        failover_time_ms=10_000,
+        clock_ns=clock,
+        on_handoff=lambda key, next_owner: seen.append((key, next_owner)),
+    )
+
+
+def test_a_handoff_started_by_the_leader_is_adopted_and_reported(store: FlakyStore, clock: FakeClock) -> None:
+    seen: list[tuple[str, str]] = []
+    renewer = handoff_renewer(store, clock, seen)
+    lease = take(store, "shardId-000000000000")
+    token = renewer.add_leases([lease])[lease.lease_key]
+    assert store.initiate_graceful_handoff(lease, "w2") is not None
+    assert renewer.renew_all().renewed == (lease.lease_key,)  # adopted, still renewed by the old owner
+    assert seen == [(lease.lease_key, "w2")]
+    assert renewer.in_handoff(lease.lease_key)
+    assert renewer.complete_handoff(lease.lease_key, token)
+    current = store.get_lease(lease.lease_key)
+    assert current is not None
+    assert (current.lease_owner, current.checkpoint_owner) == ("w2", None)
+
+
+def test_a_checkpoint_between_handoff_and_renewal_does_not_hide_the_handoff(
+    store: FlakyStore, clock: FakeClock
+) -> None:
+    """The leader's handoff does not move the counter, so the old owner's checkpoint still succeeds; the renewer
+    must keep its own view of the owners so that the next renewal notices the handoff (a regression)."""
+    seen: list[tuple[str, str]] = []
+    renewer = handoff_renewer(store, clock, seen)
+    lease = take(store, "shardId-000000000000")
+    token = renewer.add_leases([lease])[lease.lease_key]
+    assert store.initiate_graceful_handoff(lease, "w2") is not None
+    renewer.write_checkpoint(lease.lease_key, token, ExtendedSequenceNumber("100"), pending=None, pending_state=None)
+    renewer.renew_all()
+    assert seen == [(lease.lease_key, "w2")]
