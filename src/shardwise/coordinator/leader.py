@@ -164,9 +164,13 @@ class DeterministicLeaderDecider:
         return is_leader(worker_id, leases, seed=self.seed, leaders=self.leaders)
 
 
+_FIRST_REELECTION_S = 60.0
+
+
 class DeterministicShuffleLeaderDecider:
-    """Stateful shell: scans the lease table on the first call, then at most once every ``interval_s``
-    seconds of ``clock`` (KCL re-elects every 5 minutes), and answers from the last election in between.
+    """Stateful shell: scans the lease table on the first call, again 60 s later (or after ``interval_s`` if
+    shorter), then at most once every ``interval_s`` seconds of ``clock`` — KCL's schedule (first re-election
+    after 60 s, then every 5 minutes) — and answers from the last election in between.
 
     A failed scan (a :class:`~shardwise.errors.ShardwiseError`) is logged and keeps the previous election; if
     there has never been a successful one, the worker counts as a leader — as in KCL, where an empty leader
@@ -238,5 +242,8 @@ class DeterministicShuffleLeaderDecider:
                 self._worker_id,
                 "leader" if not leaders or self._worker_id in leaders else "follower",
             )
+        # KCL elects again 60 s after the first election (ELECTION_INITIAL_DELAY), then every interval: the
+        # first election of a (re)started worker happens before it holds any lease, so it cannot count itself.
+        first = self._leaders is None
         self._leaders = leaders
-        self._next_scan_at = now + self._interval_s
+        self._next_scan_at = now + (min(_FIRST_REELECTION_S, self._interval_s) if first else self._interval_s)

@@ -378,14 +378,22 @@ def test_shell_rescans_at_most_once_per_interval(store: SQLiteLeaseStore, monkey
     for key, owner in [("s1", "worker-a"), ("s2", "worker-c"), ("s3", "worker-b")]:
         assert store.create_lease_if_not_exists(lease(key, owner))
     scans.calls = 0
-    clock.now += 299
-    assert a.is_leader() is True  # still the old election
+    clock.now += 59
+    assert a.is_leader() is True  # still the first election
     assert scans.calls == 0
-    clock.now += 1
+    clock.now += 1  # KCL elects again 60 s after the first election ...
     expected = deterministic_leaders(["worker-a", "worker-b", "worker-c"])
     assert a.is_leader() is ("worker-a" in expected)
     assert scans.calls == 1
     assert a.leaders == expected
+    scans.calls = 0
+    clock.now += 299  # ... and then every interval
+    assert a.is_leader() is ("worker-a" in expected)
+    assert scans.calls == 0
+    clock.now += 1
+    assert a.is_leader() is ("worker-a" in expected)
+    assert scans.calls == 1
+    scans.calls = 1
     assert z.is_leader() is False
     assert a.refresh() == expected
     assert scans.calls == 3

@@ -1,0 +1,515 @@
+"""The KCL 2.x → 3.x fleet migration end to end, with real ``shardwise run`` worker processes, on the local
+backend (SQLite leases + local stream) and on the AWS stand-ins (DynamoDB on moto, Kinesis on kinesis-local).
+
+8 shards, 4 workers (``w1`` … ``w4``), a producer writing one uniquely numbered record per shard per tick all
+along, every delivery written to a results database before its checkpoint (``processors.RecordingProcessor``),
+and each worker logging its metrics (``shardwise run --metrics log``), from which the tests read its
+``CurrentState`` (operation ``Migration``):
+
+1. :func:`test_rolling_upgrade_from_2x_to_3x`: the fleet on the pure 2.x generation (no
+   ``--client-version-config``; 2/2/2/2 leases, no ``Migration3.0`` item, no ``CurrentState``) → w1, w2
+   restarted (SIGTERM, exit 0) with ``compatible-with-2x`` (item ``UPGRADE_FROM_2X``, they report
+   ``2xCompatibleWorker``, every worker keeps leases) → w3, w4 too → the leader's automatic flip to
+   ``3X_WITH_ROLLBACK`` once ready (every worker reports ``3xWorker``, none sits at zero leases, and every lease
+   has the owner it had just before the flip: the switch moves no lease) → a rolling restart with ``3x`` (the
+   first restarted worker writes ``CLIENT_VERSION_3X``, kcl-protocol.md §4.1; every worker gets leases back).
+2. :func:`test_rollback_and_rollforward_with_the_cli`: a fleet started ``compatible-with-2x`` flips to
+   ``3X_WITH_ROLLBACK`` → ``shardwise migrate rollback`` (exit 0; item ``CLIENT_VERSION_2X`` by
+   ``KclMigrationTool-rollback``; the workers report ``2xCompatibleWorker`` again; on aws the GSI is gone) →
+   ``shardwise migrate rollforward`` (exit 0; ``UPGRADE_FROM_2X`` by ``KclMigrationTool-rollforward``) → the
+   automatic flip again.
+
+Both end with: every record produced processed at least once, and every worker exiting 0 on SIGTERM.
+
+Timings are shortened: failover 2 s (the 2.x taker runs every 4.05 s), the migration item polled every 1 s
+(+ up to 0.5 s jitter), readiness checked every 1 s, stabilization 20 s (the fleet balances well within it),
+worker metrics reported every 1.5 s (``lut`` is whole seconds), leader lock 6 s with a 1 s heartbeat.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, read_processed
+from shardwise.admin.migrate import MODIFIED_BY_ROLLBACK, MODIFIED_BY_ROLLFORWARD
+from shardwise.coordinator.layouts import open_coordinator_tables
+from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
+from shardwise.coordinator.migration_state import ClientVersion, MigrationState, MigrationStore
+from shardwise.hashkeys import hash_key_for
+from shardwise.leases.store import OwnerIndex
+from support.fleet import Backend, Fleet, FleetError, StreamAdmin, taker_interval_s
+
+SHARDS = 8
+WORKERS = ("w1", "w2", "w3", "w4")
+FAILOVER_MS = 2_000
+TAKER_S = taker_interval_s(FAILOVER_MS)  # 4.05 s
+POLL_MS = 1_000
+JITTER_MS = 500
+READINESS_MS = 1_000
+STABILIZATION_MS = 20_000
+REPORTER_MS = 1_500
+LEADER_LEASE_MS = 6_000
+ASSIGNMENT_MS = 2 * FAILOVER_MS  # the default lease_assignment_interval_ms
+DISCOVERY_MS = ASSIGNMENT_MS // 2 - 25  # KCL's fixed discovery interval (see test_kcl3x)
+#: KCL's DeterministicShuffleShardSyncLeaderDecider elects again 60 s after its first election (then every 5 min).
+KCL_REELECTION_S = 60.0
+WORKER_ARGS = (
+    "--initial-position",
+    "TRIM_HORIZON",
+    "--failover-time-ms",
+    str(FAILOVER_MS),
+    "--idle-time-between-reads-ms",
+    "100",
+    "--max-records",
+    "500",
+    "--metrics",
+    "log",
+    "--set",
+    "shard_sync_interval_ms=2000",
+    "--set",
+    "consumer.task_backoff_time_ms=200",
+    "--set",
+    f"migration.client_version_poll_interval_ms={POLL_MS}",
+    "--set",
+    f"migration.client_version_poll_jitter_ms={JITTER_MS}",
+    "--set",
+    f"migration.readiness_check_interval_ms={READINESS_MS}",
+    "--set",
+    f"migration.stabilization_period_ms={STABILIZATION_MS}",
+    "--set",
+    f"worker_metrics.reporter_frequency_ms={REPORTER_MS}",
+    "--set",
+    "worker_metrics.in_memory_capture_frequency_ms=250",
+    "--set",
+    "worker_metrics.cpu_source=none",  # balance on throughput (uniform here), whatever the machine
+    "--set",
+    f"coordination.leader_lease_duration_ms={LEADER_LEASE_MS}",
+    "--set",
+    "coordination.leader_heartbeat_period_ms=1000",
+    "--set",
+    f"coordination.max_lease_discovery_interval_ms={DISCOVERY_MS}",
+)
+COMPATIBLE = ("--client-version-config", "compatible-with-2x")
+FINAL = ("--client-version-config", "3x")
+PROCESSOR = "processors:RecordingProcessor"
+
+_METRIC_LINE = re.compile(rf"metric {OPERATION} (CurrentState:\w+)=1\b")
+_ELECTION_LINE = re.compile(r"elected shard-sync leaders: .* \(this worker (\S+): (leader|follower)\)")
+_LEADER_BUG = (
+    "known bug: shardwise.coordinator.leader.DeterministicShuffleLeaderDecider elects again only 300 s after its "
+    "first election (KCL: 60 s after it, then every 5 min). A worker restarted with compatible-with-2x elects "
+    "at its start, before it holds a lease, so it never counts itself; after a rolling restart no worker is "
+    "the deterministic leader, and no readiness monitor acts, for 5 minutes"
+)
+
+
+# -- the scenario ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """One application on one fresh stream: the fleet, the stream's admin side, the results, the records put
+    and where each worker instance's log starts."""
+
+    fleet: Fleet
+    admin: StreamAdmin
+    results: Path
+    produced: set[str] = field(default_factory=set)
+    _log_start: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _migration: MigrationStore | None = None
+
+    # -- workers -----------------------------------------------------------------------------------------
+
+    def start(self, worker_id: str, extra_args: Sequence[str] = ()) -> None:
+        log = self.fleet.log_dir / f"{worker_id}.log"
+        self._log_start[worker_id] = log.stat().st_size if log.exists() else 0
+        self.fleet.start(worker_id, extra_args)
+
+    def restart(self, worker_id: str, extra_args: Sequence[str]) -> None:
+        """SIGTERM (a graceful shutdown, which must exit 0), then start again with ``extra_args``."""
+        code = self.fleet.terminate(worker_id)
+        assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{self.fleet.report()}"
+        self.start(worker_id, extra_args)
+
+    def stop_all(self) -> None:
+        for worker_id in WORKERS:
+            code = self.fleet.terminate(worker_id)
+            assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{self.fleet.report()}"
+        assert not self.fleet.alive(), self.fleet.report()
+
+    def log(self, worker_id: str) -> str:
+        """The log of the worker's current instance."""
+        with self.fleet.workers[worker_id].log_path.open("rb") as log:
+            log.seek(self._log_start[worker_id])
+            return log.read().decode(errors="replace")
+
+    def current_state(self, worker_id: str) -> str | None:
+        """The last ``CurrentState`` metric the worker's current instance logged (None: none logged)."""
+        found = _METRIC_LINE.findall(self.log(worker_id))
+        return found[-1] if found else None
+
+    def states(self) -> dict[str, str | None]:
+        return {worker_id: self.current_state(worker_id) for worker_id in WORKERS}
+
+    def wait_states(self, expected: Mapping[str, str | None], timeout_s: float, what: str) -> None:
+        self.fleet.wait_until(
+            lambda: self.states() == dict(expected), timeout_s, lambda: f"{what}: CurrentState {self.states()}"
+        )
+
+    def self_elected(self) -> dict[str, bool]:
+        """Per worker: whether its latest deterministic (2.x) leader election named itself."""
+        result = {}
+        for worker_id in WORKERS:
+            roles = [role for who, role in _ELECTION_LINE.findall(self.log(worker_id)) if who == worker_id]
+            result[worker_id] = bool(roles) and roles[-1] == "leader"
+        return result
+
+    # -- leases and the migration item ---------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        held = self.fleet.held()
+        return {worker_id: len(held.get(worker_id, [])) for worker_id in WORKERS}
+
+    def owners(self) -> dict[str, str | None]:
+        return {lease.lease_key: lease.lease_owner for lease in self.fleet.leases() if not lease.is_complete}
+
+    def wait_balanced(self, timeout_s: float, what: str) -> dict[str, str | None]:
+        """Wait until every worker holds exactly 2 of the 8 leases; returns the owners then."""
+
+        def balanced() -> dict[str, str | None] | None:
+            owners = self.owners()
+            counts = [sum(owner == w for owner in owners.values()) for w in WORKERS]
+            return owners if len(owners) == SHARDS and counts == [2] * len(WORKERS) else None
+
+        result = self.fleet.wait_until(balanced, timeout_s, lambda: f"{what}: leases 2/2/2/2; now {self.counts()}")
+        assert result is not None
+        return result
+
+    def wait_everyone_holds(self, timeout_s: float, what: str) -> dict[str, int]:
+        """Wait until all 8 leases are held by the workers, each holding at least one."""
+
+        def spread() -> dict[str, int] | None:
+            counts = self.counts()
+            return counts if sum(counts.values()) == SHARDS and min(counts.values()) >= 1 else None
+
+        result = self.fleet.wait_until(spread, timeout_s, lambda: f"{what}: every worker ≥ 1 lease; {self.counts()}")
+        assert result is not None
+        return result
+
+    def migration(self) -> MigrationState | None:
+        if not self.fleet.store.table_exists():
+            return None
+        if self._migration is None:
+            tables = open_coordinator_tables(self.fleet.store, self.fleet.application)
+            self._migration = MigrationStore(tables.coordinator)
+        return self._migration.read()
+
+    def version(self) -> ClientVersion | None:
+        state = self.migration()
+        return None if state is None else state.version
+
+    def wait_version(self, version: ClientVersion, timeout_s: float, what: str) -> MigrationState:
+        def reached() -> MigrationState | None:
+            state = self.migration()
+            return state if state is not None and state.version is version else None
+
+        state = self.fleet.wait_until(reached, timeout_s, lambda: f"{what}: cv {version.value}; now {self.migration()}")
+        assert state is not None
+        return state
+
+    def owner_index_status(self) -> str | None:
+        store = self.fleet.store
+        assert isinstance(store, OwnerIndex)
+        return store.owner_index_status()
+
+    # -- records -----------------------------------------------------------------------------------------
+
+    def put(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Put ``(record id, partition key)`` records; the data is the id."""
+        shards = self.admin.put([(rid.encode(), key) for rid, key in entries])
+        assert len(shards) == len(entries)
+        with self._lock:
+            self.produced.update(rid for rid, _ in entries)
+
+    def missing(self) -> set[str]:
+        with self._lock:
+            produced = set(self.produced)
+        return produced - {row.data for row in read_processed(self.results)}
+
+    def wait_all_processed(self, timeout_s: float) -> None:
+        self.fleet.wait_until(
+            lambda: not self.missing(),
+            timeout_s,
+            lambda: f"all {len(self.produced)} records processed; missing {_some(self.missing())}",
+            interval_s=0.5,
+        )
+
+
+def _some(items: set[str], limit: int = 8) -> str:
+    shown = sorted(items)[:limit]
+    return f"{len(items)}: {', '.join(shown)}{' ...' if len(items) > limit else ''}"
+
+
+class Producer(threading.Thread):
+    """Puts one record into every shard every ``interval_s`` (ids ``<tag>-<tick>-<n>``) until stopped."""
+
+    def __init__(self, scenario: Scenario, tag: str, interval_s: float, max_s: float = 290.0) -> None:
+        super().__init__(name=f"producer-{tag}", daemon=True)
+        self._scenario = scenario
+        self._tag = tag
+        ranges = {shard.shard_id: shard.hash_key_range for shard in scenario.admin.list_shards()}
+        keys: dict[str, str] = {}
+        for n in itertools.count():  # one partition key landing in each shard
+            key = f"pk-{n}"
+            for shard_id, hash_range in ranges.items():
+                if shard_id not in keys and hash_key_for(key) in hash_range:
+                    keys[shard_id] = key
+            if len(keys) == len(ranges):
+                break
+        self._keys = [keys[shard_id] for shard_id in sorted(keys)]
+        self._interval_s = interval_s
+        self._max_ticks = int(max_s / interval_s)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            for tick in range(self._max_ticks):
+                if self.stop.is_set():
+                    return
+                self._scenario.put([(f"{self._tag}-{tick:06d}-{n}", key) for n, key in enumerate(self._keys)])
+                self.stop.wait(max(0.0, started + (tick + 1) * self._interval_s - time.monotonic()))
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float = 60.0) -> None:
+        self.stop.set()
+        self.join(timeout_s)
+        assert not self.is_alive(), "the producer did not finish"
+        if self.error is not None:
+            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
+
+
+def migrate_cli(backend: Backend, application: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``shardwise migrate ARGS --application_name APP <backend>`` as a subprocess (output printed)."""
+    if backend.kind == "local":
+        target = ["--backend", "local", "--db", str(backend.db)]
+    else:
+        assert backend.dynamodb_endpoint_url is not None
+        target = ["--endpoint-url", backend.dynamodb_endpoint_url, "--region", backend.region]
+    command = [sys.executable, "-m", "shardwise", "migrate", *args, "--application_name", application, *target]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    print(f"$ shardwise migrate {' '.join(args)} -> exit {done.returncode}\n{done.stdout}{done.stderr}")
+    return done
+
+
+# -- fixtures --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        return Backend.local(tmp_path / "shardwise.db")
+    dynamodb = request.getfixturevalue("moto_server")
+    kinesis = request.getfixturevalue("kinesis_local")
+    return Backend.aws(kinesis_endpoint_url=kinesis.endpoint_url, dynamodb_endpoint_url=dynamodb.endpoint_url)
+
+
+@pytest.fixture
+def scenario(backend: Backend, tmp_path: Path) -> Iterator[Scenario]:
+    suffix = uuid.uuid4().hex[:8]
+    stream = f"migration-{suffix}"
+    admin = backend.stream_admin(stream)
+    admin.create(SHARDS)
+    results = tmp_path / "results.db"
+    connect_results(results).close()
+    fleet = Fleet(
+        backend,
+        application=f"migration-app-{suffix}",
+        stream=stream,
+        processor=PROCESSOR,
+        log_dir=tmp_path / "logs",
+        worker_args=WORKER_ARGS,
+        env={RESULTS_ENV: str(results)},
+        worker_id_env=WORKER_ENV,
+    )
+    try:
+        yield Scenario(fleet, admin, results)
+    finally:
+        fleet.close()  # no worker outlives its test, whatever happened
+        if backend.kind == "aws":
+            admin.delete()  # keeps the session's kinesis-local small and fast
+        admin.close()
+
+
+@pytest.fixture
+def tick_s(backend: Backend) -> float:
+    """The producer's period: kinesis-local slows down as its streams grow, so the aws variant writes less."""
+    return 0.1 if backend.kind == "local" else 0.25
+
+
+def _flip_and_check(scenario: Scenario, before: Mapping[str, str | None], phase: str) -> None:
+    """After the flip to 3X_WITH_ROLLBACK: every worker reports 3xWorker within a poll, every lease still has
+    the owner it had just before the flip, and no worker sits at zero leases."""
+    scenario.wait_states(dict.fromkeys(WORKERS, METRIC_3X_WORKER), (POLL_MS + JITTER_MS) / 1000 + 10, phase)
+    after = scenario.owners()
+    moved = {key: (before.get(key), owner) for key, owner in after.items() if before.get(key) != owner}
+    assert not moved, f"{phase}: the switch to 3.x moved leases (before, after): {moved}\n{scenario.fleet.report()}"
+    counts = scenario.counts()
+    assert min(counts.values()) >= 1, f"{phase}: a worker at zero leases after the flip: {counts}"
+    print(f"{phase}: every worker reports {METRIC_3X_WORKER}; leases per worker {counts}, none moved")
+
+
+# -- 1. the rolling upgrade ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rolling_upgrade_from_2x_to_3x(scenario: Scenario, tick_s: float) -> None:
+    producer = Producer(scenario, "u", tick_s)
+    producer.start()
+    started = time.monotonic()
+    try:
+        # The pure 2.x generation: lease-count taking, no migration state machine at all.
+        for worker_id in WORKERS:
+            scenario.start(worker_id)
+        scenario.wait_balanced(4 * TAKER_S + 20, "pure 2.x fleet")
+        assert scenario.migration() is None, "a pure 2.x worker wrote the Migration3.0 item"
+        assert scenario.states() == dict.fromkeys(WORKERS), (
+            f"a pure 2.x worker logged CurrentState: {scenario.states()}"
+        )
+        print(f"{time.monotonic() - started:.0f}s: pure 2.x fleet balanced {scenario.counts()}")
+
+        # Half the fleet restarted compatible-with-2x: UPGRADE_FROM_2X, next to the pure 2.x workers.
+        for worker_id in ("w1", "w2"):
+            scenario.restart(worker_id, COMPATIBLE)
+        state = scenario.wait_version(ClientVersion.UPGRADE_FROM_2X, 20, "the first compatible worker")
+        assert state.modified_by in ("w1", "w2"), state
+        half = {"w1": METRIC_2X_WORKER, "w2": METRIC_2X_WORKER, "w3": None, "w4": None}
+        scenario.wait_states(half, (POLL_MS + JITTER_MS) / 1000 + 10, "half compatible")
+        counts = scenario.wait_everyone_holds(4 * TAKER_S + 20, "half compatible")
+        scenario.wait_balanced(6 * TAKER_S + 20, "half compatible")
+        assert scenario.version() is ClientVersion.UPGRADE_FROM_2X, "flipped while pure 2.x workers own leases"
+        print(f"{time.monotonic() - started:.0f}s: w1, w2 compatible-with-2x: {state.client_version}; {counts}")
+
+        # The whole fleet compatible: the leader flips once the GSI is active and every owner reports metrics.
+        for worker_id in ("w3", "w4"):
+            scenario.restart(worker_id, COMPATIBLE)
+        last_restart = time.monotonic()
+        scenario.wait_states(dict.fromkeys(WORKERS, METRIC_2X_WORKER), (POLL_MS + JITTER_MS) / 1000 + 10, "all")
+        scenario.wait_everyone_holds(4 * TAKER_S + 20, "all compatible")
+        before = scenario.wait_balanced(6 * TAKER_S + 20, "all compatible")
+        assert scenario.version() is ClientVersion.UPGRADE_FROM_2X, (
+            f"the flip came before the fleet was balanced again (stabilization {STABILIZATION_MS} ms too short?)"
+        )
+        print(f"{time.monotonic() - started:.0f}s: all compatible-with-2x and balanced; waiting for the flip")
+        # Bound: the deterministic leader re-elects (KCL: 60 s after its first election, at its start), then the
+        # readiness monitor needs the stabilization period.
+        bound_s = KCL_REELECTION_S + (READINESS_MS + STABILIZATION_MS + 2 * REPORTER_MS) / 1000 + 15
+        remaining_s = max(10.0, bound_s - (time.monotonic() - last_restart))
+        try:
+            flipped = scenario.wait_version(ClientVersion.V3X_WITH_ROLLBACK, remaining_s, "the automatic flip")
+        except FleetError:
+            elected = scenario.self_elected()
+            if not any(elected.values()) and scenario.version() is ClientVersion.UPGRADE_FROM_2X:
+                pytest.xfail(f"{_LEADER_BUG} (own elections: {elected})")
+            raise
+        flip_s = time.monotonic() - last_restart
+        assert flipped.modified_by in WORKERS, flipped
+        assert flipped.history and flipped.history[0].client_version == ClientVersion.UPGRADE_FROM_2X.value
+        _flip_and_check(scenario, before, "after the flip")
+        print(f"{time.monotonic() - started:.0f}s: flipped by {flipped.modified_by} {flip_s:.0f}s after the restart")
+
+        # Rolling restart with 3x: the first one finishes the migration (3X_WITH_ROLLBACK -> 3X, §4.1).
+        for index, worker_id in enumerate(WORKERS):
+            scenario.restart(worker_id, FINAL)
+            if index == 0:
+                final = scenario.wait_version(ClientVersion.V3X, 20, f"{worker_id} started with 3x")
+                assert final.modified_by == worker_id, final
+                assert final.history[0].client_version == ClientVersion.V3X_WITH_ROLLBACK.value, final
+            scenario.wait_states(dict.fromkeys(WORKERS, METRIC_3X_WORKER), 20, f"{worker_id} restarted with 3x")
+            counts = scenario.wait_everyone_holds(FAILOVER_MS / 1000 + 40, f"{worker_id} restarted with 3x")
+            print(f"{time.monotonic() - started:.0f}s: {worker_id} restarted with 3x; {counts}")
+        assert scenario.version() is ClientVersion.V3X
+    finally:
+        producer.stop.set()
+    producer.finish()
+
+    scenario.wait_all_processed(90)
+    print(f"{len(scenario.produced)} records, all processed; {time.monotonic() - started:.0f}s in all")
+    scenario.stop_all()
+
+
+# -- 2. rollback and roll-forward with the CLI -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rollback_and_rollforward_with_the_cli(scenario: Scenario, backend: Backend, tick_s: float) -> None:
+    fleet = scenario.fleet
+    application = fleet.application
+    producer = Producer(scenario, "r", tick_s)
+    producer.start()
+    started = time.monotonic()
+    flip_bound_s = (READINESS_MS + STABILIZATION_MS + 2 * REPORTER_MS) / 1000 + 20
+    try:
+        for worker_id in WORKERS:
+            scenario.start(worker_id, COMPATIBLE)
+        scenario.wait_version(ClientVersion.UPGRADE_FROM_2X, 30, "a compatible fleet started")
+        scenario.wait_states(dict.fromkeys(WORKERS, METRIC_2X_WORKER), 20, "a compatible fleet started")
+        before = scenario.wait_balanced(6 * TAKER_S + 20, "a compatible fleet started")
+        assert scenario.version() is ClientVersion.UPGRADE_FROM_2X, "flipped before the fleet was balanced"
+        print(f"{time.monotonic() - started:.0f}s: compatible fleet balanced; waiting for the flip")
+        scenario.wait_version(ClientVersion.V3X_WITH_ROLLBACK, flip_bound_s, "the automatic flip")
+        _flip_and_check(scenario, before, "after the first flip")
+        if backend.kind == "aws":
+            assert scenario.owner_index_status() == "ACTIVE"
+        print(f"{time.monotonic() - started:.0f}s: 3X_WITH_ROLLBACK")
+
+        # Roll back: the tool's write, then it waits until no worker reports metrics (a 3.x mode) any more.
+        rollback = migrate_cli(backend, application, "rollback", "--wait-timeout", "150", "--poll-interval", "1")
+        assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+        state = scenario.migration()
+        assert state is not None and state.version is ClientVersion.V2X, state
+        assert state.modified_by == MODIFIED_BY_ROLLBACK, state
+        assert state.history[0].client_version == ClientVersion.V3X_WITH_ROLLBACK.value, state
+        scenario.wait_states(dict.fromkeys(WORKERS, METRIC_2X_WORKER), 10, "rolled back")
+        if backend.kind == "aws":
+            assert scenario.owner_index_status() is None, "the rollback left the GSI"
+        counts = scenario.wait_everyone_holds(4 * TAKER_S + 20, "rolled back")
+        print(f"{time.monotonic() - started:.0f}s: rolled back to 2X; {counts}")
+
+        # Roll forward: UPGRADE_FROM_2X, the GSI re-created by the workers, and the automatic flip again.
+        rollforward = migrate_cli(backend, application, "rollforward")
+        assert rollforward.returncode == 0, rollforward.stdout + rollforward.stderr
+        state = scenario.migration()
+        assert state is not None and state.version is ClientVersion.UPGRADE_FROM_2X, state
+        assert state.modified_by == MODIFIED_BY_ROLLFORWARD, state
+        assert state.history[0].client_version == ClientVersion.V2X.value, state
+        assert state.history[0].modified_by == MODIFIED_BY_ROLLBACK, state
+        before = scenario.wait_balanced(6 * TAKER_S + 20, "rolled forward")
+        assert scenario.version() is ClientVersion.UPGRADE_FROM_2X, "flipped before the fleet was balanced"
+        print(f"{time.monotonic() - started:.0f}s: rolled forward; {scenario.counts()}")
+        flipped = scenario.wait_version(ClientVersion.V3X_WITH_ROLLBACK, flip_bound_s + 20, "the flip again")
+        assert flipped.modified_by in WORKERS, flipped
+        _flip_and_check(scenario, before, "after the second flip")
+        if backend.kind == "aws":
+            assert scenario.owner_index_status() == "ACTIVE"
+    finally:
+        producer.stop.set()
+    producer.finish()
+
+    scenario.wait_all_processed(90)
+    print(f"{len(scenario.produced)} records, all processed; {time.monotonic() - started:.0f}s in all")
+    scenario.stop_all()
