@@ -18,7 +18,7 @@ from typing import Any, Literal
 import click
 
 from shardwise.admin import migrate as admin
-from shardwise.cli.run import _print_table
+from shardwise.cli._output import echo_table
 from shardwise.config import BackendConfig
 
 __all__ = ["migrate"]
@@ -228,7 +228,7 @@ def _print_status(report: admin.MigrationStatus) -> None:
         click.echo(f"Client version: none ({report.meaning})")
     if report.history:
         click.echo("History (newest first):")
-        _print_table(
+        echo_table(
             ["  CLIENT VERSION", "MODIFIED BY", "MODIFIED AT"],
             [
                 ["  " + str(entry.get("cv")), str(entry.get("mb")), admin.format_epoch_ms(entry.get("mts"))]
@@ -242,7 +242,7 @@ def _print_status(report: admin.MigrationStatus) -> None:
     click.echo(f"GSI {admin.GSI_NAME}: {index}")
     if report.workers:
         click.echo("Workers:")
-        _print_table(
+        echo_table(
             ["  WORKER", "MODE", "LEASES", "LAST METRICS"],
             [
                 [

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from shardwise.cli._output import echo_table
 from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override
 from shardwise.coordinator.layouts import open_coordinator_tables
 from shardwise.coordinator.leader_lock import lock_from_record
@@ -272,13 +273,6 @@ def _lease_row(lease: Lease) -> dict[str, Any]:
     }
 
 
-def _print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 def _coordination_view(store: LeaseStore, application_name: str, now_epoch_s: float) -> dict[str, Any]:
     """Layout, leader and worker-metrics entries of the application (KCL 3.x items; empty for a 2.x fleet)."""
     tables = open_coordinator_tables(store, application_name)
@@ -386,7 +380,7 @@ def leases(application_name: str, table_name: str | None, as_json: bool, **flags
         ]
         for row in rows
     ]
-    _print_table(headers, table)
+    echo_table(headers, table)
     click.echo(f"\n{len(rows)} lease(s); per owner: " + ", ".join(f"{o}={n}" for o, n in sorted(owners.items())))
     click.echo(
         f"layout: {coordination['layout']} (coordinator items in {coordination['coordinatorTable']}, "
@@ -394,7 +388,7 @@ def leases(application_name: str, table_name: str | None, as_json: bool, **flags
     )
     if coordination["workers"]:
         click.echo("")
-        _print_table(
+        echo_table(
             ["WORKER", "STATUS", "LAST UPDATE", "METRICS (latest)", "LEADER"],
             [
                 [

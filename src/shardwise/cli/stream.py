@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
+from shardwise.cli._output import echo_table
 from shardwise.errors import ShardwiseError
 from shardwise.hashkeys import parse_hash_key
 from shardwise.retrieval.local import (
@@ -184,14 +185,6 @@ def _describe_json(desc: StreamDescription) -> dict[str, Any]:
     }
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in [headers, *rows]
-    ]
-    return "\n".join(lines)
-
-
 @click.group("stream")
 def stream() -> None:
     """Local streams: a durable SQLite stand-in for Amazon Kinesis (no AWS needed).
@@ -305,7 +298,7 @@ def describe_command(name: str, as_json: bool, db: Path) -> None:
         "STARTING SEQUENCE",
         "ENDING SEQUENCE",
     ]
-    click.echo(_table(headers, rows))
+    echo_table(headers, rows)
 
 
 @stream.command("list")
