@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 from shardwise.assignment.taker import TakerConfig
 from shardwise.assignment.utilization import AssignmentConfig
+from shardwise.coordinator.features import FeaturesConfig
 from shardwise.coordinator.migration import MigrationConfig
 from shardwise.coordinator.shard_sync import InitialPosition
 from shardwise.coordinator.worker import CoordinationConfig, WorkerConfig
@@ -96,6 +97,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "worker_metrics": WorkerMetricsConfig,
     "coordination": CoordinationConfig,
     "migration": MigrationConfig,
+    "features": FeaturesConfig,
 }
 _BACKEND_KEYS = {f.name for f in dataclasses.fields(BackendConfig)}
 _WORKER_KEYS = {f.name for f in dataclasses.fields(WorkerConfig) if f.name not in _SECTIONS} - {"initial_position"}

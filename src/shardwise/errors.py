@@ -10,6 +10,7 @@ translated into this tree at the backend boundary, so callers never need to impo
     │   └── ResourceNotFoundError the named table, stream or shard does not exist
     ├── InvalidArgumentError      a request the backend refused as invalid (bad iterator, bad sequence number)
     │   └── ExpiredIteratorError  a shard iterator is older than its lifetime; ask for a new one
+    ├── UnsupportedFeatureVersionError  this worker cannot run a level the fleet has finalized
     ├── CheckpointError           a record processor's checkpoint could not be taken
     │   ├── InvalidCheckpointError    the position is behind the last checkpoint or beyond what was delivered
     │   └── LeaseLostError            this worker no longer holds the shard's lease (KCL: ShutdownException)
@@ -35,6 +36,7 @@ __all__ = [
     "ResourceNotFoundError",
     "ShardwiseError",
     "ThrottlingError",
+    "UnsupportedFeatureVersionError",
 ]
 
 
@@ -72,6 +74,20 @@ class InvalidArgumentError(ShardwiseError):
 
 class ExpiredIteratorError(InvalidArgumentError):
     """A shard iterator expired; request a new one from the last position read."""
+
+
+class UnsupportedFeatureVersionError(ShardwiseError):
+    """The fleet has finalized a feature level this worker does not support (``shardwise features``).
+
+    ``feature``, ``level`` and ``supported`` (``(min, max)``) say which; the fix is to run a release that
+    supports the level, or to downgrade the feature first.
+    """
+
+    def __init__(self, message: str, feature: str, level: int, supported: tuple[int, int]) -> None:
+        super().__init__(message)
+        self.feature = feature
+        self.level = level
+        self.supported = supported
 
 
 class CheckpointError(ShardwiseError):

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from shardwise.checkpoint.sequence import TRIM_HORIZON
 from shardwise.coordinator.dynamodb_items import DynamoDBItemTable, open_dynamodb_item_tables
-from shardwise.coordinator.items import ABSENT, ItemRecord, ItemTable, Namespace
+from shardwise.coordinator.items import ABSENT, ItemRecord, ItemTable, ItemWrite, Layout, Namespace
 from shardwise.coordinator.model import WorkerMetricStats, metrics_from_attributes
 from shardwise.errors import ConfigurationError, DependencyError, ResourceNotFoundError, ThrottlingError
 from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
@@ -251,6 +251,133 @@ class TestDelete:
         assert table.scan() == []
 
 
+class TestTransact:
+    def test_creates_and_updates_are_applied_together(
+        self, table: ItemTable, keys: tuple[str, str, str], namespace: Namespace, item_backend: ItemBackend
+    ) -> None:
+        table.put_if_absent(keys[0], {"rvn": "r0", "old": [1], "keep": "k"})
+        applied = table.transact(
+            [
+                ItemWrite(keys[0], {"rvn": "r1", "new": {"x": 1}}, expect={"rvn": "r0"}, remove_attributes=("old",)),
+                ItemWrite(keys[1], {"a": "1", "n": 5}, create=True),
+            ]
+        )
+        assert applied is True
+        entity = functools.partial(expected_entity_type, item_backend, namespace)
+        assert table.get(keys[0]) == ItemRecord(keys[0], {"rvn": "r1", "new": {"x": 1}, "keep": "k"}, entity(keys[0]))
+        assert table.get(keys[1]) == ItemRecord(keys[1], {"a": "1", "n": 5}, entity(keys[1]))
+        assert [record.key for record in table.scan()] == sorted(keys[:2])
+
+    def test_one_failed_expect_applies_nothing(self, table: ItemTable, keys: tuple[str, str, str]) -> None:
+        table.put_if_absent(keys[0], {"rvn": "r0"})
+        table.put_if_absent(keys[1], {"rvn": "x", "gone": 1})
+        before = table.scan()
+        applied = table.transact(
+            [
+                ItemWrite(keys[0], {"rvn": "r1"}, expect={"rvn": "r0"}),  # holds
+                ItemWrite(keys[1], {"rvn": "y"}, expect={"rvn": "not-x"}, remove_attributes=("gone",)),  # fails
+                ItemWrite(keys[2], {"a": 1}, create=True),  # would succeed
+            ]
+        )
+        assert applied is False
+        assert table.scan() == before
+        assert table.get(keys[2]) is None
+
+    def test_create_of_an_existing_key_applies_nothing(self, table: ItemTable, keys: tuple[str, str, str]) -> None:
+        table.put_if_absent(keys[0], {"owner": "first"})
+        table.put_if_absent(keys[1], {"rvn": "r0"})
+        before = table.scan()
+        applied = table.transact(
+            [
+                ItemWrite(keys[1], {"rvn": "r1"}, expect={"rvn": "r0"}),
+                ItemWrite(keys[0], {"owner": "second"}, create=True),
+            ]
+        )
+        assert applied is False
+        assert table.scan() == before
+
+    def test_update_of_a_missing_item_applies_nothing(self, table: ItemTable, keys: tuple[str, str, str]) -> None:
+        assert table.transact([ItemWrite(keys[0], {"a": 1}, create=True), ItemWrite(keys[1], {"a": 1})]) is False
+        assert table.transact([ItemWrite(keys[1], {"a": 1}, expect={"a": ABSENT})]) is False
+        assert table.scan() == []
+
+    def test_expect_absent(self, table: ItemTable, keys: tuple[str, str, str]) -> None:
+        table.put_if_absent(keys[0], {"a": 1})
+        assert table.transact([ItemWrite(keys[0], {"c": 1}, expect={"a": ABSENT})]) is False
+        assert table.transact([ItemWrite(keys[0], {"b": 2}, expect={"b": ABSENT, "a": 1})]) is True
+        record = table.get(keys[0])
+        assert record is not None
+        assert dict(record.attributes) == {"a": 1, "b": 2}
+
+    def test_remove_attributes_alone(self, table: ItemTable, keys: tuple[str, str, str]) -> None:
+        table.put_if_absent(keys[0], {"a": 1, "b": 2, "c": 3})
+        assert table.transact([ItemWrite(keys[0], {}, remove_attributes=("b", "zz"))]) is True
+        record = table.get(keys[0])
+        assert record is not None
+        assert dict(record.attributes) == {"a": 1, "c": 3}
+
+    def test_created_items_are_those_put_if_absent_creates(
+        self, tables: tuple[ItemTable, ItemTable], item_backend: ItemBackend
+    ) -> None:
+        coordinator, metrics = tables
+        assert coordinator.transact([ItemWrite("Leader", {"ownerName": "w1"}, create=True)]) is True
+        assert coordinator.put_if_absent("Migration3.0", {"cv": "CLIENT_VERSION_3X"}) is True
+        assert metrics.transact([ItemWrite("worker-a", {"lut": 1}, create=True)]) is True
+        assert metrics.put_if_absent("worker-b", {"lut": 1}) is True
+        single = item_backend.layout == "single-table"
+        assert coordinator.scan() == [
+            ItemRecord("Leader", {"ownerName": "w1"}, "LEADER" if single else None),
+            ItemRecord("Migration3.0", {"cv": "CLIENT_VERSION_3X"}, "CLIENT_VERSION_MIGRATION" if single else None),
+        ]
+        assert metrics.scan() == [
+            ItemRecord(key, {"lut": 1}, "WORKER_METRIC_STATS" if single else None) for key in ("worker-a", "worker-b")
+        ]
+        assert metrics.get("Leader") is None
+        assert coordinator.get("worker-a") is None
+
+    def test_invalid_transactions_are_refused_before_writing(
+        self, table: ItemTable, keys: tuple[str, str, str]
+    ) -> None:
+        table.put_if_absent(keys[0], {"a": 1})
+        with pytest.raises(ValueError, match="more than once"):
+            table.transact([ItemWrite(keys[0], {"a": 2}), ItemWrite(keys[0], {"b": 2})])
+        with pytest.raises(ValueError, match="more than once"):
+            table.transact([ItemWrite(keys[1], {"a": 2}, create=True), ItemWrite(keys[1], {"b": 2})])
+        with pytest.raises(ValueError, match="at least one"):
+            table.transact([])
+        with pytest.raises(ValueError, match="at most 25"):
+            table.transact([ItemWrite(f"{keys[0]}-{i}", {"a": 1}) for i in range(26)])
+        with pytest.raises(ValueError, match="attribute"):
+            table.transact([ItemWrite(keys[1], {"a": 1}, create=True), ItemWrite(keys[0], {"entityType": "x"})])
+        with pytest.raises(ValueError, match="attribute"):
+            table.transact([ItemWrite(keys[1], {"leaseKey": "x"}, create=True)])
+        with pytest.raises(ValueError, match="both set and remove"):
+            table.transact([ItemWrite(keys[0], {"a": 2}, remove_attributes=("a",))])
+        with pytest.raises(ValueError, match="set_attributes"):
+            table.transact([ItemWrite(keys[0], {})])
+        with pytest.raises(ValueError, match="finite"):
+            table.transact([ItemWrite(keys[1], {"v": math.nan}, create=True)])
+        assert [(record.key, dict(record.attributes)) for record in table.scan()] == [(keys[0], {"a": 1})]
+
+    def test_item_write_checks_its_mode(self) -> None:
+        with pytest.raises(ValueError, match="expect"):
+            ItemWrite("Leader", {"a": 1}, expect={"a": ABSENT}, create=True)
+        with pytest.raises(ValueError, match="remove_attributes"):
+            ItemWrite("Leader", {"a": 1}, create=True, remove_attributes=("b",))
+        assert ItemWrite("Leader", {"a": 1}, create=True).expect is None
+
+    def test_a_lost_race_between_clients(
+        self, table: ItemTable, other_client: ItemTable, keys: tuple[str, str, str]
+    ) -> None:
+        table.put_if_absent(keys[0], {"rvn": "r0"})
+        assert table.transact([ItemWrite(keys[0], {"rvn": "a"}, expect={"rvn": "r0"})]) is True
+        lost = other_client.transact(
+            [ItemWrite(keys[0], {"rvn": "b"}, expect={"rvn": "r0"}), ItemWrite(keys[1], {"rvn": "b"}, create=True)]
+        )
+        assert lost is False
+        assert [(record.key, record.attributes["rvn"]) for record in other_client.scan()] == [(keys[0], "a")]
+
+
 # ------------------------------------------------------------------------------------------------- isolation
 
 
@@ -332,6 +459,8 @@ class TestKeys:
             lambda: metrics.put_if_absent(worker_id, {"lut": 1}),
             lambda: metrics.update(worker_id, set_attributes={"lut": 1}),
             lambda: metrics.delete(worker_id),
+            lambda: metrics.transact([ItemWrite(worker_id, {"lut": 1}, create=True)]),
+            lambda: metrics.transact([ItemWrite(worker_id, {"lut": 1})]),
         ]
         for write in writes:
             if item_backend.layout == "legacy":
@@ -349,7 +478,10 @@ class TestKeys:
         metrics = tables[1]
         assert metrics.update("orders-lease", set_attributes={"lut": 1}) is None
         assert metrics.delete("orders-lease") is False
+        assert metrics.transact([ItemWrite("orders-lease", {"lut": 1})]) is False
         assert metrics.put_if_absent("orders-lease", {"lut": 1}) is (item_backend.layout == "legacy")
+        # Single-table: the lease has the key; legacy: the put above created the item in its own table.
+        assert metrics.transact([ItemWrite("orders-lease", {"lut": 2}, create=True)]) is False
         if item_backend.layout != "legacy":
             with pytest.raises(ConfigurationError, match="orders-lease"):
                 metrics.upsert("orders-lease", {"lut": 1})
@@ -580,6 +712,8 @@ class TestTable:
                 table.put_if_absent(key, {"a": 1})
             with pytest.raises(ResourceNotFoundError):
                 table.upsert(key, {"a": 1})
+            with pytest.raises(ResourceNotFoundError):
+                table.transact([ItemWrite(key, {"a": 1}, create=True)])
 
     def test_create_if_not_exists(self, item_backend: ItemBackend, lease_store: LeaseStore) -> None:
         coordinator, metrics = item_backend.open_tables()
@@ -754,6 +888,47 @@ class TestDynamoDBItems:
             "lut": {"N": "5"},
         }
 
+    @pytest.mark.parametrize("layout", ["single-table", "legacy"])
+    def test_transact_creates_the_items_put_if_absent_creates(
+        self, ddb_lease_store: DynamoDBLeaseStore, raw: DynamoDBClient, layout: Layout
+    ) -> None:
+        app = ddb_lease_store.table_name
+        coordinator, metrics, _ = open_dynamodb_item_tables(ddb_lease_store, app, layout=layout)
+        coordinator.create_if_not_exists()
+        metrics.create_if_not_exists()
+        assert isinstance(coordinator, DynamoDBItemTable)
+        assert isinstance(metrics, DynamoDBItemTable)
+        attributes = {"cv": "CLIENT_VERSION_3X", "mts": 1}
+        for table, (by_put, by_transact) in ((coordinator, ("Leader", "Migration3.0")), (metrics, ("w1", "w2"))):
+            assert table.put_if_absent(by_put, attributes) is True
+            assert table.transact([ItemWrite(by_transact, attributes, create=True)]) is True
+            key = table.key_attribute
+            put = raw.get_item(TableName=table.table_name, Key={key: {"S": by_put}})["Item"]
+            transacted = raw.get_item(TableName=table.table_name, Key={key: {"S": by_transact}})["Item"]
+            assert put.pop(key) == {"S": by_put}
+            assert transacted.pop(key) == {"S": by_transact}
+            expected_entity = {
+                "Leader": "LEADER",
+                "Migration3.0": "CLIENT_VERSION_MIGRATION",
+                "w1": "WORKER_METRIC_STATS",
+                "w2": "WORKER_METRIC_STATS",
+            }
+            if layout == "single-table":
+                assert put.pop("entityType") == {"S": expected_entity[by_put]}
+                assert transacted.pop("entityType") == {"S": expected_entity[by_transact]}
+            assert put == transacted == {"cv": {"S": "CLIENT_VERSION_3X"}, "mts": {"N": "1"}}
+
+    def test_transact_never_touches_an_item_of_another_kind(
+        self, ddb_lease_store: DynamoDBLeaseStore, raw: DynamoDBClient
+    ) -> None:
+        app = ddb_lease_store.table_name
+        stream_item: dict[str, Any] = {"leaseKey": {"S": "123:orders:1"}, "entityType": {"S": "STREAM"}}
+        raw.put_item(TableName=app, Item=stream_item)
+        _, metrics, _ = open_dynamodb_item_tables(ddb_lease_store, app)
+        assert metrics.transact([ItemWrite("123:orders:1", {"lut": 1})]) is False
+        assert metrics.transact([ItemWrite("123:orders:1", {"lut": 1}, create=True)]) is False
+        assert raw.get_item(TableName=app, Key={"leaseKey": {"S": "123:orders:1"}})["Item"] == stream_item
+
     def test_items_kcl_wrote_are_read(self, ddb_lease_store: DynamoDBLeaseStore, raw: DynamoDBClient) -> None:
         """Items without entityType (KCL before 3.5, the migration tool) are coordinator items by key; KCL's
         worker-metrics items parse; other entity types (STREAM) belong to neither namespace."""
@@ -844,3 +1019,39 @@ class TestDynamoDBErrors:
             assert table.update("Leader", set_attributes={"a": 1}) is None
             assert table.put_if_absent("Leader", {"a": 1}) is False
             assert table.delete("Leader") is False
+
+    def test_a_transaction_cancelled_by_a_condition_is_a_lost_race(self) -> None:
+        client = boto3.client("dynamodb", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+        table = DynamoDBItemTable(client, "orders", layout="single-table", namespace="coordinator")
+        writes = [ItemWrite("Leader", {"a": 1}, create=True), ItemWrite("Migration3.0", {"b": 1})]
+        with Stubber(client) as stubber:
+            stubber.add_client_error(
+                "transact_write_items",
+                "TransactionCanceledException",
+                "Transaction cancelled [None, ConditionalCheckFailed]",
+                modeled_fields={"CancellationReasons": [{"Code": "None"}, {"Code": "ConditionalCheckFailed"}]},
+            )
+            assert table.transact(writes) is False
+
+    @pytest.mark.parametrize(
+        ("code", "reasons", "error"),
+        [
+            ("TransactionCanceledException", [{"Code": "None"}, {"Code": "TransactionConflict"}], DependencyError),
+            ("TransactionCanceledException", None, DependencyError),
+            ("ThrottlingException", None, ThrottlingError),
+            ("ProvisionedThroughputExceededException", None, ThrottlingError),
+            ("ResourceNotFoundException", None, ResourceNotFoundError),
+            ("ValidationException", None, DependencyError),
+        ],
+    )
+    def test_other_transaction_errors_are_translated(
+        self, code: str, reasons: list[dict[str, str]] | None, error: type[Exception]
+    ) -> None:
+        client = boto3.client("dynamodb", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+        table = DynamoDBItemTable(client, "orders-CoordinatorState", layout="legacy", namespace="coordinator")
+        with Stubber(client) as stubber:
+            modeled = {"CancellationReasons": reasons} if reasons is not None else None
+            stubber.add_client_error("transact_write_items", code, "boom", modeled_fields=modeled)
+            with pytest.raises(error, match="coordinator state table 'orders-CoordinatorState'") as raised:
+                table.transact([ItemWrite("Leader", {"a": 1}, create=True)])
+        assert "TransactWriteItems" in str(raised.value)

@@ -12,6 +12,7 @@ import click
 
 from shardwise import __version__
 from shardwise.cli.demo import demo
+from shardwise.cli.features import features
 from shardwise.cli.migrate import migrate
 from shardwise.cli.run import leases, run
 from shardwise.cli.stream import stream
@@ -37,6 +38,7 @@ cli.add_command(run)
 cli.add_command(leases)
 cli.add_command(stream)
 cli.add_command(migrate)
+cli.add_command(features)
 
 
 def main() -> None:

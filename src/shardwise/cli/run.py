@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from shardwise.backends import open_lease_store, open_stream_source
 from shardwise.cli._output import echo_table
 from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override
 from shardwise.coordinator.layouts import open_coordinator_tables
@@ -27,7 +28,6 @@ from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 from shardwise.metrics import LogMetricsSink, MetricsSink
 from shardwise.processor import RecordProcessorFactory
-from shardwise.retrieval.source import StreamSource
 
 __all__ = ["leases", "load_factory", "open_lease_store", "open_stream_source", "run"]
 
@@ -88,34 +88,6 @@ def load_factory(spec: str) -> RecordProcessorFactory:
     if not callable(factory):
         raise ConfigurationError(f"{spec} is not callable: give a processor class or a factory function")
     return factory
-
-
-def open_lease_store(backend: BackendConfig, table_name: str) -> LeaseStore:
-    if backend.backend == "local":
-        from shardwise.leases.sqlite import SQLiteLeaseStore
-
-        return SQLiteLeaseStore(backend.db, table_name)
-    try:
-        from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
-    except ImportError as exc:
-        raise ConfigurationError(f"the aws backend needs boto3: pip install 'shardwise[aws]' ({exc})") from exc
-    return DynamoDBLeaseStore(
-        DynamoDBLeaseStoreConfig(table_name=table_name),
-        endpoint_url=backend.dynamodb_endpoint,
-        region_name=backend.region,
-    )
-
-
-def open_stream_source(backend: BackendConfig, stream_name: str) -> StreamSource:
-    if backend.backend == "local":
-        from shardwise.retrieval.local import LocalStreamStore
-
-        return LocalStreamStore(backend.db).stream(stream_name)
-    try:
-        from shardwise.retrieval.kinesis import KinesisStream
-    except ImportError as exc:
-        raise ConfigurationError(f"the aws backend needs boto3: pip install 'shardwise[aws]' ({exc})") from exc
-    return KinesisStream(stream_name, endpoint_url=backend.kinesis_endpoint, region_name=backend.region)
 
 
 def _overrides(**flags: Any) -> dict[str, Any]:

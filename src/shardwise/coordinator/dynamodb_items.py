@@ -15,6 +15,9 @@ consistent; scans are paginated; every item operation asks for ``ReturnConsumedC
 to a :class:`~shardwise.leases.dynamodb.CapacityMeter` — the lease store's own when the items live in the
 lease table. Errors are translated exactly as the lease store translates them.
 
+``transact`` sends one ``TransactWriteItems`` request of the same puts and updates ``put_if_absent`` and
+``update`` send (with the same conditions); a cancellation for a failed condition is a lost race (``False``).
+
 :func:`open_dynamodb_item_tables` picks the layout as KCL 3.5 does.
 """
 
@@ -23,19 +26,20 @@ from __future__ import annotations
 import decimal
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shardwise.coordinator.items import ABSENT, ItemRecord, Layout, Namespace
+from shardwise.coordinator.items import ABSENT, ItemRecord, ItemWrite, Layout, Namespace
 from shardwise.coordinator.sqlite_items import (
     COORDINATOR_ENTITY_TYPES,
     ENTITY_TYPE_WORKER_METRIC_STATS,
     check_attribute_names,
     check_item_key,
+    check_transaction,
     check_update,
     entity_type_for,
     in_namespace,
@@ -56,8 +60,11 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import (
         AttributeValueTypeDef,
         DeleteItemInputTypeDef,
+        PutTypeDef,
         ScanInputTypeDef,
+        TransactWriteItemTypeDef,
         UpdateItemInputTypeDef,
+        UpdateTypeDef,
     )
 
 __all__ = [
@@ -85,6 +92,10 @@ _USABLE_STATUSES = frozenset({"ACTIVE", "UPDATING"})
 _DEAD_STATUSES = frozenset({"DELETING", "ARCHIVING", "ARCHIVED", "INACCESSIBLE_ENCRYPTION_CREDENTIALS"})
 _LAYOUTS: tuple[Layout, ...] = ("single-table", "legacy")
 _NAMESPACES: tuple[Namespace, ...] = ("coordinator", "worker-metrics")
+
+# Cancellation reason of a transaction item whose condition failed (TransactionCanceledException).
+_TRANSACTION_CANCELED = "TransactionCanceledException"
+_CONDITION_FAILED_REASON = "ConditionalCheckFailed"
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
@@ -467,22 +478,55 @@ class DynamoDBItemTable:
                 return
             request["ExclusiveStartKey"] = last_key
 
-    def put_if_absent(self, key: str, attributes: Mapping[str, Any]) -> bool:
+    def _put_request(self, key: str, attributes: Mapping[str, Any], what: str) -> PutTypeDef:
+        """The put of a new item (with ``entityType`` in the single-table layout), on condition that no item has
+        this key — ``put_if_absent``'s request, and a create in a transaction."""
         self._check_key(key)
-        check_attribute_names(attributes, "put_if_absent")
+        check_attribute_names(attributes, what)
         item: Item = {name: to_attribute_value(value) for name, value in attributes.items()}
         item.update(self._key(key))
         if self._single_table:
             item[ATTR_ENTITY_TYPE] = {"S": entity_type_for(self._namespace, key)}
+        return {
+            "TableName": self._table,
+            "Item": item,
+            "ConditionExpression": "attribute_not_exists(#k)",
+            "ExpressionAttributeNames": {"#k": self._key_attribute},
+        }
+
+    def _update_request(
+        self,
+        key: str,
+        set_attributes: Mapping[str, Any],
+        remove_attributes: Iterable[str],
+        expect: Mapping[str, Any] | None,
+    ) -> UpdateTypeDef:
+        """The update of an existing item of this namespace on condition that every ``expect`` holds —
+        ``update``'s request, and an update in a transaction."""
+        self._check_key(key)
+        removed = check_update(set_attributes, remove_attributes)
+        expression = _Expression()
+        for name, value in set_attributes.items():
+            expression.set(name, to_attribute_value(value))
+        for name in removed:
+            expression.remove(name)
+        self._require_existing(expression, key, expect)
+        request: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": self._key(key),
+            "UpdateExpression": expression.update_expression,
+            "ConditionExpression": expression.condition_expression,
+            "ExpressionAttributeNames": expression.names,
+        }
+        if expression.values:
+            request["ExpressionAttributeValues"] = expression.values
+        return request
+
+    def put_if_absent(self, key: str, attributes: Mapping[str, Any]) -> bool:
+        request = self._put_request(key, attributes, "put_if_absent")
         try:
             with self._errors.translating("PutItem", conditional=True):
-                response = self._client.put_item(
-                    TableName=self._table,
-                    Item=item,
-                    ConditionExpression="attribute_not_exists(#k)",
-                    ExpressionAttributeNames={"#k": self._key_attribute},
-                    ReturnConsumedCapacity="TOTAL",
-                )
+                response = self._client.put_item(**request, ReturnConsumedCapacity="TOTAL")
         except ConditionFailed:
             return False
         self._capacity.record(response.get("ConsumedCapacity"), write=True)
@@ -496,32 +540,37 @@ class DynamoDBItemTable:
         remove_attributes: Iterable[str] = (),
         expect: Mapping[str, Any] | None = None,
     ) -> ItemRecord | None:
-        self._check_key(key)
-        removed = check_update(set_attributes, remove_attributes)
-        expression = _Expression()
-        for name, value in set_attributes.items():
-            expression.set(name, to_attribute_value(value))
-        for name in removed:
-            expression.remove(name)
-        self._require_existing(expression, key, expect)
-        params: UpdateItemInputTypeDef = {
-            "TableName": self._table,
-            "Key": self._key(key),
-            "UpdateExpression": expression.update_expression,
-            "ConditionExpression": expression.condition_expression,
-            "ExpressionAttributeNames": expression.names,
-            "ReturnValues": "ALL_NEW",
-            "ReturnConsumedCapacity": "TOTAL",
-        }
-        if expression.values:
-            params["ExpressionAttributeValues"] = expression.values
+        request = self._update_request(key, set_attributes, remove_attributes, expect)
         try:
             with self._errors.translating("UpdateItem", conditional=True):
-                response = self._client.update_item(**params)
+                response = self._client.update_item(**request, ReturnValues="ALL_NEW", ReturnConsumedCapacity="TOTAL")
         except ConditionFailed:
             return None
         self._capacity.record(response.get("ConsumedCapacity"), write=True)
         return self._record(response.get("Attributes", {}))
+
+    def transact(self, writes: Sequence[ItemWrite]) -> bool:
+        """One ``TransactWriteItems`` request: each create is ``put_if_absent``'s put, each update ``update``'s
+        update, with their conditions. A cancellation because a condition failed is a lost race (``False``);
+        any other error is translated as the other operations translate theirs."""
+        items: list[TransactWriteItemTypeDef] = []
+        for write in check_transaction(writes):
+            if write.create:
+                items.append({"Put": self._put_request(write.key, write.set_attributes, "transact")})
+            else:
+                update = self._update_request(write.key, write.set_attributes, write.remove_attributes, write.expect)
+                items.append({"Update": update})
+        try:
+            response = self._client.transact_write_items(TransactItems=items, ReturnConsumedCapacity="TOTAL")
+        except ClientError as exc:
+            if TableErrors.code(exc) == _TRANSACTION_CANCELED and _CONDITION_FAILED_REASON in _reason_codes(exc):
+                return False
+            raise self._errors.client_error("TransactWriteItems", exc) from exc
+        except BotoCoreError as exc:
+            raise self._errors.botocore_error("TransactWriteItems", exc) from exc
+        for consumed in response.get("ConsumedCapacity", []):
+            self._capacity.record(consumed, write=True)
+        return True
 
     def upsert(self, key: str, attributes: Mapping[str, Any]) -> None:
         """Set these attributes, creating the item if needed. In the single-table layout the write also sets
@@ -576,6 +625,15 @@ class DynamoDBItemTable:
             return False
         self._capacity.record(response.get("ConsumedCapacity"), write=True)
         return True
+
+
+def _reason_codes(exc: ClientError) -> list[str]:
+    """The ``Code`` of each cancellation reason of a ``TransactionCanceledException`` (``"None"`` for the items
+    that did not cancel it)."""
+    reasons: object = exc.response.get("CancellationReasons")
+    if not isinstance(reasons, list):
+        return []
+    return [str(reason.get("Code", "None")) for reason in reasons if isinstance(reason, Mapping)]
 
 
 # ------------------------------------------------------------------------------------------------ opening

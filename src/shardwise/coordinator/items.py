@@ -16,16 +16,17 @@ when integral, else ``float``.
 
 Conditional writes take ``expect``: attribute name → required value, or :data:`ABSENT` for "must not exist".
 A failed condition returns ``None``/``False`` (a lost race); only infrastructure faults raise.
+:meth:`ItemTable.transact` applies several such writes (:class:`ItemWrite`) all-or-nothing.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["ABSENT", "Absent", "ItemRecord", "ItemTable", "Layout", "Namespace", "SharesLeaseTable"]
+__all__ = ["ABSENT", "Absent", "ItemRecord", "ItemTable", "ItemWrite", "Layout", "Namespace", "SharesLeaseTable"]
 
 Layout = Literal["single-table", "legacy"]
 Namespace = Literal["coordinator", "worker-metrics"]
@@ -51,6 +52,32 @@ class ItemRecord:
     key: str
     attributes: Mapping[str, Any] = field(default_factory=dict)
     entity_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemWrite:
+    """One conditional write of an :meth:`ItemTable.transact` transaction.
+
+    * ``create=True``: put the whole item (``set_attributes``) on condition that no item has this key, as
+      :meth:`ItemTable.put_if_absent` does; ``expect`` and ``remove_attributes`` must be empty.
+    * ``create=False``: update the existing item (it must exist) as :meth:`ItemTable.update` does — set
+      ``set_attributes``, remove ``remove_attributes`` — on condition that every ``expect`` entry holds
+      (values compared for equality, :data:`ABSENT` = the attribute must not exist).
+    """
+
+    key: str
+    set_attributes: Mapping[str, Any]
+    expect: Mapping[str, Any] | None = None
+    create: bool = False
+    remove_attributes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.create and self.expect is not None:
+            raise ValueError(
+                f"write of {self.key!r}: a create is conditioned on the item not existing and takes no expect"
+            )
+        if self.create and self.remove_attributes:
+            raise ValueError(f"write of {self.key!r}: a create puts a whole item and takes no remove_attributes")
 
 
 @runtime_checkable
@@ -110,6 +137,16 @@ class ItemTable(Protocol):
 
     def delete(self, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
         """Delete the item if it exists and every ``expect`` condition holds. True if deleted."""
+        ...
+
+    def transact(self, writes: Sequence[ItemWrite]) -> bool:
+        """Apply every write atomically, or none. True if applied; False if any condition failed (a lost
+        race: a created key exists, an updated item is missing or an ``expect`` does not hold), and then no
+        write is applied. Infrastructure faults raise as the other methods do.
+
+        One to 25 writes, with distinct keys (``ValueError`` otherwise); each write is validated as
+        ``put_if_absent`` / ``update`` validate theirs, before anything is written.
+        """
         ...
 
 

@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from shardwise.assignment.taker import LeaseObservation, TakerConfig, is_expired, observe
-from shardwise.coordinator.items import ItemTable, SharesLeaseTable
+from shardwise.coordinator.feature_store import FEATURES_KEY, FeatureStore, holds_assignment
+from shardwise.coordinator.features import LEASE_ASSIGNMENT
+from shardwise.coordinator.items import ItemRecord, ItemTable, SharesLeaseTable
 from shardwise.coordinator.migration_state import ClientVersion, MigrationState, MigrationStore
 from shardwise.coordinator.worker_metrics import (
     WorkerMetricsConfig,
-    WorkerMetricsSnapshot,
     classify_worker_records,
-    classify_workers,
 )
 from shardwise.errors import ConfigurationError, DependencyError, InvalidStateError, ShardwiseError
 from shardwise.leases.model import Lease
@@ -193,7 +193,9 @@ def behaviour(version: ClientVersion) -> StateBehaviour:
 _EXPECTED: dict[ClientVersion, frozenset[ClientVersion]] = {
     ClientVersion.UPGRADE_FROM_2X: frozenset({ClientVersion.V3X_WITH_ROLLBACK, ClientVersion.V2X}),
     ClientVersion.V3X_WITH_ROLLBACK: frozenset({ClientVersion.V2X, ClientVersion.V3X}),
-    ClientVersion.V2X: frozenset({ClientVersion.UPGRADE_FROM_2X}),
+    # 2X -> 3X_WITH_ROLLBACK: `shardwise features upgrade` of lease.assignment and lease.discovery together
+    # (roll-forward and flip in one step; KCL's own workers only follow 2X -> UPGRADE_FROM_2X).
+    ClientVersion.V2X: frozenset({ClientVersion.UPGRADE_FROM_2X, ClientVersion.V3X_WITH_ROLLBACK}),
     ClientVersion.V3X: frozenset(),
     ClientVersion.INIT: frozenset(),
 }
@@ -229,6 +231,9 @@ class ReadinessInputs:
     gsi_active: bool
     lease_owners: frozenset[str]
     active_metrics_workers: frozenset[str]
+    #: live shardwise workers whose advertised range excludes ``lease.assignment`` 2 (pinned or older releases):
+    #: the automatic flip is a ``lease.assignment`` upgrade, and waits for them like ``shardwise features`` would.
+    unsupported_workers: frozenset[str] = frozenset()
 
     @property
     def worker_metrics_ready(self) -> bool:
@@ -243,7 +248,7 @@ class ReadinessInputs:
 
     @property
     def ready(self) -> bool:
-        return self.gsi_active and self.worker_metrics_ready
+        return self.gsi_active and self.worker_metrics_ready and not self.unsupported_workers
 
 
 class Stabilizer:
@@ -322,8 +327,7 @@ class ReadinessProbe:
     def reset(self) -> None:
         self._observations = {}
 
-    def _load(self) -> tuple[list[Lease], WorkerMetricsSnapshot]:
-        now_epoch = self._clock_epoch_s()
+    def _load(self) -> tuple[list[Lease], list[ItemRecord]]:
         items = self._items
         if (
             isinstance(self._leases, SharedTableScan)
@@ -331,28 +335,31 @@ class ReadinessProbe:
             and items.shares_lease_table
         ):
             leases, others = self._leases.list_leases_and_other_items()
-            records = items.records_from(others)
-            return leases, classify_worker_records(
-                records, now_epoch, self._metrics_config, table_name=items.table_name
-            )
-        return self._leases.list_leases(), classify_workers(items, now_epoch, self._metrics_config)
+            return leases, items.records_from(others)
+        return self._leases.list_leases(), items.scan()
 
     def read(self) -> ReadinessInputs:
         status = None if self._owner_index is None else self._owner_index.owner_index_status()
-        leases, workers = self._load()
+        leases, records = self._load()
+        now_epoch = self._clock_epoch_s()
+        workers = classify_worker_records(records, now_epoch, self._metrics_config, table_name=self._items.table_name)
+        unsupported = frozenset(
+            worker.worker_id
+            for worker in FeatureStore.workers_from(records, now_epoch)
+            if 2 not in worker.range_of(LEASE_ASSIGNMENT)
+        )
         now = self._clock_ns()
         self._observations = observe(self._observations, leases, now, "")
         expired = {
             key for key, observation in self._observations.items() if is_expired(observation, now, self._taker_config)
         }
-        now_epoch = self._clock_epoch_s()
         reporter_ms = self._metrics_config.reporter_frequency_ms
         fresh = frozenset(
             stats.worker_id
             for stats in (*workers.active, *workers.failing, *workers.invalid)
             if stats.lut > 0 and stats.is_active(now_epoch, reporter_ms)
         )
-        return ReadinessInputs(status == "ACTIVE", live_lease_owners(leases, expired), fresh)
+        return ReadinessInputs(status == "ACTIVE", live_lease_owners(leases, expired), fresh, unsupported)
 
 
 # -- the shell ---------------------------------------------------------------------------------------------
@@ -625,10 +632,11 @@ class MigrationCoordinator:
             if not inputs.ready:
                 logger.info(
                     "worker %s (leader): not ready for KCL 3.x yet: owner index %s; lease owners without fresh "
-                    "worker metrics: %s",
+                    "worker metrics: %s; workers that do not support lease.assignment 2: %s",
                     self.worker_id,
                     "ACTIVE" if inputs.gsi_active else "not ACTIVE",
                     ", ".join(sorted(inputs.missing_metrics)) or "none",
+                    ", ".join(sorted(inputs.unsupported_workers)) or "none",
                 )
                 return inputs
             if not was_stabilizing:
@@ -648,6 +656,17 @@ class MigrationCoordinator:
             if state is None or state.version is not ClientVersion.UPGRADE_FROM_2X:
                 if state is not None:
                     self._follow(state)
+                return
+            features = self._store.items.get(FEATURES_KEY)
+            holder = holds_assignment(None if features is None else features.attributes, state)
+            if holder is not None:
+                logger.info(
+                    "worker %s (leader): the fleet is ready for KCL 3.x, but lease.assignment was finalized at 1 by %s "
+                    "(shardwise features): not flipping; `shardwise features upgrade --feature lease.assignment=2` "
+                    "does it",
+                    self.worker_id,
+                    holder,
+                )
                 return
             written = self._store.transition(state, ClientVersion.V3X_WITH_ROLLBACK, self.worker_id)
         except ShardwiseError as exc:

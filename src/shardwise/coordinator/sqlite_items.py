@@ -9,7 +9,8 @@ exactly as the DynamoDB backend returns them, and ``expect`` compares values by 
 value, sets without order, a ``bool`` never equal to a number).
 
 Every write runs inside a ``BEGIN IMMEDIATE`` transaction (read, check ``expect``, write), so conditional
-writes are atomic across threads and processes sharing the file.
+writes are atomic across threads and processes sharing the file; ``transact`` checks all its writes, then
+applies them, in one such transaction.
 
 This module also holds the rules every ``ItemTable`` backend applies — which ``entityType`` an item gets,
 which keys a namespace accepts, which attribute names are reserved — because it has no optional dependency
@@ -24,12 +25,13 @@ import json
 import math
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from shardwise._sqlite import SQLiteDatabase
-from shardwise.coordinator.items import ABSENT, ItemRecord, Layout, Namespace
+from shardwise.coordinator.items import ABSENT, ItemRecord, ItemWrite, Layout, Namespace
 from shardwise.errors import ConfigurationError, MalformedItemError, ResourceNotFoundError
 from shardwise.leases.model import RESERVED_KEYS
 from shardwise.leases.sqlite import SQLiteLeaseStore
@@ -37,10 +39,12 @@ from shardwise.leases.sqlite import SQLiteLeaseStore
 __all__ = [
     "COORDINATOR_ENTITY_TYPES",
     "ENTITY_TYPE_WORKER_METRIC_STATS",
+    "MAX_TRANSACTION_WRITES",
     "RESERVED_ATTRIBUTES",
     "SQLiteItemTable",
     "check_attribute_names",
     "check_item_key",
+    "check_transaction",
     "check_update",
     "entity_type_for",
     "in_namespace",
@@ -55,8 +59,13 @@ COORDINATOR_ENTITY_TYPES: Mapping[str, str] = {
     "Leader": "LEADER",
     "Migration3.0": "CLIENT_VERSION_MIGRATION",
     "TableMigration3.5": "TABLE_MIGRATION",
+    # shardwise's finalized feature levels (coordinator/feature_store.py); KCL 3.5 skips unknown entity types.
+    "ShardwiseFeatures": "SHARDWISE_FEATURES",
 }
 ENTITY_TYPE_WORKER_METRIC_STATS = "WORKER_METRIC_STATS"
+
+#: Most writes one ``ItemTable.transact`` call may hold.
+MAX_TRANSACTION_WRITES = 25
 
 #: Attribute names an item's attributes may not use: the key attributes of every layout, and ``entityType``
 #: (reported separately as :attr:`ItemRecord.entity_type`).
@@ -142,6 +151,26 @@ def check_update(set_attributes: Mapping[str, Any], remove_attributes: Iterable[
     if both:
         raise ValueError(f"update cannot both set and remove {', '.join(sorted(both))}")
     return removed
+
+
+def check_transaction(writes: Sequence[ItemWrite]) -> list[ItemWrite]:
+    """Validate the shape of a transaction (1 to :data:`MAX_TRANSACTION_WRITES` writes, distinct keys); the
+    writes, as a list. Each write's key and attributes are checked by the backend, as its single writes are."""
+    if isinstance(writes, ItemWrite):
+        raise TypeError("transact takes a sequence of ItemWrite, not a single ItemWrite")
+    listed = list(writes)
+    if not listed:
+        raise ValueError("transact needs at least one write")
+    if len(listed) > MAX_TRANSACTION_WRITES:
+        raise ValueError(f"transact takes at most {MAX_TRANSACTION_WRITES} writes, got {len(listed)}")
+    seen: set[str] = set()
+    for write in listed:
+        if not isinstance(write, ItemWrite):
+            raise TypeError(f"transact takes ItemWrite objects, got {type(write).__name__}")
+        if write.key in seen:
+            raise ValueError(f"transact writes {write.key!r} more than once: a transaction's keys must be distinct")
+        seen.add(write.key)
+    return listed
 
 
 # ------------------------------------------------------------------------------------------- value codec
@@ -281,6 +310,15 @@ _NAMESPACES: tuple[Namespace, ...] = ("coordinator", "worker-metrics")
 
 _Attributes = dict[str, dict[str, Any]]
 _Expected = Any  # a tagged value, or ABSENT
+
+
+@dataclass(frozen=True, slots=True)
+class _Update:
+    """A validated update: encoded values to set, names to remove, encoded ``expect``."""
+
+    encoded: _Attributes
+    removed: list[str]
+    expected: dict[str, _Expected]
 
 
 class SQLiteItemTable:
@@ -429,13 +467,48 @@ class SQLiteItemTable:
 
     # -- writes ----------------------------------------------------------------------------------------
 
-    def put_if_absent(self, key: str, attributes: Mapping[str, Any]) -> bool:
+    def _prepare_put(self, key: str, attributes: Mapping[str, Any], what: str) -> _Attributes:
+        """Validate a put (key, attribute names, values); the item's encoded attributes."""
         self._check_key(key)
-        check_attribute_names(attributes, "put_if_absent")
-        encoded = {name: encode_value(value) for name, value in attributes.items()}
+        check_attribute_names(attributes, what)
+        return {name: encode_value(value) for name, value in attributes.items()}
+
+    def _prepare_update(
+        self,
+        key: str,
+        set_attributes: Mapping[str, Any],
+        remove_attributes: Iterable[str],
+        expect: Mapping[str, Any] | None,
+    ) -> _Update:
+        """Validate an update (key, attribute names, values, ``expect``); its encoded form."""
+        self._check_key(key)
+        removed = check_update(set_attributes, remove_attributes)
+        encoded = {name: encode_value(value) for name, value in set_attributes.items()}
+        return _Update(encoded, removed, self._encode_expect(expect))
+
+    def _can_put(self, conn: sqlite3.Connection, key: str) -> bool:
+        """Whether no item and no lease has this key (the condition of a put), inside a transaction."""
+        return self._select(conn, key) is None and not self._is_lease(conn, key)
+
+    def _updated(self, conn: sqlite3.Connection, key: str, update: _Update) -> tuple[str | None, _Attributes] | None:
+        """``(entity_type, new attributes)`` of the item after ``update``, inside a transaction, without writing
+        them; ``None`` if the item is missing, of another namespace, or an ``expect`` does not hold."""
+        found = self._select(conn, key)
+        if found is None or found[0] != self._namespace:
+            return None
+        _, entity_type, attributes = found
+        if not self._expect_holds(attributes, update.expected):
+            return None
+        attributes.update(update.encoded)
+        for name in update.removed:
+            attributes.pop(name, None)
+        return entity_type, attributes
+
+    def put_if_absent(self, key: str, attributes: Mapping[str, Any]) -> bool:
+        encoded = self._prepare_put(key, attributes, "put_if_absent")
         with self._db.transaction() as conn:
             self._require_table(conn)
-            if self._select(conn, key) is not None or self._is_lease(conn, key):
+            if not self._can_put(conn, key):
                 return False
             self._write(conn, key, encoded)
         return True
@@ -448,23 +521,42 @@ class SQLiteItemTable:
         remove_attributes: Iterable[str] = (),
         expect: Mapping[str, Any] | None = None,
     ) -> ItemRecord | None:
-        self._check_key(key)
-        removed = check_update(set_attributes, remove_attributes)
-        encoded = {name: encode_value(value) for name, value in set_attributes.items()}
-        expected = self._encode_expect(expect)
+        update = self._prepare_update(key, set_attributes, remove_attributes, expect)
         with self._db.transaction() as conn:
             self._require_table(conn)
-            found = self._select(conn, key)
-            if found is None or found[0] != self._namespace:
+            updated = self._updated(conn, key, update)
+            if updated is None:
                 return None
-            _, entity_type, attributes = found
-            if not self._expect_holds(attributes, expected):
-                return None
-            attributes.update(encoded)
-            for name in removed:
-                attributes.pop(name, None)
+            entity_type, attributes = updated
             self._write(conn, key, attributes)
         return self._record(key, entity_type, attributes)
+
+    def transact(self, writes: Sequence[ItemWrite]) -> bool:
+        """Check every write's condition, then apply them all, in one ``BEGIN IMMEDIATE`` transaction (the keys
+        are distinct, so no write's check depends on another's write)."""
+        prepared: list[tuple[str, _Attributes | _Update]] = []
+        for write in check_transaction(writes):
+            if write.create:
+                prepared.append((write.key, self._prepare_put(write.key, write.set_attributes, "transact")))
+            else:
+                update = self._prepare_update(write.key, write.set_attributes, write.remove_attributes, write.expect)
+                prepared.append((write.key, update))
+        with self._db.transaction() as conn:
+            self._require_table(conn)
+            planned: list[tuple[str, _Attributes]] = []
+            for key, change in prepared:
+                if isinstance(change, _Update):
+                    updated = self._updated(conn, key, change)
+                    if updated is None:
+                        return False
+                    planned.append((key, updated[1]))
+                else:
+                    if not self._can_put(conn, key):
+                        return False
+                    planned.append((key, change))
+            for key, attributes in planned:
+                self._write(conn, key, attributes)
+        return True
 
     def upsert(self, key: str, attributes: Mapping[str, Any]) -> None:
         self._check_key(key)

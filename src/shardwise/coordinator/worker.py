@@ -54,6 +54,14 @@ from shardwise.assignment.taker import TakerConfig
 from shardwise.assignment.utilization import AssignmentConfig
 from shardwise.coordinator.assigner import LeaseAssignmentManager
 from shardwise.coordinator.discoverer import LeaseDiscoverer
+from shardwise.coordinator.feature_store import FeatureStore
+from shardwise.coordinator.features import (
+    FeaturesConfig,
+    SupportedRange,
+    first_unsupported,
+    levels_from_client_version,
+    worker_supported_ranges,
+)
 from shardwise.coordinator.items import Layout
 from shardwise.coordinator.layouts import CoordinatorTables, open_coordinator_tables
 from shardwise.coordinator.leader import DeterministicShuffleLeaderDecider
@@ -66,7 +74,7 @@ from shardwise.coordinator.migration import (
     ReadinessProbe,
     StateBehaviour,
 )
-from shardwise.coordinator.migration_state import ClientVersion, MigrationStore
+from shardwise.coordinator.migration_state import MIGRATION_KEY, ClientVersion, MigrationStore
 from shardwise.coordinator.renewer import LeaseRenewer
 from shardwise.coordinator.shard_sync import InitialPosition, ShardSyncer
 from shardwise.coordinator.taker import LeaseTaker
@@ -77,7 +85,13 @@ from shardwise.coordinator.worker_metrics import (
     WorkerMetricsReporter,
     select_cpu_source,
 )
-from shardwise.errors import ConfigurationError, DependencyError, InvalidStateError, ShardwiseError
+from shardwise.errors import (
+    ConfigurationError,
+    DependencyError,
+    InvalidStateError,
+    ShardwiseError,
+    UnsupportedFeatureVersionError,
+)
 from shardwise.leases.model import RESERVED_KEYS, Lease
 from shardwise.leases.store import LeaseStore, OwnerIndex
 from shardwise.lifecycle.consumer import ConsumerConfig, ShardConsumer
@@ -160,6 +174,7 @@ class WorkerConfig:
     # ``Migration3.0`` item decides the generation and the worker switches at runtime (kcl-protocol.md §4).
     client_version_config: ClientVersionConfig | None = None
     migration: MigrationConfig = field(default_factory=MigrationConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     shard_sync_interval_ms: int = 60_000
     max_consumer_threads: int = 16
     dispatch_poll_interval_ms: int = 20
@@ -318,6 +333,11 @@ class Worker:
             clock_ns,
         )
         self._reporter: WorkerMetricsReporter | None = None
+        # Feature versions: where the finalized levels are read and this worker's ranges advertised, and why the
+        # worker stopped if it met a level it cannot run.
+        self._features: FeatureStore | None = None
+        self._advertising = False
+        self.stop_reason: UnsupportedFeatureVersionError | None = None
         # Migration: the coordinator (opened by _initialize), whether to report worker metrics (None: only in
         # 3.x mode), and the rebalancing hold for the first leader term after a switch to 3.x.
         self._migration: MigrationCoordinator | None = None
@@ -403,6 +423,20 @@ class Worker:
         flag = self._report_metrics
         return self._mode == "utilization-3x" if flag is None else flag
 
+    def supported_ranges(self, version: ClientVersion | None = None) -> dict[str, SupportedRange]:
+        """The feature levels this worker can run with (what it advertises): limited by its mode — a worker
+        following ``Migration3.0`` runs either generation until ``CLIENT_VERSION_3X``, which is final — and by
+        the ``[features]`` pin."""
+        version = version if version is not None else self._client_version
+        config = self.config.features
+        return worker_supported_ranges(
+            assignment=self.config.assignment,
+            follows_migration=self.config.client_version_config is not None,
+            final_3x=version is ClientVersion.V3X,
+            release=config.pinned_release,
+            max_levels=config.parsed_max_levels(),
+        )
+
     def switch_mode(self, mode: AssignmentMode) -> None:
         """Switch the coordination generation between two loop runs; held leases and consumers are untouched.
 
@@ -448,7 +482,14 @@ class Worker:
         """Enter a migration state (called by the :class:`MigrationCoordinator`, at initialization and from its
         thread): open what the state needs (coordinator items, worker-metrics table, owner index — started
         without waiting in UPGRADE_FROM_2X, waited for in 3.x), turn worker-metrics reporting on or off and
-        switch the assignment mode. Held leases and running consumers are untouched."""
+        switch the assignment mode. Held leases and running consumers are untouched.
+
+        A version whose levels this worker cannot run (a pinned or older worker) is not applied: at start the
+        worker refuses to run, later it stops processing cleanly (:attr:`stop_reason`)."""
+        problem = first_unsupported(levels_from_client_version(version), self.supported_ranges(version))
+        if problem is not None:
+            self._unsupported(problem, f"{MIGRATION_KEY} is {version.value}")
+            return
         with self._setup_lock:
             if (
                 behaviour.report_worker_metrics
@@ -472,10 +513,12 @@ class Worker:
 
     def _initialize(self) -> None:
         self._store.create_table_if_not_exists()
+        self._check_features()
         if self.config.client_version_config is not None:
             self._initialize_migration(self.config.client_version_config)
         elif self._mode == "utilization-3x":
             self._ensure_3x()
+        self._advertise()
 
     def _initialize_migration(self, client_version_config: ClientVersionConfig) -> None:
         """Open the ``Migration3.0`` item (in the coordinator namespace of the application's layout), settle
@@ -552,6 +595,7 @@ class Worker:
                 except Exception:
                     logger.warning("could not release the leader lock; it expires after its lease duration")
             pool.shutdown(wait=False, cancel_futures=True)
+            self._withdraw()
             self._stopped.set()
             logger.info("worker %s stopped", self.worker_id)
 
@@ -783,7 +827,92 @@ class Worker:
         if self._mode == "utilization-3x" or self._migration is not None:
             self._collector.capture()
 
+    # -- feature versions --------------------------------------------------------------------------------
+
+    def _feature_store(self) -> FeatureStore:
+        if self._features is None:
+            tables = self._ensure_tables()
+            self._features = FeatureStore(
+                tables.coordinator,
+                tables.worker_metrics,
+                clock_ms=lambda: int(self._clock_epoch_s() * 1000),
+            )
+        return self._features
+
+    def _check_features(self) -> None:
+        """Admission (at start) and the running check: every finalized level must be one this worker runs."""
+        finalized = self._feature_store().read(detect_layout_by_scan=False)
+        problem = first_unsupported(finalized.levels, self.supported_ranges())
+        if problem is not None:
+            self._unsupported(problem, finalized.sources.get(problem[0], "the features record"))
+
+    def _unsupported(self, problem: tuple[str, int, SupportedRange], source: str) -> None:
+        feature, level, supported = problem
+        if not self._loops_started:
+            raise UnsupportedFeatureVersionError(
+                f"Unable to start because the worker does not support finalized version {level} of {feature}. "
+                f"The worker wants a version between {supported.min_level} and {supported.max_level}, inclusive. "
+                f"(finalized in {source}; run a shardwise release that supports it, or downgrade the feature with "
+                "`shardwise features downgrade`)",
+                feature,
+                level,
+                (supported.min_level, supported.max_level),
+            )
+        if self.stop_reason is None:
+            self.stop_reason = UnsupportedFeatureVersionError(
+                f"The worker stopped because the fleet finalized version {level} of {feature} ({source}), which it "
+                f"does not support. The worker wants a version between {supported.min_level} and "
+                f"{supported.max_level}, inclusive. Restart it on a release that supports the level.",
+                feature,
+                level,
+                (supported.min_level, supported.max_level),
+            )
+            logger.error("worker %s: %s", self.worker_id, self.stop_reason)
+        self.request_shutdown()
+
+    def _may_advertise(self) -> bool:
+        """Only fleets that know KCL 3.x items get worker records: a pure 2.x worker on DynamoDB writes nothing but
+        leases, so KCL 2.x workers can share its lease table."""
+        from shardwise.leases.sqlite import SQLiteLeaseStore  # noqa: PLC0415
+
+        return (
+            self.config.client_version_config is not None
+            or self._mode == "utilization-3x"
+            or isinstance(self._store, SQLiteLeaseStore)
+        )
+
+    def _advertise(self) -> None:
+        """Write this worker's supported ranges on its worker record (never creates a table for it: after a
+        rollback the legacy worker-metrics table is gone on purpose)."""
+        if not self._may_advertise() or self._shutdown_requested.is_set():
+            return
+        store = self._feature_store()
+        if not store.worker_metrics.exists():
+            return
+        store.advertise(
+            self.worker_id, self.supported_ranges(), self.config.features.pinned_release, self._clock_epoch_s()
+        )
+        self._advertising = True
+
+    def _withdraw(self) -> None:
+        if not self._advertising or self._features is None:
+            return
+        try:
+            self._features.withdraw(self.worker_id)
+        except ShardwiseError as exc:
+            logger.warning("worker %s: could not withdraw its feature advertisement: %s", self.worker_id, exc)
+
+    def _features_tick(self) -> None:
+        if self._shutdown_requested.is_set():
+            return
+        try:
+            self._check_features()
+            self._advertise()
+        except ShardwiseError as exc:
+            logger.warning("worker %s: could not check feature versions, retrying: %s", self.worker_id, exc)
+
     def _report(self) -> None:
+        self._features_tick()
         if self.reports_worker_metrics and self._reporter is not None and not self._shutdown_requested.is_set():
             self._reporter.report()
             if not self._reported_once:

@@ -8,7 +8,7 @@ import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from shardwise.coordinator.dynamodb_items import open_dynamodb_item_tables
-from shardwise.coordinator.items import ItemRecord, ItemTable, Layout, Namespace
+from shardwise.coordinator.items import ItemRecord, ItemTable, ItemWrite, Layout, Namespace
 from shardwise.coordinator.leader_lock import (
     LeaderLock,
     LockAction,
@@ -410,6 +410,10 @@ class CountingItems:
     def delete(self, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
         self._call()
         return self.inner.delete(key, expect=expect)
+
+    def transact(self, writes: Sequence[ItemWrite]) -> bool:
+        self._call()
+        return self.inner.transact(writes)
 
 
 def test_is_leader_touches_the_store_once_per_heartbeat_period(database: Path, clock: FakeClock) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardwise.coordinator.items import ABSENT, ItemRecord, ItemTable, Layout, Namespace
+from shardwise.coordinator.items import ABSENT, ItemRecord, ItemTable, ItemWrite, Layout, Namespace
 from shardwise.coordinator.model import CPU, MISSED, WorkerMetricStats, metrics_from_attributes
 from shardwise.coordinator.worker_metrics import (
     EKS_TOKEN_FILE,
@@ -120,6 +120,20 @@ class FakeItemTable:
         if item is None or not self._holds(item, expect):
             return False
         del self.items[key]
+        return True
+
+    def transact(self, writes: Sequence[ItemWrite]) -> bool:
+        if not 1 <= len(writes) <= 25 or len({write.key for write in writes}) != len(writes):
+            raise ValueError("transact takes 1 to 25 writes with distinct keys")
+        for write in writes:
+            item = self.items.get(write.key)
+            if (item is not None) if write.create else (item is None or not self._holds(item, write.expect)):
+                return False
+        for write in writes:
+            if write.create:
+                self.items[write.key] = copy.deepcopy(dict(write.set_attributes))
+            else:
+                self.update(write.key, set_attributes=write.set_attributes, remove_attributes=write.remove_attributes)
         return True
 
 
