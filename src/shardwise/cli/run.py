@@ -217,6 +217,9 @@ def run(processor: str, config_file: str | None, settings: tuple[str, ...], metr
         worker.run()
     except ShardwiseError as exc:
         raise click.ClickException(str(exc)) from exc
+    if worker.stop_reason is not None:
+        # Stopped cleanly (processors checkpointed, leases released) because of a feature level it cannot run.
+        raise click.ClickException(str(worker.stop_reason))
 
 
 def _metrics_sink(choice: str) -> MetricsSink | None:
