@@ -638,6 +638,19 @@ class Worker:
                 coordinator_table_name=coordination.coordinator_table_name,
                 worker_metrics_table_name=coordination.worker_metrics_table_name,
             )
+            if self._needs_legacy_layout(tables):
+                logger.info(
+                    "worker %s: compatible-with-2x on an application without coordinator items: using the legacy "
+                    "layout, so that no non-lease item enters the lease table KCL 2.x workers may still read",
+                    self.worker_id,
+                )
+                tables = open_coordinator_tables(
+                    self._store,
+                    self.config.application_name,
+                    layout="legacy",
+                    coordinator_table_name=coordination.coordinator_table_name,
+                    worker_metrics_table_name=coordination.worker_metrics_table_name,
+                )
             self._reporter = WorkerMetricsReporter(
                 tables.worker_metrics,
                 self.worker_id,
@@ -654,6 +667,23 @@ class Worker:
                 tables.coordinator.table_name,
             )
             return tables
+
+    def _needs_legacy_layout(self, tables: CoordinatorTables) -> bool:
+        """KCL 2.x workers cannot parse non-lease items in their lease table. A worker in ``compatible-with-2x``
+        (the mode a fleet of KCL 2.x workers is migrated in) on DynamoDB, with the layout left on ``auto``, therefore
+        starts a new application's coordination in the legacy tables, as KCL 3.0-3.4 does; an application whose
+        ``Migration3.0`` item is already in the lease table keeps the single-table layout."""
+        if (
+            self.config.coordination.layout != "auto"
+            or self.config.client_version_config != "compatible-with-2x"
+            or tables.layout != "single-table"
+        ):
+            return False
+        from shardwise.leases.sqlite import SQLiteLeaseStore  # noqa: PLC0415
+
+        if isinstance(self._store, SQLiteLeaseStore):
+            return False
+        return tables.coordinator.get(MIGRATION_KEY) is None
 
     def _request_owner_index(self) -> None:
         """Start creating the owner index if it does not exist, without waiting (UPGRADE_FROM_2X)."""
