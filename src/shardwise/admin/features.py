@@ -43,6 +43,7 @@ from shardwise.coordinator.features import (
     WorkerSupport,
     default_levels,
     fleet_range,
+    implied_levels,
     parse_release,
     release_pin_ranges,
     validate_updates,
@@ -459,11 +460,23 @@ def update(
         layout_fixed=finalized.layout is not None,
         layout_choices=opened.layout_choices,
     )
+    implied = implied_levels(finalized.levels, levels, finalized.client_version)
+    checked = [
+        *requested,
+        *(FeatureUpdate(name, level, UpgradeType.UPGRADE) for name, level in sorted(implied.items())),
+    ]
+    # The request must be valid on its own (its dependencies included); what it implies through the shared
+    # Migration3.0 item must then be valid too (e.g. runnable by every live worker).
     problem = validate_updates(finalized.levels, requested, workers, context)
+    if problem is None and implied:
+        problem = validate_updates(finalized.levels, checked, workers, context)
     if problem is not None:
         return all_failed(_ALL_FAILED + problem[1], finalized.epoch)
-    proposed = {u.feature: u.level for u in requested}
+    proposed = {u.feature: u.level for u in checked}
     warnings = tuple(
+        f"{name} is finalized at {level} too: lease.assignment and lease.discovery are one Migration3.0 item."
+        for name, level in sorted(implied.items())
+    ) + tuple(
         f"Worker {worker} only supports versions {_range_text(workers, worker, name)} of {name}: it will stop "
         f"processing (cleanly) when it sees level {level}; restart it on a release that supports it."
         for worker, name, level in workers_out_of_range(proposed, workers)

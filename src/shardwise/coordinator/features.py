@@ -56,6 +56,7 @@ __all__ = [
     "dependency_problem",
     "first_unsupported",
     "fleet_range",
+    "implied_levels",
     "levels_from_client_version",
     "parse_release",
     "release_pin_ranges",
@@ -445,6 +446,11 @@ def _feature_specific_problem(update: FeatureUpdate, current: int, context: Upda
             "that KCL 2.x workers ignore. Workers in CLIENT_VERSION_3X stop and must be restarted. "
             "Use --unsafe to downgrade anyway."
         )
+    if name == TABLE_LAYOUT and level == 0 and not context.layout_fixed:
+        return (
+            "Writing the features record places the application's coordinator items in a layout, which fixes "
+            "table.layout; finalize table.layout=1 (legacy tables) or table.layout=2 (single table) instead."
+        )
     if name == TABLE_LAYOUT and level != current:
         if context.layout_fixed and current == 2 and level < 2:
             return (
@@ -525,6 +531,20 @@ def validate_updates(
         if refusal is not None:
             return invalid(update, refusal)
     return None
+
+
+def implied_levels(
+    finalized: Mapping[str, int], proposed: Mapping[str, int], current: ClientVersion | None
+) -> dict[str, int]:
+    """The reflected features a request changes without naming them: ``lease.assignment`` and
+    ``lease.discovery`` are one ``Migration3.0`` item, so creating it (from nothing finalized) sets both."""
+    if not any(name in proposed for name in _REFLECTED):
+        return {}
+    merged = {**finalized, **proposed}
+    if not (merged.get(LEASE_ASSIGNMENT, 0) or merged.get(LEASE_DISCOVERY, 0)):
+        return {}
+    levels = levels_from_client_version(client_version_for(merged, current))
+    return {name: level for name, level in levels.items() if name not in proposed and level != finalized.get(name, 0)}
 
 
 def workers_out_of_range(levels: Mapping[str, int], workers: Sequence[WorkerSupport]) -> list[tuple[str, str, int]]:
