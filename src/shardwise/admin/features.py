@@ -418,11 +418,16 @@ def update(
     unsafe: bool = False,
     dry_run: bool = False,
     modified_by: str | None = None,
+    from_release: bool = False,
     active_window_s: float = DEFAULT_ACTIVE_WINDOW_S,
     now_epoch_s: Callable[[], float] = time.time,
 ) -> UpdateResult:
     """Apply ``levels`` (feature → level; 0 disables) all-or-nothing. ``operation`` decides the upgrade type
-    (``upgrade``: UPGRADE; ``downgrade``/``disable``: SAFE_DOWNGRADE, or UNSAFE_DOWNGRADE with ``unsafe``)."""
+    (``upgrade``: UPGRADE; ``downgrade``/``disable``: SAFE_DOWNGRADE, or UNSAFE_DOWNGRADE with ``unsafe``).
+
+    ``from_release``: the levels are a release's defaults (``--release-version``). ``table.layout`` is then left
+    out once the application's layout is chosen — this release cannot move it, and a release's default layout
+    only matters to new applications — with a warning, instead of failing the whole request."""
     if not levels:
         raise ConfigurationError(f"You must specify at least one feature to {operation}")
     if operation == "upgrade" and unsafe:
@@ -455,6 +460,21 @@ def update(
         raise
     except ShardwiseError as exc:
         return all_failed(f"{_ALL_FAILED}could not read the features of {target.application_name}: {exc}")
+    notes: tuple[str, ...] = ()
+    current_layout = finalized.levels.get(TABLE_LAYOUT, 0)
+    if (
+        from_release
+        and finalized.layout is not None
+        and TABLE_LAYOUT in levels
+        and levels[TABLE_LAYOUT] != current_layout
+        and len(levels) > 1
+    ):
+        notes = (
+            f"table.layout stays at {current_layout}: the application's layout is chosen and this release cannot "
+            f"move it (the release's default, {levels[TABLE_LAYOUT]}, applies to new applications).",
+        )
+        levels = {name: level for name, level in levels.items() if name != TABLE_LAYOUT}
+        requested = [u for u in requested if u.feature != TABLE_LAYOUT]
     context = UpdateContext(
         client_version=finalized.client_version,
         layout_fixed=finalized.layout is not None,
@@ -473,13 +493,17 @@ def update(
     if problem is not None:
         return all_failed(_ALL_FAILED + problem[1], finalized.epoch)
     proposed = {u.feature: u.level for u in checked}
-    warnings = tuple(
-        f"{name} is finalized at {level} too: lease.assignment and lease.discovery are one Migration3.0 item."
-        for name, level in sorted(implied.items())
-    ) + tuple(
-        f"Worker {worker} only supports versions {_range_text(workers, worker, name)} of {name}: it will stop "
-        f"processing (cleanly) when it sees level {level}; restart it on a release that supports it."
-        for worker, name, level in workers_out_of_range(proposed, workers)
+    warnings = (
+        notes
+        + tuple(
+            f"{name} is finalized at {level} too: lease.assignment and lease.discovery are one Migration3.0 item."
+            for name, level in sorted(implied.items())
+        )
+        + tuple(
+            f"Worker {worker} only supports versions {_range_text(workers, worker, name)} of {name}: it will stop "
+            f"processing (cleanly) when it sees level {level}; restart it on a release that supports it."
+            for worker, name, level in workers_out_of_range(proposed, workers)
+        )
     )
     if not dry_run:
         if not opened.store.coordinator.exists():

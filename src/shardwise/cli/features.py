@@ -180,6 +180,7 @@ def _update(operation: admin.Operation, params: dict[str, Any]) -> None:
             levels,
             unsafe=bool(params.get("unsafe")),
             dry_run=bool(params.get("dry_run")),
+            from_release=params.get("release_version") is not None,
         )
     except ConfigurationError as exc:
         _fail(str(exc))

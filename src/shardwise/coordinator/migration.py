@@ -192,7 +192,9 @@ def behaviour(version: ClientVersion) -> StateBehaviour:
 
 _EXPECTED: dict[ClientVersion, frozenset[ClientVersion]] = {
     ClientVersion.UPGRADE_FROM_2X: frozenset({ClientVersion.V3X_WITH_ROLLBACK, ClientVersion.V2X}),
-    ClientVersion.V3X_WITH_ROLLBACK: frozenset({ClientVersion.V2X, ClientVersion.V3X}),
+    # 3X_WITH_ROLLBACK -> UPGRADE_FROM_2X: `shardwise features downgrade` of lease.assignment alone (to 1, keeping
+    # lease.discovery 2; KCL's own workers only follow the rollback to 2X).
+    ClientVersion.V3X_WITH_ROLLBACK: frozenset({ClientVersion.V2X, ClientVersion.V3X, ClientVersion.UPGRADE_FROM_2X}),
     # 2X -> 3X_WITH_ROLLBACK: `shardwise features upgrade` of lease.assignment and lease.discovery together
     # (roll-forward and flip in one step; KCL's own workers only follow 2X -> UPGRADE_FROM_2X).
     ClientVersion.V2X: frozenset({ClientVersion.UPGRADE_FROM_2X, ClientVersion.V3X_WITH_ROLLBACK}),

@@ -131,8 +131,17 @@ def test_behaviour_per_state(version: ClientVersion, expected: StateBehaviour) -
 
 
 def test_only_kcls_transitions_are_followed() -> None:
-    # KCL's, plus 2X -> 3X_WITH_ROLLBACK: `shardwise features upgrade` of lease.assignment and lease.discovery at once.
-    expected = {(UPGRADE, V3XWR), (UPGRADE, V2X), (V3XWR, V2X), (V3XWR, V3X), (V2X, UPGRADE), (V2X, V3XWR)}
+    # KCL's, plus 2X -> 3X_WITH_ROLLBACK: `shardwise features upgrade` of lease.assignment and lease.discovery at once,
+    # and 3X_WITH_ROLLBACK -> UPGRADE_FROM_2X: `shardwise features downgrade` of lease.assignment alone.
+    expected = {
+        (UPGRADE, V3XWR),
+        (UPGRADE, V2X),
+        (V3XWR, V2X),
+        (V3XWR, V3X),
+        (V3XWR, UPGRADE),
+        (V2X, UPGRADE),
+        (V2X, V3XWR),
+    }
     versions = [UPGRADE, V3XWR, V2X, V3X]
     for current in versions:
         for new in versions:
@@ -175,6 +184,7 @@ def test_config_file_section_and_run_flag(tmp_path: Path, monkeypatch: pytest.Mo
         def __init__(self, config: WorkerConfig, **_: object) -> None:
             seen.append(config)
             self.worker_id = config.worker_id
+            self.stop_reason = None
 
         def run(self) -> None:
             return None

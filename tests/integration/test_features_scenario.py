@@ -1,0 +1,472 @@
+"""Feature versions (issue #6, Kafka KIP-584 style) end to end, with real ``shardwise run`` worker processes and
+the ``shardwise features`` CLI, on the local backend (SQLite leases + local stream) and on the AWS stand-ins
+(DynamoDB on moto, Kinesis on kinesis-local).
+
+8 shards, 3 workers started ``--client-version-config compatible-with-2x`` (so the fleet sits in
+``UPGRADE_FROM_2X``: ``lease.assignment`` 1, ``lease.discovery`` 2; the stabilization period keeps its 10-minute
+default, so the leader's automatic flip never comes during the test), a producer writing one uniquely numbered
+record per shard per tick all along, every delivery written to a results database before its checkpoint
+(``processors.RecordingProcessor``), and each worker logging its metrics (``--metrics log``), from which the
+test reads its ``CurrentState`` (operation ``Migration``):
+
+a. ``w3`` pinned to release 0.2 (``lease.assignment`` 0-1): once ``features describe`` lists all three workers,
+   ``features upgrade --feature lease.assignment=2`` exits 1 naming ``w3`` and writes nothing;
+b. ``w3`` restarted unpinned (SIGTERM, exit 0): once it advertises 0-2 the upgrade succeeds, ``Migration3.0``
+   becomes ``CLIENT_VERSION_3X_WITH_ROLLBACK`` and every worker switches to the 3.x generation (``3xWorker``),
+   the leases still spread over the three; a worker pinned to 0.2 is now refused admission;
+c. ``features downgrade --release-version 0.2``: ``lease.assignment`` back to 1, ``UPGRADE_FROM_2X``, every
+   worker back on 2.x (``2xCompatibleWorker``); the history shows both changes, epochs 2 and 1;
+d. a worker of release 0.1 (``lease.discovery`` only up to 1) is refused admission;
+e. every record produced was processed, and every worker exits 0 on SIGTERM.
+
+Timings are shortened: failover 2 s, the migration item polled every 1 s without jitter, worker metrics (and
+the feature advertisements with them) reported every 1 s, leader lock 6 s with a 1 s heartbeat.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, read_processed
+from shardwise.coordinator.layouts import open_coordinator_tables
+from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
+from shardwise.coordinator.migration_state import ClientVersion, MigrationState, MigrationStore
+from shardwise.hashkeys import hash_key_for
+from support.fleet import Backend, Fleet, taker_interval_s
+
+SHARDS = 8
+WORKERS = ("w1", "w2", "w3")
+PINNED = "w3"
+FAILOVER_MS = 2_000
+TAKER_S = taker_interval_s(FAILOVER_MS)  # 4.05 s
+POLL_MS = 1_000
+REPORTER_MS = 1_000
+LEADER_LEASE_MS = 6_000
+ASSIGNMENT_MS = 2 * FAILOVER_MS  # the default lease_assignment_interval_ms
+DISCOVERY_MS = ASSIGNMENT_MS // 2 - 25  # KCL's fixed discovery interval (see test_kcl3x)
+WORKER_ARGS = (
+    "--client-version-config",
+    "compatible-with-2x",
+    "--initial-position",
+    "TRIM_HORIZON",
+    "--failover-time-ms",
+    str(FAILOVER_MS),
+    "--idle-time-between-reads-ms",
+    "100",
+    "--max-records",
+    "500",
+    "--metrics",
+    "log",
+    "--set",
+    "shard_sync_interval_ms=2000",
+    "--set",
+    "consumer.task_backoff_time_ms=200",
+    "--set",
+    f"migration.client_version_poll_interval_ms={POLL_MS}",
+    "--set",
+    "migration.client_version_poll_jitter_ms=0",
+    "--set",
+    f"worker_metrics.reporter_frequency_ms={REPORTER_MS}",
+    "--set",
+    "worker_metrics.in_memory_capture_frequency_ms=250",
+    "--set",
+    "worker_metrics.cpu_source=none",
+    "--set",
+    f"coordination.leader_lease_duration_ms={LEADER_LEASE_MS}",
+    "--set",
+    "coordination.leader_heartbeat_period_ms=1000",
+    "--set",
+    f"coordination.max_lease_discovery_interval_ms={DISCOVERY_MS}",
+)
+PIN_0_2 = ("--set", 'features.release="0.2"')
+PIN_0_1 = ("--set", 'features.release="0.1"')
+PROCESSOR = "processors:RecordingProcessor"
+#: A switch of generation shows within one poll of Migration3.0 (no jitter); the rest is slack for a busy host.
+SWITCH_S = POLL_MS / 1000 + 15
+
+_METRIC_LINE = re.compile(rf"metric {OPERATION} (CurrentState:\w+)=1\b")
+
+
+# -- the scenario ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """One application on one fresh stream: the fleet, the backend, the results, the records put and where
+    each worker instance's log starts."""
+
+    fleet: Fleet
+    backend: Backend
+    put_records: Callable[[Sequence[tuple[bytes, str]]], list[str]]  # StreamAdmin.put
+    results: Path
+    produced: set[str] = field(default_factory=set)
+    _log_start: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _migration: MigrationStore | None = None
+
+    # -- workers -----------------------------------------------------------------------------------------
+
+    def start(self, worker_id: str, extra_args: Sequence[str] = ()) -> None:
+        log = self.fleet.log_dir / f"{worker_id}.log"
+        self._log_start[worker_id] = log.stat().st_size if log.exists() else 0
+        self.fleet.start(worker_id, extra_args)
+
+    def restart(self, worker_id: str, extra_args: Sequence[str] = ()) -> None:
+        """SIGTERM (a graceful shutdown, which must exit 0), then start again with ``extra_args``."""
+        code = self.fleet.terminate(worker_id)
+        assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{self.fleet.report()}"
+        self.start(worker_id, extra_args)
+
+    def stop_all(self) -> None:
+        for worker_id in WORKERS:
+            code = self.fleet.terminate(worker_id)
+            assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{self.fleet.report()}"
+        assert not self.fleet.alive(), self.fleet.report()
+
+    def refused_start(self, worker_id: str, extra_args: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """Start a worker that must be refused admission; returns the finished process (output captured)."""
+        fleet = self.fleet
+        env = {**os.environ, **fleet.env, "PYTHONUNBUFFERED": "1", WORKER_ENV: worker_id}
+        paths = [str(path) for path in fleet.pythonpath]
+        if os.environ.get("PYTHONPATH"):
+            paths.append(os.environ["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        done = subprocess.run(
+            fleet.command(worker_id, extra_args),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        print(f"$ shardwise run ... --worker-id {worker_id} {' '.join(extra_args)} -> exit {done.returncode}")
+        return done
+
+    def current_state(self, worker_id: str) -> str | None:
+        """The last ``CurrentState`` metric the worker's current instance logged (None: none logged)."""
+        with self.fleet.workers[worker_id].log_path.open("rb") as log:
+            log.seek(self._log_start[worker_id])
+            found = _METRIC_LINE.findall(log.read().decode(errors="replace"))
+        return found[-1] if found else None
+
+    def states(self) -> dict[str, str | None]:
+        return {worker_id: self.current_state(worker_id) for worker_id in WORKERS}
+
+    def wait_states(self, state: str, timeout_s: float, what: str) -> None:
+        expected = dict.fromkeys(WORKERS, state)
+        self.fleet.wait_until(
+            lambda: self.states() == expected, timeout_s, lambda: f"{what}: CurrentState {self.states()}"
+        )
+
+    # -- leases, the migration item and the features CLI ---------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        held = self.fleet.held()
+        return {worker_id: len(held.get(worker_id, [])) for worker_id in WORKERS}
+
+    def wait_everyone_holds(self, timeout_s: float, what: str) -> dict[str, int]:
+        """Wait until all 8 leases are held by the workers, each holding at least one."""
+
+        def spread() -> dict[str, int] | None:
+            counts = self.counts()
+            return counts if sum(counts.values()) == SHARDS and min(counts.values()) >= 1 else None
+
+        result = self.fleet.wait_until(spread, timeout_s, lambda: f"{what}: every worker ≥ 1 lease; {self.counts()}")
+        assert result is not None
+        return result
+
+    def migration(self) -> MigrationState | None:
+        """``Migration3.0`` as read now. On aws a compatible-with-2x fleet starting afresh puts it in the legacy
+        layout (``<app>-CoordinatorState``), so the tables are looked up again until the item is found."""
+        if self._migration is not None:
+            return self._migration.read()
+        if not self.fleet.store.table_exists():
+            return None
+        store = MigrationStore(open_coordinator_tables(self.fleet.store, self.fleet.application).coordinator)
+        state = store.read() if store.items.exists() else None
+        if state is not None:
+            self._migration = store
+        return state
+
+    def wait_version(self, version: ClientVersion, timeout_s: float, what: str) -> MigrationState:
+        def reached() -> MigrationState | None:
+            state = self.migration()
+            return state if state is not None and state.version is version else None
+
+        state = self.fleet.wait_until(reached, timeout_s, lambda: f"{what}: cv {version.value}; now {self.migration()}")
+        assert state is not None
+        return state
+
+    def features(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``shardwise features ARGS --app APP <backend>`` as a subprocess (output printed)."""
+        if self.backend.kind == "local":
+            target = ["--backend", "local", "--db", str(self.backend.db)]
+        else:
+            assert self.backend.dynamodb_endpoint_url is not None
+            target = ["--endpoint-url", self.backend.dynamodb_endpoint_url, "--region", self.backend.region]
+        command = [sys.executable, "-m", "shardwise", "features", *args, "--app", self.fleet.application, *target]
+        done = subprocess.run(
+            command, check=False, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
+        if "--json" not in args:
+            print(f"$ shardwise features {' '.join(args)} -> exit {done.returncode}\n{done.stdout}{done.stderr}")
+        return done
+
+    def describe(self) -> dict[str, Any]:
+        done = self.features("describe", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def advertised(self) -> dict[str, tuple[int, int]]:
+        """Per live worker (per ``features describe``): its advertised ``lease.assignment`` range."""
+        ranges = {}
+        for worker in self.describe()["workers"]:
+            supported = worker["supported"].get("lease.assignment", {"min": 0, "max": 0})
+            ranges[worker["worker_id"]] = (supported["min"], supported["max"])
+        return ranges
+
+    def wait_advertised(self, expected: Mapping[str, tuple[int, int]], timeout_s: float, what: str) -> None:
+        self.fleet.wait_until(
+            lambda: self.advertised() == dict(expected),
+            timeout_s,
+            lambda: f"{what}: lease.assignment ranges {dict(expected)}; now {self.advertised()}",
+            interval_s=0.5,
+        )
+
+    # -- records -----------------------------------------------------------------------------------------
+
+    def put(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Put ``(record id, partition key)`` records; the data is the id."""
+        shards = self.put_records([(rid.encode(), key) for rid, key in entries])
+        assert len(shards) == len(entries)
+        with self._lock:
+            self.produced.update(rid for rid, _ in entries)
+
+    def missing(self) -> set[str]:
+        with self._lock:
+            produced = set(self.produced)
+        return produced - {row.data for row in read_processed(self.results)}
+
+    def wait_all_processed(self, timeout_s: float) -> None:
+        self.fleet.wait_until(
+            lambda: not self.missing(),
+            timeout_s,
+            lambda: f"all {len(self.produced)} records processed; missing {_some(self.missing())}",
+            interval_s=0.5,
+        )
+
+
+def _some(items: set[str], limit: int = 8) -> str:
+    shown = sorted(items)[:limit]
+    return f"{len(items)}: {', '.join(shown)}{' ...' if len(items) > limit else ''}"
+
+
+class Producer(threading.Thread):
+    """Puts one record into every shard every ``interval_s`` (ids ``<tag>-<tick>-<n>``) until stopped."""
+
+    def __init__(self, scenario: Scenario, keys: Sequence[str], tag: str, interval_s: float) -> None:
+        super().__init__(name=f"producer-{tag}", daemon=True)
+        self._scenario = scenario
+        self._keys = list(keys)
+        self._tag = tag
+        self._interval_s = interval_s
+        self._max_ticks = int(290.0 / interval_s)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            for tick in range(self._max_ticks):
+                if self.stop.is_set():
+                    return
+                self._scenario.put([(f"{self._tag}-{tick:06d}-{n}", key) for n, key in enumerate(self._keys)])
+                self.stop.wait(max(0.0, started + (tick + 1) * self._interval_s - time.monotonic()))
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float = 60.0) -> None:
+        self.stop.set()
+        self.join(timeout_s)
+        assert not self.is_alive(), "the producer did not finish"
+        if self.error is not None:
+            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
+
+
+# -- fixtures --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        return Backend.local(tmp_path / "shardwise.db")
+    dynamodb = request.getfixturevalue("moto_server")
+    kinesis = request.getfixturevalue("kinesis_local")
+    return Backend.aws(kinesis_endpoint_url=kinesis.endpoint_url, dynamodb_endpoint_url=dynamodb.endpoint_url)
+
+
+@pytest.fixture
+def scenario_and_keys(backend: Backend, tmp_path: Path) -> Iterator[tuple[Scenario, list[str]]]:
+    suffix = uuid.uuid4().hex[:8]
+    stream = f"features-{suffix}"
+    admin = backend.stream_admin(stream)
+    admin.create(SHARDS)
+    ranges = {shard.shard_id: shard.hash_key_range for shard in admin.list_shards()}
+    keys: dict[str, str] = {}
+    for n in itertools.count():  # one partition key landing in each shard
+        key = f"pk-{n}"
+        for shard_id, hash_range in ranges.items():
+            if shard_id not in keys and hash_key_for(key) in hash_range:
+                keys[shard_id] = key
+        if len(keys) == len(ranges):
+            break
+    results = tmp_path / "results.db"
+    connect_results(results).close()
+    fleet = Fleet(
+        backend,
+        application=f"features-app-{suffix}",
+        stream=stream,
+        processor=PROCESSOR,
+        log_dir=tmp_path / "logs",
+        worker_args=WORKER_ARGS,
+        env={RESULTS_ENV: str(results)},
+        worker_id_env=WORKER_ENV,
+    )
+    try:
+        yield Scenario(fleet, backend, admin.put, results), [keys[shard_id] for shard_id in sorted(keys)]
+    finally:
+        fleet.close()  # no worker outlives its test, whatever happened
+        if backend.kind == "aws":
+            admin.delete()  # keeps the session's kinesis-local small and fast
+        admin.close()
+
+
+# -- the test --------------------------------------------------------------------------------------------------
+
+
+def _refused(done: subprocess.CompletedProcess[str], feature: str, level: int, wants: tuple[int, int]) -> None:
+    shown = f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr[-4000:]}"
+    assert done.returncode != 0, shown
+    expected = (
+        f"Unable to start because the worker does not support finalized version {level} of {feature}. "
+        f"The worker wants a version between {wants[0]} and {wants[1]}, inclusive."
+    )
+    assert expected in done.stderr, shown
+
+
+@pytest.mark.slow
+def test_feature_upgrade_and_downgrade_with_a_live_fleet(
+    scenario_and_keys: tuple[Scenario, list[str]], backend: Backend
+) -> None:
+    scenario, keys = scenario_and_keys
+    fleet = scenario.fleet
+    producer = Producer(scenario, keys, "f", 0.1 if backend.kind == "local" else 0.25)
+    producer.start()
+    started = time.monotonic()
+
+    def elapsed() -> str:
+        return f"{time.monotonic() - started:.0f}s"
+
+    try:
+        # a. One worker pinned to release 0.2: the upgrade to lease.assignment 2 is refused, naming it.
+        for worker_id in WORKERS:
+            scenario.start(worker_id, PIN_0_2 if worker_id == PINNED else ())
+        scenario.wait_version(ClientVersion.UPGRADE_FROM_2X, 30, "the fleet started compatible-with-2x")
+        scenario.wait_advertised({"w1": (0, 2), "w2": (0, 2), PINNED: (0, 1)}, 30, "every worker advertises")
+        scenario.wait_states(METRIC_2X_WORKER, SWITCH_S, "the fleet started")
+        counts = scenario.wait_everyone_holds(6 * TAKER_S + 20, "the fleet started")
+        print(f"{elapsed()}: 3 workers advertise, {PINNED} pinned to 0.2; leases {counts}")
+
+        refused = scenario.features("upgrade", "--feature", "lease.assignment=2")
+        shown = refused.stdout + refused.stderr
+        assert refused.returncode == 1, shown
+        assert f"Worker {PINNED} only supports versions 0-1" in refused.stdout, shown
+        assert refused.stderr.strip().splitlines()[-1] == "1 out of 1 operation(s) failed.", shown
+        described = scenario.describe()
+        assert described["epoch"] is None and described["history"] == [], described
+        assert described["client_version"] == ClientVersion.UPGRADE_FROM_2X.value, described
+        assert [w["worker_id"] for w in described["workers"]] == list(WORKERS), described
+        assert [w["release"] for w in described["workers"]] == ["0.3", "0.3", "0.2"], described
+        # SQLite has only the single-table layout; a compatible-with-2x fleet starting afresh on DynamoDB puts its
+        # coordinator items in the legacy one (<app>-CoordinatorState), so that KCL 2.x workers see no new items.
+        layout = {"single-table": 2, "legacy": 1}[described["layout"]]
+        assert layout == (2 if backend.kind == "local" else 1), described
+
+        # b. The pinned worker restarted on this release: the upgrade succeeds and the fleet switches to 3.x.
+        scenario.restart(PINNED)
+        scenario.wait_advertised(dict.fromkeys(WORKERS, (0, 2)), 30, f"{PINNED} restarted unpinned")
+        scenario.wait_states(METRIC_2X_WORKER, SWITCH_S, f"{PINNED} restarted unpinned")
+        counts = scenario.wait_everyone_holds(6 * TAKER_S + 20, f"{PINNED} restarted unpinned")
+        print(f"{elapsed()}: {PINNED} restarted unpinned; leases {counts}")
+
+        upgraded = scenario.features("upgrade", "--feature", "lease.assignment=2")
+        assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+        assert upgraded.stdout.strip() == "lease.assignment was upgraded to 2.", upgraded.stdout
+        assert upgraded.stderr == "", upgraded.stderr  # no worker is out of range: no warning
+        state = scenario.migration()
+        assert state is not None and state.version is ClientVersion.V3X_WITH_ROLLBACK, state
+        assert state.modified_by.startswith("shardwise-features"), state
+        assert state.history[0].client_version == ClientVersion.UPGRADE_FROM_2X.value, state
+        scenario.wait_states(METRIC_3X_WORKER, SWITCH_S, "upgraded to lease.assignment 2")
+        counts = scenario.wait_everyone_holds(FAILOVER_MS / 1000 + 30, "upgraded to lease.assignment 2")
+        assert fleet.alive() == list(WORKERS), fleet.report()
+        print(f"{elapsed()}: lease.assignment 2, every worker on 3.x; leases {counts}")
+
+        # d. (at level 2) A worker pinned to 0.2 cannot join.
+        _refused(scenario.refused_start("w-old-0-2", PIN_0_2), "lease.assignment", 2, (0, 1))
+
+        # c. Back to release 0.2's levels: lease.assignment 1, every worker back on 2.x.
+        downgraded = scenario.features("downgrade", "--release-version", "0.2")
+        if layout == 1:
+            # The legacy layout (table.layout 1) is below release 0.2's default (2) and can never move: the
+            # release's levels are applied without it, with a warning.
+            assert "Warning: table.layout stays at 1" in downgraded.stderr, downgraded.stderr
+        assert downgraded.returncode == 0, downgraded.stdout + downgraded.stderr
+        assert "lease.assignment was downgraded to 1." in downgraded.stdout.splitlines(), downgraded.stdout
+        state = scenario.migration()
+        assert state is not None and state.version is ClientVersion.UPGRADE_FROM_2X, state
+        assert state.history[0].client_version == ClientVersion.V3X_WITH_ROLLBACK.value, state
+        scenario.wait_states(METRIC_2X_WORKER, SWITCH_S, "downgraded to release 0.2")
+        counts = scenario.wait_everyone_holds(6 * TAKER_S + 20, "downgraded to release 0.2")
+        print(f"{elapsed()}: lease.assignment 1, every worker back on 2.x; leases {counts}")
+
+        described = scenario.describe()
+        assert described["epoch"] == 2, described
+        assert described["client_version"] == ClientVersion.UPGRADE_FROM_2X.value, described
+        levels = {f["feature"]: f["finalized_version_level"] for f in described["features"]}
+        assert levels == {"lease.assignment": 1, "lease.discovery": 2, "table.layout": layout}, described
+        history = described["history"]
+        assert [entry["epoch"] for entry in history] == [2, 1], history
+        assert history[0]["changes"] == {"lease.assignment": {"from": 2, "to": 1}}, history
+        assert history[1]["changes"] == {"lease.assignment": {"from": 1, "to": 2}}, history
+        assert history[0]["modified_at_ms"] >= history[1]["modified_at_ms"], history
+
+        # d. (after the downgrade) A worker of release 0.1 cannot run lease.discovery 2.
+        _refused(scenario.refused_start("w-old-0-1", PIN_0_1), "lease.discovery", 2, (0, 1))
+        assert fleet.alive() == list(WORKERS), fleet.report()
+        assert scenario.migration() == state, "a refused worker changed Migration3.0"
+        assert sorted(scenario.advertised()) == list(WORKERS), "a refused worker advertised"
+    finally:
+        producer.stop.set()
+    producer.finish()
+
+    # e. No record lost.
+    scenario.wait_all_processed(90)
+    print(f"{len(scenario.produced)} records, all processed; {elapsed()} in all")
+    scenario.stop_all()
