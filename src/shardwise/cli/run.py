@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
@@ -95,7 +96,28 @@ def _overrides(**flags: Any) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("processor")
+@click.argument("processor", required=False)
+@click.option(
+    "--processor",
+    "processor_option",
+    metavar="MODULE:FACTORY",
+    default=None,
+    help="The record processor, as an option (same as the PROCESSOR argument; give one of the two).",
+)
+@click.option(
+    "--kclpy-properties",
+    "kclpy_properties",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="An amazon-kclpy (MultiLangDaemon) .properties file: its settings become the defaults (flags, --config "
+    "and --set override them) and PROCESSOR is an unmodified amazon-kclpy record processor class (v1, v2 or v3 "
+    "API). See docs/kclpy.md.",
+)
+@click.option(
+    "--kclpy-ignore-unknown",
+    is_flag=True,
+    help="With --kclpy-properties: warn about unknown keys instead of refusing them.",
+)
 @click.option("--app", "application_name", default=None, help="Application name (names the lease table).")
 @click.option("--stream", "stream_name", default=None, help="Stream to consume.")
 @_backend_options
@@ -150,14 +172,34 @@ def _overrides(**flags: Any) -> dict[str, Any]:
     metavar="KEY=VALUE",
     help="Any config key, e.g. --set consumer.parent_shard_poll_interval_ms=1000 (repeatable).",
 )
-def run(processor: str, config_file: str | None, settings: tuple[str, ...], metrics_sink: str, **flags: Any) -> None:
+def run(
+    processor: str | None,
+    processor_option: str | None,
+    kclpy_properties: str | None,
+    kclpy_ignore_unknown: bool,
+    config_file: str | None,
+    settings: tuple[str, ...],
+    metrics_sink: str,
+    **flags: Any,
+) -> None:
     """Run one worker: consume STREAM for application APP with the record processor PROCESSOR
-    (MODULE:FACTORY, a processor class or a function returning one).
+    (MODULE:FACTORY, a processor class or a function returning one; or --processor).
+
+    With --kclpy-properties FILE, run an amazon-kclpy application instead: the MultiLangDaemon properties give
+    the application, stream, endpoints and tuning, and PROCESSOR is its unmodified kclpy processor class.
 
     SIGTERM or SIGINT shut the worker down gracefully: every processor gets shutdown_requested (and should
     checkpoint), leases are released for other workers to take; a second signal exits at once.
     """
+    processor_spec = _processor_spec(processor, processor_option)
     try:
+        kclpy = None
+        if kclpy_properties is not None:
+            from shardwise.kclpy.properties import load_properties
+
+            kclpy = load_properties(kclpy_properties, ignore_unknown=kclpy_ignore_unknown)
+        elif kclpy_ignore_unknown:
+            raise ConfigurationError("--kclpy-ignore-unknown goes with --kclpy-properties")
         file_values = load_config_file(config_file) if config_file else {}
         overrides = _overrides(
             application_name=flags.pop("application_name"),
@@ -184,8 +226,21 @@ def run(processor: str, config_file: str | None, settings: tuple[str, ...], metr
         for item in settings:
             key, value = parse_override(item)
             overrides[key] = value
-        worker_config, backend = build_config(merged(file_values, overrides))
-        factory = load_factory(processor)
+        if kclpy is not None:
+            # Lowest layer: the properties; then the --config file; then flags and --set.
+            user = {**_flatten(file_values), **overrides}
+            base = merged({}, kclpy.config_values(user))
+            worker_config, backend = build_config(merged(base, user))
+            for line in kclpy.report_lines():
+                click.echo(line, err=True)
+            from shardwise.kclpy.adapter import kclpy_factory
+            from shardwise.kclpy.shim import install_amazon_kclpy_shim
+
+            install_amazon_kclpy_shim()
+            factory = kclpy_factory(load_factory(processor_spec))
+        else:
+            worker_config, backend = build_config(merged(file_values, overrides))
+            factory = load_factory(processor_spec)
         worker = Worker(
             worker_config,
             store=open_lease_store(backend, worker_config.table_name),
@@ -220,6 +275,28 @@ def run(processor: str, config_file: str | None, settings: tuple[str, ...], metr
     if worker.stop_reason is not None:
         # Stopped cleanly (processors checkpointed, leases released) because of a feature level it cannot run.
         raise click.ClickException(str(worker.stop_reason))
+
+
+def _processor_spec(argument: str | None, option: str | None) -> str:
+    """PROCESSOR as the argument or as --processor (one of the two, or both the same)."""
+    if argument is None and option is None:
+        raise click.UsageError("give the record processor: PROCESSOR (MODULE:FACTORY) or --processor MODULE:FACTORY")
+    if argument is not None and option is not None and argument != option:
+        raise click.UsageError(f"two processors given ({argument} and --processor {option}): give one")
+    spec = option if option is not None else argument
+    assert spec is not None
+    return spec
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config mapping (sections as nested mappings) as dotted keys, for layering with ``merged``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _metrics_sink(choice: str) -> MetricsSink | None:

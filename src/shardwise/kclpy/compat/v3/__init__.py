@@ -1,0 +1,1 @@
+"""``amazon_kclpy.v3`` as shardwise provides it (see :mod:`shardwise.kclpy.compat`)."""
