@@ -710,6 +710,10 @@ class Worker:
 
     def _open_3x(self) -> None:
         tables = self._ensure_tables()
+        # Legacy layout: KCL 3.0-3.4 creates <app>-CoordinatorState and <app>-WorkerMetricStats when it starts in
+        # 3.x (no-ops in the single-table layout, where the items live in the lease table).
+        tables.coordinator.create_if_not_exists()
+        tables.worker_metrics.create_if_not_exists()
         coordination = self.config.coordination
         if not isinstance(self._store, OwnerIndex):
             raise ConfigurationError(f"{type(self._store).__name__} has no owner index; KCL 3.x needs one")
@@ -925,12 +929,15 @@ class Worker:
         self._advertising = True
 
     def _withdraw(self) -> None:
-        if not self._advertising or self._features is None:
+        """At a clean stop, delete this worker's record (metrics and advertisement): a leader that still saw it
+        as active would assign it the leases it just released, and they would sit until their grace expired."""
+        tables = self._tables
+        if tables is None or not (self._advertising or self._reported_once):
             return
         try:
-            self._features.withdraw(self.worker_id)
+            tables.worker_metrics.delete(self.worker_id)
         except ShardwiseError as exc:
-            logger.warning("worker %s: could not withdraw its feature advertisement: %s", self.worker_id, exc)
+            logger.warning("worker %s: could not delete its worker record: %s", self.worker_id, exc)
 
     def _features_tick(self) -> None:
         if self._shutdown_requested.is_set():
