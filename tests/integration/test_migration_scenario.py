@@ -211,10 +211,16 @@ class Scenario:
     def migration(self) -> MigrationState | None:
         if not self.fleet.store.table_exists():
             return None
-        if self._migration is None:
-            tables = open_coordinator_tables(self.fleet.store, self.fleet.application)
-            self._migration = MigrationStore(tables.coordinator)
-        return self._migration.read()
+        if self._migration is not None:
+            return self._migration.read()
+        # The layout is detected afresh until the item exists: on DynamoDB a compatible-with-2x fleet starting
+        # afresh creates the legacy <app>-CoordinatorState table first.
+        tables = open_coordinator_tables(self.fleet.store, self.fleet.application)
+        store = MigrationStore(tables.coordinator)
+        state = store.read() if tables.coordinator.exists() else None
+        if state is not None:
+            self._migration = store
+        return state
 
     def version(self) -> ClientVersion | None:
         state = self.migration()

@@ -920,6 +920,10 @@ class Worker:
         rollback the legacy worker-metrics table is gone on purpose)."""
         if not self._may_advertise() or self._shutdown_requested.is_set():
             return
+        if self.reports_worker_metrics and not self._reported_once:
+            # The record would exist without lut/sts/opr until the first report, and KCL's leader logs such a
+            # worker as invalid: advertise with (right after) the first report instead.
+            return
         store = self._feature_store()
         if not store.worker_metrics.exists():
             return
@@ -949,7 +953,12 @@ class Worker:
             logger.warning("worker %s: could not check feature versions, retrying: %s", self.worker_id, exc)
 
     def _report(self) -> None:
-        self._features_tick()
+        try:
+            self._report_metrics_once()
+        finally:
+            self._features_tick()
+
+    def _report_metrics_once(self) -> None:
         if self.reports_worker_metrics and self._reporter is not None and not self._shutdown_requested.is_set():
             self._reporter.report()
             if not self._reported_once:

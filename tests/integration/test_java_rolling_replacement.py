@@ -1,0 +1,434 @@
+"""The rolling replacement an operator does to move a Java KCL 2.x fleet onto shardwise and the 3.x generation,
+with the real Java KCL 2.5.8 (DynamoDB on moto, Kinesis on kinesis-local).
+
+8 shards; a producer puts uniquely numbered records (data ``<tag>-<n>``, partition key ``pk-<tag>-<n>``) all along,
+so every loss is counted exactly across both kinds of worker (Java's record logs, shardwise's results database).
+shardwise workers run ``--client-version-config compatible-with-2x --metrics log``:
+
+1. ``java-1`` … ``java-4`` (KCL 2.5.8) create the lease table and share the 8 leases (2 ±1 each);
+2. ``java-1`` and ``java-2`` are replaced (SIGTERM, then a shardwise worker started) by ``sw-1`` and ``sw-2``: the
+   first writes ``Migration3.0`` = ``CLIENT_VERSION_UPGRADE_FROM_2X`` into ``<app>-CoordinatorState`` (the legacy
+   layout: nothing but leases in the lease table the remaining Java workers read), both log
+   ``CurrentState:2xCompatibleWorker``, and the 4 workers share the leases by lease-count taking;
+3. ``java-3`` and ``java-4`` are replaced by ``sw-3`` and ``sw-4``; once every lease owner reports worker metrics
+   (and the GSI is ``ACTIVE``) for the stabilization period, the shard-sync leader flips ``Migration3.0`` to
+   ``CLIENT_VERSION_3X_WITH_ROLLBACK`` and every worker logs ``CurrentState:3xWorker``;
+4. ``shardwise migrate rollback`` (exit 0): ``CLIENT_VERSION_2X``, every worker back on ``2xCompatibleWorker``, the
+   GSI and the worker metrics table deleted;
+5. ``shardwise migrate rollforward`` (exit 0): ``CLIENT_VERSION_UPGRADE_FROM_2X``, and the automatic flip again.
+
+At each phase: all 8 leases held by the live workers within a bound, the ``CurrentState`` of every shardwise worker,
+the ``cv`` of ``Migration3.0`` (read raw with boto3), and — while any Java 2.x worker is alive, and in fact all
+along — a lease table holding only leases (scanned raw). At the end: every record put was processed (the union of
+both kinds' deliveries), every shardwise worker exits 0 on SIGTERM, no Java log shows a failure to read an item.
+
+Timings are shortened for a 2-core machine: failover 5 s on both kinds; ``Migration3.0`` polled every 1 s,
+readiness checked every 1 s, stabilization 10 s, worker metrics every 3 s (an entry is fresh for 2 × 3 s and its
+``lut`` is whole seconds, so a loaded machine does not reset the stabilization). The deterministic (2.x) shard-sync
+leader of ``sw-1`` … ``sw-4`` is ``sw-4`` (see :func:`test_the_final_fleets_leader_is_the_last_replacement`): its
+own election 60 s after its start (KCL's schedule) names it, so the flip comes about 60 s + stabilization after
+the last replacement. ``shardwise migrate rollback`` waits about 60 s: like KCL's tool, it deletes the GSI only once
+no worker-metrics entry has been refreshed for 60 s.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import boto3
+import pytest
+
+from shardwise.coordinator.leader import deterministic_leaders
+from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
+from support.javakcl import Interop, JavaWorker, make_interop, require_java_kcl
+from support.standins import Server
+
+pytestmark = [pytest.mark.java, pytest.mark.aws, pytest.mark.slow]
+
+SHARDS = 8
+JAVA_VERSION: Final = "2.5.8"
+JAVA_IDS = ("java-1", "java-2", "java-3", "java-4")
+SHARDWISE_IDS = ("sw-1", "sw-2", "sw-3", "sw-4")
+REPLACEMENTS = dict(zip(JAVA_IDS, SHARDWISE_IDS, strict=True))
+FAILOVER_MS = 5_000
+TAKER_S = 2 * (FAILOVER_MS + 25) / 1000  # both kinds: (failover + ε) × 2
+POLL_MS = 1_000
+READINESS_MS = 1_000
+STABILIZATION_MS = 10_000
+REPORTER_MS = 3_000
+#: KCL's DeterministicShuffleShardSyncLeaderDecider (and shardwise's) elects again 60 s after its first election.
+REELECTION_S = 60.0
+FLIP_AFTER_READY_S = (READINESS_MS + STABILIZATION_MS + 2 * REPORTER_MS + POLL_MS) / 1000
+GSI = "LeaseOwnerToLeaseKeyIndex"
+MIGRATION_KEY = "Migration3.0"
+UPGRADE_FROM_2X = "CLIENT_VERSION_UPGRADE_FROM_2X"
+V3X_WITH_ROLLBACK = "CLIENT_VERSION_3X_WITH_ROLLBACK"
+V2X = "CLIENT_VERSION_2X"
+#: Java KCL 2.5.8 with the same lease duration as the shardwise workers.
+JAVA_2X: dict[str, str | int] = {"failoverTimeMillis": FAILOVER_MS}
+SHARDWISE_COMPATIBLE = (
+    "--client-version-config",
+    "compatible-with-2x",
+    "--initial-position",
+    "TRIM_HORIZON",
+    "--failover-time-ms",
+    str(FAILOVER_MS),
+    "--idle-time-between-reads-ms",
+    "250",
+    "--max-records",
+    "1000",
+    "--metrics",
+    "log",
+    "--set",
+    "shard_sync_interval_ms=5000",
+    "--set",
+    "consumer.task_backoff_time_ms=250",
+    "--set",
+    f"migration.client_version_poll_interval_ms={POLL_MS}",
+    "--set",
+    "migration.client_version_poll_jitter_ms=0",
+    "--set",
+    f"migration.readiness_check_interval_ms={READINESS_MS}",
+    "--set",
+    f"migration.stabilization_period_ms={STABILIZATION_MS}",
+    "--set",
+    f"worker_metrics.reporter_frequency_ms={REPORTER_MS}",
+    "--set",
+    "worker_metrics.in_memory_capture_frequency_ms=250",
+    "--set",
+    "worker_metrics.cpu_source=none",  # balance on throughput (uniform here), whatever the machine's load
+    "--set",
+    "coordination.leader_lease_duration_ms=6000",
+    "--set",
+    "coordination.leader_heartbeat_period_ms=1000",
+    "--set",
+    f"coordination.max_lease_discovery_interval_ms={FAILOVER_MS - 25}",
+)
+#: Attributes a KCL 2.x lease serializer reads, with the DynamoDB type it expects (kcl-protocol.md §2.2).
+LEASE_ATTRIBUTE_TYPES = {
+    "leaseKey": "S",
+    "leaseOwner": "S",
+    "leaseCounter": "N",
+    "checkpoint": "S",
+    "checkpointSubSequenceNumber": "N",
+    "pendingCheckpoint": "S",
+    "pendingCheckpointSubSequenceNumber": "N",
+    "ownerSwitchesSinceCheckpoint": "N",
+    "parentShardId": "SS",
+    "childShardIds": "SS",
+    "startingHashKey": "S",
+    "endingHashKey": "S",
+}
+_CURRENT_STATE = re.compile(rf"metric {OPERATION} (CurrentState:\w+)=1\b")
+_METRICS_READY = re.compile(rf"metric {OPERATION} WorkerMetricsReadyStatus=([01])\b")
+
+
+# -- helpers (kept here: support/javakcl.py belongs to the conformance harness) -------------------------------------
+
+
+class Producer(threading.Thread):
+    """Puts ``per_tick`` records ``<tag>-<n>`` every ``interval_s`` through :meth:`Interop.put` until stopped."""
+
+    def __init__(self, scenario: Interop, tag: str, per_tick: int = 8, interval_s: float = 0.5) -> None:
+        super().__init__(name=f"producer-{tag}", daemon=True)
+        self._scenario = scenario
+        self._tag = tag
+        self._per_tick = per_tick
+        self._interval_s = interval_s
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        n = 0
+        try:
+            while not self.stop.is_set():
+                self._scenario.put(self._tag, n, self._per_tick)
+                n += self._per_tick
+                self.stop.wait(self._interval_s)
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float = 30.0) -> None:
+        self.stop.set()
+        self.join(timeout_s)
+        assert not self.is_alive(), "the producer did not finish"
+        if self.error is not None:
+            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
+
+
+def _ddb(scenario: Interop) -> Any:
+    return boto3.client("dynamodb", endpoint_url=scenario.dynamodb_endpoint, region_name="us-east-1")
+
+
+def raw_lease_table(scenario: Interop) -> list[dict[str, Any]]:
+    """Every item of the lease table as DynamoDB returns it (a consistent, paginated Scan)."""
+    items: list[dict[str, Any]] = []
+    for page in _ddb(scenario).get_paginator("scan").paginate(TableName=scenario.application, ConsistentRead=True):
+        items.extend(page["Items"])
+    return items
+
+
+def unparsable_by_kcl_2x(items: list[dict[str, Any]]) -> list[str]:
+    """Why each item a KCL 2.x worker could not read as a lease would break it (empty: every item is a lease)."""
+    problems = []
+    for item in items:
+        key = item.get("leaseKey", {}).get("S")
+        if not key or not key.startswith("shardId-"):
+            problems.append(f"not a lease (leaseKey {item.get('leaseKey')!r}): {item}")
+            continue
+        for name in ("leaseCounter", "checkpoint"):
+            if name not in item:
+                problems.append(f"{key}: no {name}: {item}")
+        for name, expected in LEASE_ATTRIBUTE_TYPES.items():
+            if name in item and expected not in item[name]:
+                problems.append(f"{key}: {name} is {item[name]!r}, KCL 2.x reads it as {expected}")
+        if "entityType" in item and item["entityType"].get("S") != "LEASE":
+            problems.append(f"{key}: entityType {item['entityType']!r}")
+    return problems
+
+
+def assert_only_leases(scenario: Interop, phase: str) -> None:
+    items = raw_lease_table(scenario)
+    problems = unparsable_by_kcl_2x(items)
+    assert not problems, f"{phase}: the lease table holds items KCL 2.x cannot parse:\n" + "\n".join(problems)
+    assert len(items) == SHARDS, f"{phase}: {len(items)} items in the lease table, expected {SHARDS} leases"
+
+
+def app_tables(scenario: Interop) -> set[str]:
+    names: list[str] = _ddb(scenario).list_tables()["TableNames"]
+    return {name for name in names if name.startswith(scenario.application)}
+
+
+def gsi_names(scenario: Interop) -> set[str]:
+    table = _ddb(scenario).describe_table(TableName=scenario.application)["Table"]
+    return {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])}
+
+
+def migration_item(scenario: Interop) -> dict[str, Any] | None:
+    """``Migration3.0`` from the legacy coordinator state table, raw (None while the table or the item is absent)."""
+    table = f"{scenario.application}-CoordinatorState"
+    if table not in app_tables(scenario):
+        return None
+    item: dict[str, Any] | None = (
+        _ddb(scenario).get_item(TableName=table, Key={"key": {"S": MIGRATION_KEY}}, ConsistentRead=True).get("Item")
+    )
+    return item
+
+
+def client_version(scenario: Interop) -> str | None:
+    item = migration_item(scenario)
+    return None if item is None else str(item["cv"]["S"])
+
+
+def lease_counts(scenario: Interop) -> dict[str | None, int]:
+    return dict(Counter(scenario.owners().values()))
+
+
+def spread(scenario: Interop, workers: Collection[str], low: int, high: int) -> dict[str | None, int] | None:
+    """The lease counts once all 8 leases are held by ``workers``, each holding ``low``–``high``."""
+    owners = scenario.owners()
+    if len(owners) != SHARDS:
+        return None
+    counts = Counter(owners.values())
+    if set(counts) - set(workers):
+        return None
+    if all(low <= counts.get(worker, 0) <= high for worker in workers):
+        return dict(counts)
+    return None
+
+
+def current_state(scenario: Interop, worker_id: str) -> str | None:
+    """The last ``CurrentState`` metric the shardwise worker logged (each is started once: its whole log)."""
+    found = _CURRENT_STATE.findall(scenario.fleet.log_text(worker_id))
+    return found[-1] if found else None
+
+
+def states(scenario: Interop, workers: Collection[str]) -> dict[str, str | None]:
+    return {worker_id: current_state(scenario, worker_id) for worker_id in workers}
+
+
+def no_parse_failures(worker: JavaWorker) -> None:
+    failures = worker.parse_failures()
+    assert not failures, f"Java KCL {worker.worker_id} could not read items:\n" + "\n".join(failures[:20])
+
+
+# -- the scenario -------------------------------------------------------------------------------------------------
+
+
+def test_the_final_fleets_leader_is_the_last_replacement() -> None:
+    """The timing bound of the flip relies on this: the deterministic leader of the 4 shardwise workers (and of
+    them next to the last Java worker) is ``sw-4``, whose first re-election after its start names itself."""
+    assert deterministic_leaders(SHARDWISE_IDS) == {"sw-4"}
+    assert deterministic_leaders((*SHARDWISE_IDS, "java-4")) == {"sw-4"}
+    assert deterministic_leaders(("sw-1", "sw-2", "sw-4")) == {"sw-4"}
+
+
+@pytest.fixture
+def scenario(moto_server: Server, kinesis_local: Server, tmp_path: Path) -> Iterator[Interop]:
+    require_java_kcl(JAVA_VERSION)
+    s = make_interop(
+        name="rolling",
+        shards=SHARDS,
+        kinesis_endpoint=kinesis_local.endpoint_url,
+        dynamodb_endpoint=moto_server.endpoint_url,
+        work_dir=tmp_path,
+        shardwise_args=SHARDWISE_COMPATIBLE,
+    )
+    try:
+        yield s
+    finally:
+        s.close()  # no worker of either kind outlives the test
+
+
+@pytest.mark.timeout(480)
+def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforward(scenario: Interop) -> None:
+    s = scenario
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"{time.monotonic() - started:5.0f}s: {message}")
+
+    def java_alive() -> list[str]:
+        return [w for w, worker in s.java.items() if worker.is_alive()]
+
+    def wait_spread(workers: Collection[str], low: int, high: int, timeout_s: float, what: str) -> dict[Any, int]:
+        check: Callable[[], dict[str | None, int] | None] = lambda: spread(s, workers, low, high)  # noqa: E731
+        counts = s.wait_for(check, timeout_s, lambda: f"{what}: leases {low}-{high} each; now {lease_counts(s)}")
+        log(f"{what}: leases {counts}")
+        return counts
+
+    def wait_version(version: str, timeout_s: float, what: str) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            item = migration_item(s)
+            return item if item is not None and item["cv"]["S"] == version else None
+
+        item = s.wait_for(reached, timeout_s, lambda: f"{what}: cv {version}; now {client_version(s)}")
+        log(f"{what}: cv {version} by {item['mb']['S']}")
+        return item
+
+    def wait_states(expected: Mapping[str, str | None], timeout_s: float, what: str) -> None:
+        s.wait_for(
+            lambda: states(s, expected) == dict(expected),
+            timeout_s,
+            lambda: f"{what}: CurrentState {states(s, expected)}",
+        )
+        log(f"{what}: CurrentState {dict(expected)}")
+
+    def check_only_leases(phase: str) -> None:
+        assert_only_leases(s, f"{phase} (Java alive: {java_alive() or 'none'})")
+
+    def replace(java_id: str) -> None:
+        """What the operator does: stop a Java worker gracefully (SIGTERM), start a shardwise worker instead."""
+        code = s.java[java_id].stop()
+        s.fleet.start(REPLACEMENTS[java_id])
+        log(f"{java_id} stopped (exit {code}), {REPLACEMENTS[java_id]} started")
+
+    s.put("pre", 0, 200)
+    producer = Producer(s, "live")
+    producer.start()
+    try:
+        # 1. A Java KCL 2.5.8 fleet.
+        for java_id in JAVA_IDS:
+            s.start_java(java_id, JAVA_2X, version=JAVA_VERSION)
+        wait_spread(JAVA_IDS, 1, 3, 150, "Java 2.5.8 fleet")
+        check_only_leases("Java 2.x fleet")
+        assert app_tables(s) == {s.application}
+        assert migration_item(s) is None
+
+        # 2. Half the fleet replaced by shardwise compatible-with-2x: UPGRADE_FROM_2X, in the legacy tables.
+        replace("java-1")
+        replace("java-2")
+        upgrade = wait_version(UPGRADE_FROM_2X, 30, "first shardwise worker")
+        assert upgrade["mb"]["S"] in ("sw-1", "sw-2"), upgrade
+        wait_states({"sw-1": METRIC_2X_WORKER, "sw-2": METRIC_2X_WORKER}, 20, "half replaced")
+        half = ("java-3", "java-4", "sw-1", "sw-2")
+        wait_spread(half, 1, 3, FAILOVER_MS / 1000 + 6 * TAKER_S + 20, "half replaced")
+        assert {s.application, f"{s.application}-CoordinatorState"} <= app_tables(s)
+        check_only_leases("half replaced")
+        s.wait_for(lambda: GSI in gsi_names(s), 30, "the compatible workers to create the GSI")
+        assert client_version(s) == UPGRADE_FROM_2X, "flipped while Java 2.x workers own leases"
+        wait_states({"sw-1": METRIC_2X_WORKER, "sw-2": METRIC_2X_WORKER}, 5, "half replaced, balanced")
+
+        # 3. The other half replaced: the leader flips to 3X_WITH_ROLLBACK once every owner reports metrics.
+        replace("java-3")
+        check_only_leases("java-4 the last Java worker")
+        assert client_version(s) == UPGRADE_FROM_2X, "flipped while a Java 2.x worker owns leases"
+        replace("java-4")
+        last_replacement = time.monotonic()
+        assert not java_alive()
+        wait_states(dict.fromkeys(SHARDWISE_IDS, METRIC_2X_WORKER), 20, "all replaced")
+        wait_spread(SHARDWISE_IDS, 1, 3, FAILOVER_MS / 1000 + 6 * TAKER_S + 20, "all replaced")
+        check_only_leases("all replaced")
+        ready_checks = {w: _METRICS_READY.findall(s.fleet.log_text(w)) for w in SHARDWISE_IDS}
+        log(f"readiness checks so far (WorkerMetricsReadyStatus per worker): {ready_checks}")
+        remaining = REELECTION_S + FLIP_AFTER_READY_S + 30 - (time.monotonic() - last_replacement)
+        flipped = wait_version(V3X_WITH_ROLLBACK, max(remaining, 20.0), "the automatic flip")
+        assert flipped["mb"]["S"] in SHARDWISE_IDS, flipped
+        assert flipped["h"]["L"][0]["M"]["cv"]["S"] == UPGRADE_FROM_2X, flipped
+        wait_states(dict.fromkeys(SHARDWISE_IDS, METRIC_3X_WORKER), 15, "flipped")
+        wait_spread(SHARDWISE_IDS, 1, 3, 10, "flipped")
+        check_only_leases("3X_WITH_ROLLBACK")
+
+        # 4. Roll back with the CLI: 2X, every worker back on the 2.x behaviour, GSI and metrics table deleted.
+        code, rollback = s.migrate("rollback", "--poll-interval", "1", "--wait-timeout", "120", "--gsi-timeout", "60")
+        assert code == 0, rollback
+        assert (rollback["outcome"], rollback["previousClientVersion"], rollback["clientVersion"]) == (
+            "rolled-back",
+            V3X_WITH_ROLLBACK,
+            V2X,
+        ), rollback
+        assert rollback["cleanup"]["ownerIndex"] == "deleted", rollback
+        assert rollback["cleanup"]["workerMetricsTable"] == "deleted", rollback
+        assert client_version(s) == V2X
+        assert GSI not in gsi_names(s)
+        log("rolled back")
+        wait_states(dict.fromkeys(SHARDWISE_IDS, METRIC_2X_WORKER), 10, "rolled back")
+        wait_spread(SHARDWISE_IDS, 1, 3, 4 * TAKER_S + 10, "rolled back")
+        check_only_leases("rolled back")
+
+        # 5. Roll forward with the CLI: UPGRADE_FROM_2X, the workers re-create the GSI, and the flip again.
+        code, rollforward = s.migrate("rollforward")
+        assert code == 0, rollforward
+        assert (rollforward["outcome"], rollforward["clientVersion"]) == ("rolled-forward", UPGRADE_FROM_2X)
+        assert client_version(s) == UPGRADE_FROM_2X
+        log("rolled forward")
+        flipped = wait_version(V3X_WITH_ROLLBACK, REELECTION_S + FLIP_AFTER_READY_S + 30, "the flip again")
+        assert flipped["mb"]["S"] in SHARDWISE_IDS, flipped
+        assert [entry["M"]["cv"]["S"] for entry in flipped["h"]["L"][:2]] == [UPGRADE_FROM_2X, V2X], flipped
+        assert GSI in gsi_names(s)
+        wait_states(dict.fromkeys(SHARDWISE_IDS, METRIC_3X_WORKER), 15, "flipped again")
+        wait_spread(SHARDWISE_IDS, 1, 3, 10, "flipped again")
+        check_only_leases("3X_WITH_ROLLBACK again")
+    finally:
+        producer.stop.set()
+    producer.finish()
+
+    s.wait_for(lambda: not s.missing(), 90, lambda: f"every record processed; missing {len(s.missing())}")
+    view = s.leases_json()
+    assert set(view["leasesPerOwner"]) <= set(SHARDWISE_IDS), view["leasesPerOwner"]
+    for worker_id in SHARDWISE_IDS:
+        code = s.fleet.terminate(worker_id)
+        assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{s.report()}"
+    check_only_leases("the end")
+
+    deliveries = s.deliveries()
+    produced = s.produced_now()
+    missing = set(produced) - {d.record_id for d in deliveries}
+    assert not missing, f"{len(missing)} record(s) lost: {sorted(missing)[:10]}"
+    unknown = {d.record_id for d in deliveries} - set(produced)
+    assert not unknown, f"deliveries of records never put: {sorted(unknown)[:10]}"
+    duplicates = sum(n - 1 for n in Counter(d.record_id for d in deliveries).values())
+    java_n = len(s.java_deliveries())
+    log(
+        f"{len(produced)} records put, {len(deliveries)} deliveries (Java {java_n}, shardwise "
+        f"{len(deliveries) - java_n}), {duplicates} duplicate(s) from lease handoffs; none lost"
+    )
+    assert {d.worker_id for d in deliveries} >= {*JAVA_IDS, *SHARDWISE_IDS}
+    for worker in s.java_workers():
+        no_parse_failures(worker)
