@@ -278,7 +278,9 @@ def test_java_resumes_a_table_shardwise_wrote(make_scenario: Callable[[str], Int
     code, status = s.migrate("status")
     assert code == 0, status
     if generation == "client-version-config":
-        assert (status["clientVersion"], status["modifiedBy"]) == ("CLIENT_VERSION_3X", view["leader"])
+        # Written by whichever worker initialized first (not necessarily the one that won the leader lock).
+        assert status["clientVersion"] == "CLIENT_VERSION_3X"
+        assert status["modifiedBy"] in ("sw-1", "sw-2")
     else:
         assert not status["migrationItemExists"]
     assert s.fleet.terminate("sw-1") == 0

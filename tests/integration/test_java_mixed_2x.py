@@ -147,9 +147,7 @@ def assert_only_leases(scenario: Interop, phase: str) -> list[dict[str, Any]]:
 
 
 def app_tables(scenario: Interop) -> set[str]:
-    client = boto3.client("dynamodb", endpoint_url=scenario.dynamodb_endpoint, region_name="us-east-1")
-    names: list[str] = client.list_tables()["TableNames"]
-    return {name for name in names if name.startswith(scenario.application)}
+    return scenario.tables()
 
 
 def lease_counts(scenario: Interop) -> dict[str | None, int]:

@@ -201,8 +201,7 @@ def assert_only_leases(scenario: Interop, phase: str) -> None:
 
 
 def app_tables(scenario: Interop) -> set[str]:
-    names: list[str] = _ddb(scenario).list_tables()["TableNames"]
-    return {name for name in names if name.startswith(scenario.application)}
+    return scenario.tables()
 
 
 def gsi_names(scenario: Interop) -> set[str]:

@@ -654,7 +654,10 @@ class Interop:
 
     def tables(self) -> set[str]:
         """The application's tables (the lease table and, in the legacy layout, the two coordination tables)."""
-        names: list[str] = self.dynamodb().list_tables()["TableNames"]
+        # Paginate: the session's moto server holds the tables of every test before this one (100 per page).
+        names = [
+            name for page in self.dynamodb().get_paginator("list_tables").paginate() for name in page["TableNames"]
+        ]
         return {name for name in names if name == self.application or name.startswith(f"{self.application}-")}
 
     def owner_index_names(self) -> set[str]:
