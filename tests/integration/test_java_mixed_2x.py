@@ -22,17 +22,16 @@ Timings are shortened for a 2-core machine: failover 5 s on both kinds (the 2.x 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-import boto3
 import pytest
 
-from support.javakcl import Interop, JavaKclError, JavaWorker, make_interop, require_java_kcl
+from support.javakcl import Interop, JavaKclError, make_interop, require_java_kcl
+from support.kcl2x import Producer, assert_only_leases, lease_counts, no_parse_failures, spread
 from support.standins import Server
 
 pytestmark = [pytest.mark.java, pytest.mark.aws, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -60,118 +59,6 @@ SHARDWISE_2X = (
     "--set",
     "consumer.task_backoff_time_ms=250",
 )
-#: Attributes a KCL 2.x lease serializer reads, with the DynamoDB type it expects (kcl-protocol.md §2.2).
-LEASE_ATTRIBUTE_TYPES = {
-    "leaseKey": "S",
-    "leaseOwner": "S",
-    "leaseCounter": "N",
-    "checkpoint": "S",
-    "checkpointSubSequenceNumber": "N",
-    "pendingCheckpoint": "S",
-    "pendingCheckpointSubSequenceNumber": "N",
-    "ownerSwitchesSinceCheckpoint": "N",
-    "parentShardId": "SS",
-    "childShardIds": "SS",
-    "startingHashKey": "S",
-    "endingHashKey": "S",
-}
-
-
-# -- helpers (kept here: support/javakcl.py belongs to the conformance harness) -------------------------------------
-
-
-class Producer(threading.Thread):
-    """Puts ``per_tick`` records ``<tag>-<n>`` every ``interval_s`` through :meth:`Interop.put` until stopped."""
-
-    def __init__(self, scenario: Interop, tag: str, per_tick: int = 8, interval_s: float = 0.5) -> None:
-        super().__init__(name=f"producer-{tag}", daemon=True)
-        self._scenario = scenario
-        self._tag = tag
-        self._per_tick = per_tick
-        self._interval_s = interval_s
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        n = 0
-        try:
-            while not self.stop.is_set():
-                self._scenario.put(self._tag, n, self._per_tick)
-                n += self._per_tick
-                self.stop.wait(self._interval_s)
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self, timeout_s: float = 30.0) -> None:
-        self.stop.set()
-        self.join(timeout_s)
-        assert not self.is_alive(), "the producer did not finish"
-        if self.error is not None:
-            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
-
-
-def raw_lease_table(scenario: Interop) -> list[dict[str, Any]]:
-    """Every item of the lease table as DynamoDB returns it (a consistent, paginated Scan)."""
-    client = boto3.client("dynamodb", endpoint_url=scenario.dynamodb_endpoint, region_name="us-east-1")
-    items: list[dict[str, Any]] = []
-    for page in client.get_paginator("scan").paginate(TableName=scenario.application, ConsistentRead=True):
-        items.extend(page["Items"])
-    return items
-
-
-def unparsable_by_kcl_2x(items: list[dict[str, Any]]) -> list[str]:
-    """Why each item a KCL 2.x worker could not read as a lease would break it (empty: every item is a lease)."""
-    problems = []
-    for item in items:
-        key = item.get("leaseKey", {}).get("S")
-        if not key or not key.startswith("shardId-"):
-            problems.append(f"not a lease (leaseKey {item.get('leaseKey')!r}): {item}")
-            continue
-        for name in ("leaseCounter", "checkpoint"):
-            if name not in item:
-                problems.append(f"{key}: no {name}: {item}")
-        for name, expected in LEASE_ATTRIBUTE_TYPES.items():
-            if name in item and expected not in item[name]:
-                problems.append(f"{key}: {name} is {item[name]!r}, KCL 2.x reads it as {expected}")
-        if "entityType" in item and item["entityType"].get("S") != "LEASE":
-            problems.append(f"{key}: entityType {item['entityType']!r}")
-    return problems
-
-
-def assert_only_leases(scenario: Interop, phase: str) -> list[dict[str, Any]]:
-    items = raw_lease_table(scenario)
-    problems = unparsable_by_kcl_2x(items)
-    assert not problems, f"{phase}: the lease table holds items KCL 2.x cannot parse:\n" + "\n".join(problems)
-    assert len(items) == SHARDS, f"{phase}: {len(items)} items in the lease table, expected {SHARDS} leases"
-    return items
-
-
-def app_tables(scenario: Interop) -> set[str]:
-    return scenario.tables()
-
-
-def lease_counts(scenario: Interop) -> dict[str | None, int]:
-    return dict(Counter(scenario.owners().values()))
-
-
-def spread(scenario: Interop, workers: Collection[str], low: int, high: int) -> dict[str | None, int] | None:
-    """The lease counts once all 8 leases are held by ``workers`` (all alive), each holding ``low``–``high``."""
-    owners = scenario.owners()
-    if len(owners) != SHARDS:
-        return None
-    counts = Counter(owners.values())
-    if set(counts) - set(workers):
-        return None
-    if all(low <= counts.get(worker, 0) <= high for worker in workers):
-        return dict(counts)
-    return None
-
-
-def no_parse_failures(worker: JavaWorker) -> None:
-    failures = worker.parse_failures()
-    assert not failures, f"Java KCL {worker.worker_id} could not read items:\n" + "\n".join(failures[:20])
-
-
 # -- the scenario -------------------------------------------------------------------------------------------------
 
 
@@ -200,7 +87,7 @@ def test_lease_count_taking_and_stealing_across_java_2x_and_shardwise(scenario: 
         print(f"{time.monotonic() - started:5.0f}s: {message}")
 
     def wait_spread(workers: Collection[str], low: int, high: int, timeout_s: float, what: str) -> dict[Any, int]:
-        check: Callable[[], dict[str | None, int] | None] = lambda: spread(s, workers, low, high)  # noqa: E731
+        check: Callable[[], dict[str | None, int] | None] = lambda: spread(s, workers, low, high, SHARDS)  # noqa: E731
         counts = s.wait_for(check, timeout_s, lambda: f"{what}: leases {low}-{high} each; now {lease_counts(s)}")
         log(f"{what}: {counts}")
         return counts
@@ -213,8 +100,8 @@ def test_lease_count_taking_and_stealing_across_java_2x_and_shardwise(scenario: 
         s.start_java("java-1", JAVA_2X, version=JAVA_VERSION)
         s.start_java("java-2", JAVA_2X, version=JAVA_VERSION)
         wait_spread(("java-1", "java-2"), 1, SHARDS, 120, "Java 2.5.8 took every lease")
-        assert_only_leases(s, "Java alone")
-        assert app_tables(s) == {s.application}
+        assert_only_leases(s, "Java alone", SHARDS)
+        assert s.tables() == {s.application}
 
         # 2. Two shardwise lease-count-2x workers join and steal until each of the 4 holds 2 (±1).
         s.fleet.start("sw-1")
@@ -227,20 +114,20 @@ def test_lease_count_taking_and_stealing_across_java_2x_and_shardwise(scenario: 
                 raise  # a worker exited on its own
             log(f"not exactly 2/2/2/2 yet: {lease_counts(s)} (within ±1)")
         assert counts.get("sw-1", 0) >= 1 and counts.get("sw-2", 0) >= 1
-        assert_only_leases(s, "Java and shardwise")
-        assert app_tables(s) == {s.application}, "a pure lease-count-2x worker created a table"
+        assert_only_leases(s, "Java and shardwise", SHARDS)
+        assert s.tables() == {s.application}, "a pure lease-count-2x worker created a table"
 
         # 3. The Java workers stop: shardwise takes their leases once they expire.
         for worker_id in ("java-1", "java-2"):
             code = s.java[worker_id].stop()
             log(f"{worker_id} stopped (exit {code})")
         wait_spread(("sw-1", "sw-2"), 3, 5, FAILOVER_MS / 1000 + 4 * TAKER_S + 20, "shardwise took Java's leases")
-        assert_only_leases(s, "shardwise alone")
+        assert_only_leases(s, "shardwise alone", SHARDS)
 
         # 4. A new Java worker steals from the shardwise workers.
         s.start_java("java-3", JAVA_2X, version=JAVA_VERSION)
         counts = wait_spread(("sw-1", "sw-2", "java-3"), 2, 4, 6 * TAKER_S + 40, "Java stole from shardwise")
-        assert_only_leases(s, "Java stole from shardwise")
+        assert_only_leases(s, "Java stole from shardwise", SHARDS)
 
         # 5. A shardwise worker stops (releasing its leases): Java and shardwise take them.
         code = s.fleet.terminate("sw-1")
@@ -252,8 +139,8 @@ def test_lease_count_taking_and_stealing_across_java_2x_and_shardwise(scenario: 
 
     s.wait_for(lambda: not s.missing(), 90, lambda: f"every record processed; missing {len(s.missing())}")
     time.sleep(3)  # a late duplicate would show up by now
-    items = assert_only_leases(s, "the end")
-    assert app_tables(s) == {s.application}
+    items = assert_only_leases(s, "the end", SHARDS)
+    assert s.tables() == {s.application}
     code = s.fleet.terminate("sw-2")
     assert code == 0, f"sw-2 exited {code} on SIGTERM\n{s.report()}"
     s.java["java-3"].stop()

@@ -34,7 +34,6 @@ no worker-metrics entry has been refreshed for 60 s.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -46,7 +45,8 @@ import pytest
 
 from shardwise.coordinator.leader import deterministic_leaders
 from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
-from support.javakcl import Interop, JavaWorker, make_interop, require_java_kcl
+from support.javakcl import Interop, make_interop, require_java_kcl
+from support.kcl2x import Producer, assert_only_leases, lease_counts, no_parse_failures, spread
 from support.standins import Server
 
 pytestmark = [pytest.mark.java, pytest.mark.aws, pytest.mark.slow]
@@ -110,21 +110,6 @@ SHARDWISE_COMPATIBLE = (
     "--set",
     f"coordination.max_lease_discovery_interval_ms={FAILOVER_MS - 25}",
 )
-#: Attributes a KCL 2.x lease serializer reads, with the DynamoDB type it expects (kcl-protocol.md §2.2).
-LEASE_ATTRIBUTE_TYPES = {
-    "leaseKey": "S",
-    "leaseOwner": "S",
-    "leaseCounter": "N",
-    "checkpoint": "S",
-    "checkpointSubSequenceNumber": "N",
-    "pendingCheckpoint": "S",
-    "pendingCheckpointSubSequenceNumber": "N",
-    "ownerSwitchesSinceCheckpoint": "N",
-    "parentShardId": "SS",
-    "childShardIds": "SS",
-    "startingHashKey": "S",
-    "endingHashKey": "S",
-}
 _CURRENT_STATE = re.compile(rf"metric {OPERATION} (CurrentState:\w+)=1\b")
 _METRICS_READY = re.compile(rf"metric {OPERATION} WorkerMetricsReadyStatus=([01])\b")
 
@@ -132,76 +117,8 @@ _METRICS_READY = re.compile(rf"metric {OPERATION} WorkerMetricsReadyStatus=([01]
 # -- helpers (kept here: support/javakcl.py belongs to the conformance harness) -------------------------------------
 
 
-class Producer(threading.Thread):
-    """Puts ``per_tick`` records ``<tag>-<n>`` every ``interval_s`` through :meth:`Interop.put` until stopped."""
-
-    def __init__(self, scenario: Interop, tag: str, per_tick: int = 8, interval_s: float = 0.5) -> None:
-        super().__init__(name=f"producer-{tag}", daemon=True)
-        self._scenario = scenario
-        self._tag = tag
-        self._per_tick = per_tick
-        self._interval_s = interval_s
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        n = 0
-        try:
-            while not self.stop.is_set():
-                self._scenario.put(self._tag, n, self._per_tick)
-                n += self._per_tick
-                self.stop.wait(self._interval_s)
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self, timeout_s: float = 30.0) -> None:
-        self.stop.set()
-        self.join(timeout_s)
-        assert not self.is_alive(), "the producer did not finish"
-        if self.error is not None:
-            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
-
-
 def _ddb(scenario: Interop) -> Any:
     return boto3.client("dynamodb", endpoint_url=scenario.dynamodb_endpoint, region_name="us-east-1")
-
-
-def raw_lease_table(scenario: Interop) -> list[dict[str, Any]]:
-    """Every item of the lease table as DynamoDB returns it (a consistent, paginated Scan)."""
-    items: list[dict[str, Any]] = []
-    for page in _ddb(scenario).get_paginator("scan").paginate(TableName=scenario.application, ConsistentRead=True):
-        items.extend(page["Items"])
-    return items
-
-
-def unparsable_by_kcl_2x(items: list[dict[str, Any]]) -> list[str]:
-    """Why each item a KCL 2.x worker could not read as a lease would break it (empty: every item is a lease)."""
-    problems = []
-    for item in items:
-        key = item.get("leaseKey", {}).get("S")
-        if not key or not key.startswith("shardId-"):
-            problems.append(f"not a lease (leaseKey {item.get('leaseKey')!r}): {item}")
-            continue
-        for name in ("leaseCounter", "checkpoint"):
-            if name not in item:
-                problems.append(f"{key}: no {name}: {item}")
-        for name, expected in LEASE_ATTRIBUTE_TYPES.items():
-            if name in item and expected not in item[name]:
-                problems.append(f"{key}: {name} is {item[name]!r}, KCL 2.x reads it as {expected}")
-        if "entityType" in item and item["entityType"].get("S") != "LEASE":
-            problems.append(f"{key}: entityType {item['entityType']!r}")
-    return problems
-
-
-def assert_only_leases(scenario: Interop, phase: str) -> None:
-    items = raw_lease_table(scenario)
-    problems = unparsable_by_kcl_2x(items)
-    assert not problems, f"{phase}: the lease table holds items KCL 2.x cannot parse:\n" + "\n".join(problems)
-    assert len(items) == SHARDS, f"{phase}: {len(items)} items in the lease table, expected {SHARDS} leases"
-
-
-def app_tables(scenario: Interop) -> set[str]:
-    return scenario.tables()
 
 
 def gsi_names(scenario: Interop) -> set[str]:
@@ -212,7 +129,7 @@ def gsi_names(scenario: Interop) -> set[str]:
 def migration_item(scenario: Interop) -> dict[str, Any] | None:
     """``Migration3.0`` from the legacy coordinator state table, raw (None while the table or the item is absent)."""
     table = f"{scenario.application}-CoordinatorState"
-    if table not in app_tables(scenario):
+    if table not in scenario.tables():
         return None
     item: dict[str, Any] | None = (
         _ddb(scenario).get_item(TableName=table, Key={"key": {"S": MIGRATION_KEY}}, ConsistentRead=True).get("Item")
@@ -225,23 +142,6 @@ def client_version(scenario: Interop) -> str | None:
     return None if item is None else str(item["cv"]["S"])
 
 
-def lease_counts(scenario: Interop) -> dict[str | None, int]:
-    return dict(Counter(scenario.owners().values()))
-
-
-def spread(scenario: Interop, workers: Collection[str], low: int, high: int) -> dict[str | None, int] | None:
-    """The lease counts once all 8 leases are held by ``workers``, each holding ``low``–``high``."""
-    owners = scenario.owners()
-    if len(owners) != SHARDS:
-        return None
-    counts = Counter(owners.values())
-    if set(counts) - set(workers):
-        return None
-    if all(low <= counts.get(worker, 0) <= high for worker in workers):
-        return dict(counts)
-    return None
-
-
 def current_state(scenario: Interop, worker_id: str) -> str | None:
     """The last ``CurrentState`` metric the shardwise worker logged (each is started once: its whole log)."""
     found = _CURRENT_STATE.findall(scenario.fleet.log_text(worker_id))
@@ -250,11 +150,6 @@ def current_state(scenario: Interop, worker_id: str) -> str | None:
 
 def states(scenario: Interop, workers: Collection[str]) -> dict[str, str | None]:
     return {worker_id: current_state(scenario, worker_id) for worker_id in workers}
-
-
-def no_parse_failures(worker: JavaWorker) -> None:
-    failures = worker.parse_failures()
-    assert not failures, f"Java KCL {worker.worker_id} could not read items:\n" + "\n".join(failures[:20])
 
 
 # -- the scenario -------------------------------------------------------------------------------------------------
@@ -297,7 +192,7 @@ def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforwar
         return [w for w, worker in s.java.items() if worker.is_alive()]
 
     def wait_spread(workers: Collection[str], low: int, high: int, timeout_s: float, what: str) -> dict[Any, int]:
-        check: Callable[[], dict[str | None, int] | None] = lambda: spread(s, workers, low, high)  # noqa: E731
+        check: Callable[[], dict[str | None, int] | None] = lambda: spread(s, workers, low, high, SHARDS)  # noqa: E731
         counts = s.wait_for(check, timeout_s, lambda: f"{what}: leases {low}-{high} each; now {lease_counts(s)}")
         log(f"{what}: leases {counts}")
         return counts
@@ -320,7 +215,7 @@ def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforwar
         log(f"{what}: CurrentState {dict(expected)}")
 
     def check_only_leases(phase: str) -> None:
-        assert_only_leases(s, f"{phase} (Java alive: {java_alive() or 'none'})")
+        assert_only_leases(s, f"{phase} (Java alive: {java_alive() or 'none'})", SHARDS)
 
     def replace(java_id: str) -> None:
         """What the operator does: stop a Java worker gracefully (SIGTERM), start a shardwise worker instead."""
@@ -337,7 +232,7 @@ def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforwar
             s.start_java(java_id, JAVA_2X, version=JAVA_VERSION)
         wait_spread(JAVA_IDS, 1, 3, 150, "Java 2.5.8 fleet")
         check_only_leases("Java 2.x fleet")
-        assert app_tables(s) == {s.application}
+        assert s.tables() == {s.application}
         assert migration_item(s) is None
 
         # 2. Half the fleet replaced by shardwise compatible-with-2x: UPGRADE_FROM_2X, in the legacy tables.
@@ -348,7 +243,7 @@ def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforwar
         wait_states({"sw-1": METRIC_2X_WORKER, "sw-2": METRIC_2X_WORKER}, 20, "half replaced")
         half = ("java-3", "java-4", "sw-1", "sw-2")
         wait_spread(half, 1, 3, FAILOVER_MS / 1000 + 6 * TAKER_S + 20, "half replaced")
-        assert {s.application, f"{s.application}-CoordinatorState"} <= app_tables(s)
+        assert {s.application, f"{s.application}-CoordinatorState"} <= s.tables()
         check_only_leases("half replaced")
         s.wait_for(lambda: GSI in gsi_names(s), 30, "the compatible workers to create the GSI")
         assert client_version(s) == UPGRADE_FROM_2X, "flipped while Java 2.x workers own leases"

@@ -1,0 +1,130 @@
+"""Helpers of the scenarios that mix Java KCL 2.x workers with shardwise workers: a background producer, a raw
+look at the lease table (every item must be a lease KCL 2.x can parse) and lease-count checks."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Collection
+from typing import Any
+
+import boto3
+
+from support.javakcl import Interop, JavaWorker
+
+__all__ = [
+    "LEASE_ATTRIBUTE_TYPES",
+    "Producer",
+    "assert_only_leases",
+    "lease_counts",
+    "no_parse_failures",
+    "raw_lease_table",
+    "spread",
+    "unparsable_by_kcl_2x",
+]
+
+#: Attributes a KCL 2.x lease serializer reads, with the DynamoDB type it expects (kcl-protocol.md §2.2).
+LEASE_ATTRIBUTE_TYPES = {
+    "leaseKey": "S",
+    "leaseOwner": "S",
+    "leaseCounter": "N",
+    "checkpoint": "S",
+    "checkpointSubSequenceNumber": "N",
+    "pendingCheckpoint": "S",
+    "pendingCheckpointSubSequenceNumber": "N",
+    "ownerSwitchesSinceCheckpoint": "N",
+    "parentShardId": "SS",
+    "childShardIds": "SS",
+    "startingHashKey": "S",
+    "endingHashKey": "S",
+}
+
+
+class Producer(threading.Thread):
+    """Puts ``per_tick`` records ``<tag>-<n>`` every ``interval_s`` through :meth:`Interop.put` until stopped."""
+
+    def __init__(self, scenario: Interop, tag: str, per_tick: int = 8, interval_s: float = 0.5) -> None:
+        super().__init__(name=f"producer-{tag}", daemon=True)
+        self._scenario = scenario
+        self._tag = tag
+        self._per_tick = per_tick
+        self._interval_s = interval_s
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        n = 0
+        try:
+            while not self.stop.is_set():
+                self._scenario.put(self._tag, n, self._per_tick)
+                n += self._per_tick
+                self.stop.wait(self._interval_s)
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float = 30.0) -> None:
+        self.stop.set()
+        self.join(timeout_s)
+        assert not self.is_alive(), "the producer did not finish"
+        if self.error is not None:
+            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
+
+
+def raw_lease_table(scenario: Interop) -> list[dict[str, Any]]:
+    """Every item of the lease table as DynamoDB returns it (a consistent, paginated Scan)."""
+    client = boto3.client("dynamodb", endpoint_url=scenario.dynamodb_endpoint, region_name="us-east-1")
+    items: list[dict[str, Any]] = []
+    for page in client.get_paginator("scan").paginate(TableName=scenario.application, ConsistentRead=True):
+        items.extend(page["Items"])
+    return items
+
+
+def unparsable_by_kcl_2x(items: list[dict[str, Any]]) -> list[str]:
+    """Why each item a KCL 2.x worker could not read as a lease would break it (empty: every item is a lease)."""
+    problems = []
+    for item in items:
+        key = item.get("leaseKey", {}).get("S")
+        if not key or not key.startswith("shardId-"):
+            problems.append(f"not a lease (leaseKey {item.get('leaseKey')!r}): {item}")
+            continue
+        for name in ("leaseCounter", "checkpoint"):
+            if name not in item:
+                problems.append(f"{key}: no {name}: {item}")
+        for name, expected in LEASE_ATTRIBUTE_TYPES.items():
+            if name in item and expected not in item[name]:
+                problems.append(f"{key}: {name} is {item[name]!r}, KCL 2.x reads it as {expected}")
+        if "entityType" in item and item["entityType"].get("S") != "LEASE":
+            problems.append(f"{key}: entityType {item['entityType']!r}")
+    return problems
+
+
+def assert_only_leases(scenario: Interop, phase: str, shards: int) -> list[dict[str, Any]]:
+    items = raw_lease_table(scenario)
+    problems = unparsable_by_kcl_2x(items)
+    assert not problems, f"{phase}: the lease table holds items KCL 2.x cannot parse:\n" + "\n".join(problems)
+    assert len(items) == shards, f"{phase}: {len(items)} items in the lease table, expected {shards} leases"
+    return items
+
+
+def lease_counts(scenario: Interop) -> dict[str | None, int]:
+    return dict(Counter(scenario.owners().values()))
+
+
+def spread(
+    scenario: Interop, workers: Collection[str], low: int, high: int, shards: int
+) -> dict[str | None, int] | None:
+    """The lease counts once all ``shards`` leases are held by ``workers``, each holding ``low``–``high``."""
+    owners = scenario.owners()
+    if len(owners) != shards:
+        return None
+    counts = Counter(owners.values())
+    if set(counts) - set(workers):
+        return None
+    if all(low <= counts.get(worker, 0) <= high for worker in workers):
+        return dict(counts)
+    return None
+
+
+def no_parse_failures(worker: JavaWorker) -> None:
+    failures = worker.parse_failures()
+    assert not failures, f"Java KCL {worker.worker_id} could not read items:\n" + "\n".join(failures[:20])
