@@ -25,7 +25,6 @@ the feature advertisements with them) reported every 1 s, leader lock 6 s with a
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -45,8 +44,8 @@ from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, rea
 from shardwise.coordinator.layouts import open_coordinator_tables
 from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
 from shardwise.coordinator.migration_state import ClientVersion, MigrationState, MigrationStore
-from shardwise.hashkeys import hash_key_for
 from support.fleet import Backend, Fleet, taker_interval_s
+from support.traffic import ShardTicker, keys_per_shard, some
 
 SHARDS = 8
 WORKERS = ("w1", "w2", "w3")
@@ -267,46 +266,9 @@ class Scenario:
         self.fleet.wait_until(
             lambda: not self.missing(),
             timeout_s,
-            lambda: f"all {len(self.produced)} records processed; missing {_some(self.missing())}",
+            lambda: f"all {len(self.produced)} records processed; missing {some(self.missing())}",
             interval_s=0.5,
         )
-
-
-def _some(items: set[str], limit: int = 8) -> str:
-    shown = sorted(items)[:limit]
-    return f"{len(items)}: {', '.join(shown)}{' ...' if len(items) > limit else ''}"
-
-
-class Producer(threading.Thread):
-    """Puts one record into every shard every ``interval_s`` (ids ``<tag>-<tick>-<n>``) until stopped."""
-
-    def __init__(self, scenario: Scenario, keys: Sequence[str], tag: str, interval_s: float) -> None:
-        super().__init__(name=f"producer-{tag}", daemon=True)
-        self._scenario = scenario
-        self._keys = list(keys)
-        self._tag = tag
-        self._interval_s = interval_s
-        self._max_ticks = int(290.0 / interval_s)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        started = time.monotonic()
-        try:
-            for tick in range(self._max_ticks):
-                if self.stop.is_set():
-                    return
-                self._scenario.put([(f"{self._tag}-{tick:06d}-{n}", key) for n, key in enumerate(self._keys)])
-                self.stop.wait(max(0.0, started + (tick + 1) * self._interval_s - time.monotonic()))
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self, timeout_s: float = 60.0) -> None:
-        self.stop.set()
-        self.join(timeout_s)
-        assert not self.is_alive(), "the producer did not finish"
-        if self.error is not None:
-            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
 
 
 # -- fixtures --------------------------------------------------------------------------------------------------
@@ -327,15 +289,7 @@ def scenario_and_keys(backend: Backend, tmp_path: Path) -> Iterator[tuple[Scenar
     stream = f"features-{suffix}"
     admin = backend.stream_admin(stream)
     admin.create(SHARDS)
-    ranges = {shard.shard_id: shard.hash_key_range for shard in admin.list_shards()}
-    keys: dict[str, str] = {}
-    for n in itertools.count():  # one partition key landing in each shard
-        key = f"pk-{n}"
-        for shard_id, hash_range in ranges.items():
-            if shard_id not in keys and hash_key_for(key) in hash_range:
-                keys[shard_id] = key
-        if len(keys) == len(ranges):
-            break
+    keys = keys_per_shard({shard.shard_id: shard.hash_key_range for shard in admin.list_shards()})
     results = tmp_path / "results.db"
     connect_results(results).close()
     fleet = Fleet(
@@ -349,7 +303,7 @@ def scenario_and_keys(backend: Backend, tmp_path: Path) -> Iterator[tuple[Scenar
         worker_id_env=WORKER_ENV,
     )
     try:
-        yield Scenario(fleet, backend, admin.put, results), [keys[shard_id] for shard_id in sorted(keys)]
+        yield Scenario(fleet, backend, admin.put, results), keys
     finally:
         fleet.close()  # no worker outlives its test, whatever happened
         if backend.kind == "aws":
@@ -376,7 +330,7 @@ def test_feature_upgrade_and_downgrade_with_a_live_fleet(
 ) -> None:
     scenario, keys = scenario_and_keys
     fleet = scenario.fleet
-    producer = Producer(scenario, keys, "f", 0.1 if backend.kind == "local" else 0.25)
+    producer = ShardTicker(scenario.put, keys, "f", 0.1 if backend.kind == "local" else 0.25)
     producer.start()
     started = time.monotonic()
 

@@ -28,7 +28,6 @@ worker metrics reported every 1.5 s (``lut`` is whole seconds), leader lock 6 s 
 
 from __future__ import annotations
 
-import itertools
 import re
 import subprocess
 import sys
@@ -46,9 +45,9 @@ from shardwise.admin.migrate import MODIFIED_BY_ROLLBACK, MODIFIED_BY_ROLLFORWAR
 from shardwise.coordinator.layouts import open_coordinator_tables
 from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
 from shardwise.coordinator.migration_state import ClientVersion, MigrationState, MigrationStore
-from shardwise.hashkeys import hash_key_for
 from shardwise.leases.store import OwnerIndex
 from support.fleet import Backend, Fleet, FleetError, StreamAdmin, taker_interval_s
+from support.traffic import ShardTicker, keys_per_shard, some
 
 SHARDS = 8
 WORKERS = ("w1", "w2", "w3", "w4")
@@ -258,55 +257,13 @@ class Scenario:
         self.fleet.wait_until(
             lambda: not self.missing(),
             timeout_s,
-            lambda: f"all {len(self.produced)} records processed; missing {_some(self.missing())}",
+            lambda: f"all {len(self.produced)} records processed; missing {some(self.missing())}",
             interval_s=0.5,
         )
 
 
-def _some(items: set[str], limit: int = 8) -> str:
-    shown = sorted(items)[:limit]
-    return f"{len(items)}: {', '.join(shown)}{' ...' if len(items) > limit else ''}"
-
-
-class Producer(threading.Thread):
-    """Puts one record into every shard every ``interval_s`` (ids ``<tag>-<tick>-<n>``) until stopped."""
-
-    def __init__(self, scenario: Scenario, tag: str, interval_s: float, max_s: float = 290.0) -> None:
-        super().__init__(name=f"producer-{tag}", daemon=True)
-        self._scenario = scenario
-        self._tag = tag
-        ranges = {shard.shard_id: shard.hash_key_range for shard in scenario.admin.list_shards()}
-        keys: dict[str, str] = {}
-        for n in itertools.count():  # one partition key landing in each shard
-            key = f"pk-{n}"
-            for shard_id, hash_range in ranges.items():
-                if shard_id not in keys and hash_key_for(key) in hash_range:
-                    keys[shard_id] = key
-            if len(keys) == len(ranges):
-                break
-        self._keys = [keys[shard_id] for shard_id in sorted(keys)]
-        self._interval_s = interval_s
-        self._max_ticks = int(max_s / interval_s)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        started = time.monotonic()
-        try:
-            for tick in range(self._max_ticks):
-                if self.stop.is_set():
-                    return
-                self._scenario.put([(f"{self._tag}-{tick:06d}-{n}", key) for n, key in enumerate(self._keys)])
-                self.stop.wait(max(0.0, started + (tick + 1) * self._interval_s - time.monotonic()))
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self, timeout_s: float = 60.0) -> None:
-        self.stop.set()
-        self.join(timeout_s)
-        assert not self.is_alive(), "the producer did not finish"
-        if self.error is not None:
-            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
+def _keys(scenario: Scenario) -> list[str]:
+    return keys_per_shard({shard.shard_id: shard.hash_key_range for shard in scenario.admin.list_shards()})
 
 
 def migrate_cli(backend: Backend, application: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -384,7 +341,7 @@ def _flip_and_check(scenario: Scenario, before: Mapping[str, str | None], phase:
 
 @pytest.mark.slow
 def test_rolling_upgrade_from_2x_to_3x(scenario: Scenario, tick_s: float) -> None:
-    producer = Producer(scenario, "u", tick_s)
+    producer = ShardTicker(scenario.put, _keys(scenario), "u", tick_s)
     producer.start()
     started = time.monotonic()
     try:
@@ -465,7 +422,7 @@ def test_rolling_upgrade_from_2x_to_3x(scenario: Scenario, tick_s: float) -> Non
 def test_rollback_and_rollforward_with_the_cli(scenario: Scenario, backend: Backend, tick_s: float) -> None:
     fleet = scenario.fleet
     application = fleet.application
-    producer = Producer(scenario, "r", tick_s)
+    producer = ShardTicker(scenario.put, _keys(scenario), "r", tick_s)
     producer.start()
     started = time.monotonic()
     flip_bound_s = (READINESS_MS + STABILIZATION_MS + 2 * REPORTER_MS) / 1000 + 20
