@@ -22,7 +22,8 @@ and each worker logging its metrics (``shardwise run --metrics log``), from whic
 Both end with: every record produced processed at least once, and every worker exiting 0 on SIGTERM.
 
 Timings are shortened: failover 2 s (the 2.x taker runs every 4.05 s), the migration item polled every 1 s
-(+ up to 0.5 s jitter), readiness checked every 1 s, stabilization 20 s (the fleet balances well within it),
+(+ up to 0.5 s jitter), readiness checked every 1 s, stabilization 35 s (the fleet balances within it even on a
+loaded CI machine, where a new DynamoDB application first creates its legacy coordination tables),
 worker metrics reported every 1.5 s (``lut`` is whole seconds), leader lock 6 s with a 1 s heartbeat.
 """
 
@@ -56,7 +57,7 @@ TAKER_S = taker_interval_s(FAILOVER_MS)  # 4.05 s
 POLL_MS = 1_000
 JITTER_MS = 500
 READINESS_MS = 1_000
-STABILIZATION_MS = 20_000
+STABILIZATION_MS = 35_000
 REPORTER_MS = 1_500
 LEADER_LEASE_MS = 6_000
 ASSIGNMENT_MS = 2 * FAILOVER_MS  # the default lease_assignment_interval_ms
