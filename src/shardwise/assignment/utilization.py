@@ -35,7 +35,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -530,45 +530,59 @@ def _population_variance(values: Iterable[float]) -> float:
     return math.fsum((value - mean) ** 2 for value in items) / len(items)
 
 
-def _decision(
-    snapshot: AssignmentSnapshot,
-    book: _Book,
-    *,
-    before: tuple[Mapping[str, Mapping[str, float]], Mapping[str, float], Mapping[str, int]],
-    moves: list[Move],
-    spilled: list[str],
-    kept: list[str],
-    candidates: int,
-    rebalanced: bool,
-    rebalance_metric: str | None = None,
-    donors: tuple[tuple[str, float], ...] = (),
-    target_leases_per_worker: int | None = None,
-) -> AssignmentDecision:
-    loads_before, tp_before, counts_before = before
-    return AssignmentDecision(
-        moves=tuple(moves),
-        spillover=len(spilled),
-        rebalanced=rebalanced,
-        spillover_keys=tuple(spilled),
-        kept_keys=tuple(kept),
-        expired_or_unassigned=candidates,
-        rebalance_metric=rebalance_metric,
-        donors=donors,
-        num_workers=len(book.worker_ids),
-        total_leases=len(book.leases),
-        average_lease_throughput_kbps=book.avg_lease_tp,
-        target_average_throughput_kbps=book.target_tp,
-        target_leases_per_worker=(
-            book.target_leases_per_worker if target_leases_per_worker is None else target_leases_per_worker
-        ),
-        fleet_averages=_frozen(book.fleet_avg),
-        loads_before=loads_before,
-        loads_after=book.loads(),
-        throughput_before_kbps=tp_before,
-        throughput_after_kbps=book.throughputs(),
-        lease_counts_before=counts_before,
-        lease_counts_after=book.counts(),
-    )
+class _Run:
+    """One decider run: its book, the projection before any move, and what it has decided so far."""
+
+    def __init__(self, snapshot: AssignmentSnapshot, config: AssignmentConfig) -> None:
+        self.snapshot = snapshot
+        self.book = _Book(snapshot, config)
+        self.before = (self.book.loads(), self.book.throughputs(), self.book.counts())
+        self.moves: list[Move] = []
+        self.moved: set[str] = set()
+        self.spilled: list[str] = []
+        self.kept: list[str] = []
+        self.candidates = _candidates(snapshot, self.book)
+
+    def record(self, lease: Lease, worker: str, reason: MoveReason, *, graceful: bool) -> None:
+        """Decide to give ``lease`` to ``worker``, and project it."""
+        self.moves.append(Move(lease, worker, reason, graceful=graceful))
+        self.moved.add(lease.lease_key)
+        self.book.move(lease.lease_key, worker)
+
+    def decision(
+        self,
+        *,
+        rebalanced: bool,
+        rebalance_metric: str | None = None,
+        donors: tuple[tuple[str, float], ...] = (),
+        target_leases_per_worker: int | None = None,
+    ) -> AssignmentDecision:
+        book = self.book
+        loads_before, tp_before, counts_before = self.before
+        return AssignmentDecision(
+            moves=tuple(self.moves),
+            spillover=len(self.spilled),
+            rebalanced=rebalanced,
+            spillover_keys=tuple(self.spilled),
+            kept_keys=tuple(self.kept),
+            expired_or_unassigned=len(self.candidates),
+            rebalance_metric=rebalance_metric,
+            donors=donors,
+            num_workers=len(book.worker_ids),
+            total_leases=len(book.leases),
+            average_lease_throughput_kbps=book.avg_lease_tp,
+            target_average_throughput_kbps=book.target_tp,
+            target_leases_per_worker=(
+                book.target_leases_per_worker if target_leases_per_worker is None else target_leases_per_worker
+            ),
+            fleet_averages=_frozen(book.fleet_avg),
+            loads_before=loads_before,
+            loads_after=book.loads(),
+            throughput_before_kbps=tp_before,
+            throughput_after_kbps=book.throughputs(),
+            lease_counts_before=counts_before,
+            lease_counts_after=book.counts(),
+        )
 
 
 # -- variance-based decider ----------------------------------------------------------------------------------
@@ -674,14 +688,22 @@ def _leases_to_take(
     return picked
 
 
-def _would_exceed_average(book: _Book, worker: str, key: str) -> bool:
-    """KCL ``willAnyMetricStatsGoAboveAverageUtilizationOrOperatingRange`` for the recipient of ``key``."""
+def _values_after_taking(book: _Book, worker: str, key: str) -> Iterator[tuple[str, float]]:
+    """Each metric of ``worker`` with its projected value once it holds lease ``key`` as well."""
     tp = book.tp[key]
     for name, value in book.values[worker].items():
-        after = value + book.contribution(name, tp)
-        if _above(after, book.fleet_avg[name]) or _above(after, book.limits[worker][name]):
-            return True
-    return False
+        yield name, value + book.contribution(name, tp)
+
+
+def _above_average_or_range(book: _Book, worker: str, name: str, value: float) -> bool:
+    return _above(value, book.fleet_avg[name]) or _above(value, book.limits[worker][name])
+
+
+def _would_exceed_average(book: _Book, worker: str, key: str) -> bool:
+    """KCL ``willAnyMetricStatsGoAboveAverageUtilizationOrOperatingRange`` for the recipient of ``key``."""
+    return any(
+        _above_average_or_range(book, worker, name, after) for name, after in _values_after_taking(book, worker, key)
+    )
 
 
 #: A move must lower the projected variance by more than this fraction to count as lowering it (rounding noise
@@ -723,16 +745,13 @@ def _may_pass_average(book: _Book, metric: str, key: str, recipient: str) -> boo
     its nominal range of 100, which is that same average), as long as the move strictly lowers the variance
     of ``metric``; its other metrics still obey KCL's rule and an explicit metric never exceeds its range.
     """
-    per_metric = book.values[recipient]
-    if metric not in per_metric or book.owner[key] == recipient:
+    if metric not in book.values[recipient] or book.owner[key] == recipient:
         return False
-    tp = book.tp[key]
-    for name, value in per_metric.items():
-        after = value + book.contribution(name, tp)
+    for name, after in _values_after_taking(book, recipient, key):
         if name == metric:
             if name != THROUGHPUT and _above(after, book.limits[recipient][name]):
                 return False
-        elif _above(after, book.fleet_avg[name]) or _above(after, book.limits[recipient][name]):
+        elif _above_average_or_range(book, recipient, name, after):
             return False
     return _lowers_variance(book, metric, key, recipient)
 
@@ -757,50 +776,34 @@ def decide_variance_based(
        that would not lower the projected variance of the metric also stops the donor. SHARD_END and blocked
        leases, and leases moved or spilled in A, are never rebalanced.
     """
-    book = _Book(snapshot, config)
-    before = (book.loads(), book.throughputs(), book.counts())
-    moves: list[Move] = []
-    moved: set[str] = set()
-    spilled: list[str] = []
-    kept: list[str] = []
-
-    candidates = _candidates(snapshot, book)
+    run = _Run(snapshot, config)
+    book = run.book
+    candidates = run.candidates
     for index, lease in enumerate(candidates):
         if not book.queued:
-            spilled.extend(item.lease_key for item in candidates[index:])
+            run.spilled.extend(item.lease_key for item in candidates[index:])
             break
         key = lease.lease_key
         worker = book.pop_recipient(key)
         if worker is None:
-            spilled.append(key)
+            run.spilled.append(key)
             continue
         if _stays_with_owner(lease, worker, key in snapshot.expired_keys):
             book.enqueue(worker)
-            kept.append(key)
+            run.kept.append(key)
             continue
-        moves.append(Move(lease, worker, _reason(lease), graceful=False))
-        moved.add(key)
-        book.move(key, worker)
+        run.record(lease, worker, _reason(lease), graceful=False)
         book.requeue_after_move(worker)
 
     if not rebalance or not book.worker_ids:
-        return _decision(
-            snapshot,
-            book,
-            before=before,
-            moves=moves,
-            spilled=spilled,
-            kept=kept,
-            candidates=len(candidates),
-            rebalanced=False,
-        )
+        return run.decision(rebalanced=False)
 
-    moved.update(spilled)  # a lease no worker could take under the caps is not rebalanced either
+    run.moved.update(run.spilled)  # a lease no worker could take under the caps is not rebalanced either
     metric, donors = _choose_metric(book)
     if metric is not None:
         for donor, take in donors:
             given = 0
-            for key in _leases_to_take(book, snapshot, donor, take, moved=moved, rng=rng):
+            for key in _leases_to_take(book, snapshot, donor, take, moved=run.moved, rng=rng):
                 if not book.queued:
                     break
                 worker = book.pop_recipient(key)
@@ -817,24 +820,11 @@ def decide_variance_based(
                 if not _reduces_variance(book, metric, key, worker):
                     book.enqueue(worker)
                     break
-                moves.append(Move(lease, worker, "rebalance", graceful=_graceful(lease, snapshot, config)))
-                moved.add(key)
-                book.move(key, worker)
+                run.record(lease, worker, "rebalance", graceful=_graceful(lease, snapshot, config))
                 book.requeue_after_move(worker)
                 given += 1
 
-    return _decision(
-        snapshot,
-        book,
-        before=before,
-        moves=moves,
-        spilled=spilled,
-        kept=kept,
-        candidates=len(candidates),
-        rebalanced=True,
-        rebalance_metric=metric,
-        donors=tuple(donors),
-    )
+    return run.decision(rebalanced=True, rebalance_metric=metric, donors=tuple(donors))
 
 
 # -- lease-count decider -------------------------------------------------------------------------------------
@@ -896,55 +886,37 @@ def decide_lease_count(
     one — from the most loaded worker above the target to the least loaded one below it, until no worker is
     above the target or nothing more can move.
     """
-    book = _Book(snapshot, config)
-    before = (book.loads(), book.throughputs(), book.counts())
+    run = _Run(snapshot, config)
+    book = run.book
     target = _lease_count_target(len(book.leases), len(book.worker_ids), config.max_leases_for_worker)
-    moves: list[Move] = []
-    moved: set[str] = set()
-    spilled: list[str] = []
-    kept: list[str] = []
-
-    candidates = _candidates(snapshot, book)
     least_loaded = _CountQueue(book, target)
-    for lease in candidates:
+    for lease in run.candidates:
         key = lease.lease_key
         options = [least_loaded.best_for(key)]
         if book.owner[key] in book.values:  # an active owner may keep its lease even above the target
             options.append(book.owner[key])
         eligible = [worker for worker in options if worker is not None]
         if not eligible:
-            spilled.append(key)
+            run.spilled.append(key)
             continue
         worker = min(eligible, key=lambda item: (book.count(item), item))
         if _stays_with_owner(lease, worker, key in snapshot.expired_keys):
-            kept.append(key)
+            run.kept.append(key)
             continue
         source = book.owner[key]
-        moves.append(Move(lease, worker, _reason(lease), graceful=False))
-        moved.add(key)
-        book.move(key, worker)
+        run.record(lease, worker, _reason(lease), graceful=False)
         least_loaded.changed(worker)
         if source is not None and source in book.values:
             least_loaded.changed(source)
 
     if not rebalance or not book.worker_ids:
-        return _decision(
-            snapshot,
-            book,
-            before=before,
-            moves=moves,
-            spilled=spilled,
-            kept=kept,
-            candidates=len(candidates),
-            rebalanced=False,
-            target_leases_per_worker=target,
-        )
+        return run.decision(rebalanced=False, target_leases_per_worker=target)
 
-    moved.update(spilled)
+    run.moved.update(run.spilled)
     # Leases only leave workers above the target and only reach workers below it, so each worker's pool of
     # movable leases is drawn up (and shuffled) once.
     pools = {
-        worker: [key for key in _movable(book, snapshot, worker, moved) if not book.leases[key].in_handoff]
+        worker: [key for key in _movable(book, snapshot, worker, run.moved) if not book.leases[key].in_handoff]
         for worker in book.worker_ids
     }
     for pool in pools.values():
@@ -952,20 +924,9 @@ def decide_lease_count(
     while (step := _lease_count_step(book, target, pools)) is not None:
         key, worker = step
         lease = book.leases[key]
-        moves.append(Move(lease, worker, "rebalance", graceful=_graceful(lease, snapshot, config)))
-        book.move(key, worker)
+        run.record(lease, worker, "rebalance", graceful=_graceful(lease, snapshot, config))
 
-    return _decision(
-        snapshot,
-        book,
-        before=before,
-        moves=moves,
-        spilled=spilled,
-        kept=kept,
-        candidates=len(candidates),
-        rebalanced=True,
-        target_leases_per_worker=target,
-    )
+    return run.decision(rebalanced=True, target_leases_per_worker=target)
 
 
 def _lease_count_step(book: _Book, target: int, pools: dict[str, list[str]]) -> tuple[str, str] | None:

@@ -15,12 +15,12 @@ Output lines are Kafka's; any failure ends with "N out of M operation(s) failed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from shardwise.admin import features as admin
+from shardwise.cli._options import DB_OPTION, apply_options, backend_from_target_options
 from shardwise.config import BackendConfig
 from shardwise.errors import ConfigurationError
 
@@ -51,13 +51,7 @@ _TARGET_OPTIONS = [
         default=None,
         help="local: the SQLite file --db; aws: DynamoDB. [default: aws when --region or --endpoint-url is given]",
     ),
-    click.option(
-        "--db",
-        type=click.Path(dir_okay=False),
-        default=None,
-        envvar="SHARDWISE_DB",
-        help="SQLite database of the local backend. [default: shardwise.db]",
-    ),
+    DB_OPTION,
     click.option("--region", default=None, help="AWS region (selects the aws backend)."),
     click.option("--endpoint-url", default=None, help="DynamoDB endpoint override (aws)."),
     click.option("--json", "as_json", is_flag=True, default=False, help="Print one JSON object on stdout."),
@@ -88,29 +82,16 @@ _UNSAFE_OPTION = click.option(
 )
 
 
-def _apply(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
-    def decorate(func: Any) -> Any:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
 def _fail(message: str) -> NoReturn:
     click.echo(message, err=True)
     raise SystemExit(1)
 
 
 def _backend(params: dict[str, Any]) -> BackendConfig:
-    region, endpoint = params.get("region"), params.get("endpoint_url")
-    chosen = params.get("backend")
-    backend: Literal["local", "aws"] = (
-        "aws" if chosen == "aws" or (chosen is None and (region or endpoint)) else "local"
+    """Called inside the commands' ``except ConfigurationError``: a conflict ends as any configuration error."""
+    return backend_from_target_options(
+        params, local_with_aws="--region and --endpoint-url select DynamoDB; with --backend local drop them."
     )
-    if backend == "local" and (region or endpoint):
-        _fail("--region and --endpoint-url select DynamoDB; with --backend local drop them.")
-    return BackendConfig(backend=backend, db=params.get("db") or "shardwise.db", region=region, endpoint_url=endpoint)
 
 
 def _target(params: dict[str, Any]) -> admin.FeaturesTarget:
@@ -133,7 +114,7 @@ def features() -> None:
 
 
 @features.command("describe")
-@_apply(_TARGET_OPTIONS)
+@apply_options(_TARGET_OPTIONS)
 def describe_command(**params: Any) -> None:
     """Describes the current active feature flags."""
     try:
@@ -196,21 +177,21 @@ def _update(operation: admin.Operation, params: dict[str, Any]) -> None:
 
 
 @features.command("upgrade")
-@_apply([*_TARGET_OPTIONS, _FEATURE_OPTION, _RELEASE_OPTION, _DRY_RUN_OPTION])
+@apply_options([*_TARGET_OPTIONS, _FEATURE_OPTION, _RELEASE_OPTION, _DRY_RUN_OPTION])
 def upgrade_command(**params: Any) -> None:
     """Upgrade one or more feature flags."""
     _update("upgrade", params)
 
 
 @features.command("downgrade")
-@_apply([*_TARGET_OPTIONS, _FEATURE_OPTION, _RELEASE_OPTION, _UNSAFE_OPTION, _DRY_RUN_OPTION])
+@apply_options([*_TARGET_OPTIONS, _FEATURE_OPTION, _RELEASE_OPTION, _UNSAFE_OPTION, _DRY_RUN_OPTION])
 def downgrade_command(**params: Any) -> None:
     """Downgrade one or more feature flags."""
     _update("downgrade", params)
 
 
 @features.command("disable")
-@_apply(
+@apply_options(
     [
         *_TARGET_OPTIONS,
         click.option("--feature", "feature_specs", multiple=True, metavar="NAME", help="A feature to disable."),

@@ -12,14 +12,15 @@ Exit status: 0 on success (including "already rolled back"), 1 on any failure or
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any, Literal
 
 import click
 
 from shardwise.admin import migrate as admin
+from shardwise.cli._options import DB_OPTION, apply_options, backend_from_target_options
 from shardwise.cli._output import echo_table
 from shardwise.config import BackendConfig
+from shardwise.errors import ConfigurationError
 
 __all__ = ["migrate"]
 
@@ -63,13 +64,7 @@ _TARGET_OPTIONS = [
         help="Legacy layout: the worker metrics table [default: <app>-WorkerMetricStats].",
     ),
     click.option("--backend", type=click.Choice(["local", "aws"]), default=None, help=_BACKEND_HELP),
-    click.option(
-        "--db",
-        type=click.Path(dir_okay=False),
-        default=None,
-        envvar="SHARDWISE_DB",
-        help="SQLite database of the local backend. [default: shardwise.db]",
-    ),
+    DB_OPTION,
     click.option("--region", default=None, help="AWS region (selects the aws backend)."),
     click.option(
         "--endpoint-url", "--endpoint_url", "endpoint_url", default=None, help="DynamoDB endpoint override (aws)."
@@ -124,15 +119,6 @@ _ROLLBACK_OPTIONS = [
 ]
 
 
-def _apply(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
-    def decorate(func: Any) -> Any:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
 def _merged(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
     """Subcommand values, completed by those given before the subcommand (``migrate --app X rollback``)."""
     parent = ctx.parent.params if ctx.parent is not None else {}
@@ -147,17 +133,14 @@ def _merged(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _backend(params: dict[str, Any]) -> BackendConfig:
-    region, endpoint = params.get("region"), params.get("endpoint_url")
-    chosen = params.get("backend")
-    backend: Literal["local", "aws"] = (
-        "aws" if chosen == "aws" or (chosen is None and (region or endpoint)) else "local"
-    )
-    if backend == "local" and (region or endpoint):
-        raise click.UsageError(
-            "--region and --endpoint-url select DynamoDB; with --backend local the migration state is read from "
-            "the SQLite file --db. Drop one or the other."
+    try:
+        return backend_from_target_options(
+            params,
+            local_with_aws="--region and --endpoint-url select DynamoDB; with --backend local the migration state "
+            "is read from the SQLite file --db. Drop one or the other.",
         )
-    return BackendConfig(backend=backend, db=params.get("db") or "shardwise.db", region=region, endpoint_url=endpoint)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _target(params: dict[str, Any]) -> admin.MigrationTarget:
@@ -290,7 +273,7 @@ Exit status: 0 on success (including "already rolled back"), 1 on any failure or
     default=None,
     help="KclMigrationTool.py's spelling of the command.",
 )
-@_apply(_TARGET_OPTIONS + _CHANGE_OPTIONS + _ROLLBACK_OPTIONS)
+@apply_options(_TARGET_OPTIONS + _CHANGE_OPTIONS + _ROLLBACK_OPTIONS)
 @click.pass_context
 def migrate(ctx: click.Context, /, mode: str | None, **params: Any) -> None:
     if ctx.invoked_subcommand is not None:
@@ -308,7 +291,7 @@ def migrate(ctx: click.Context, /, mode: str | None, **params: Any) -> None:
 
 
 @migrate.command("rollback")
-@_apply(_TARGET_OPTIONS + _CHANGE_OPTIONS + _ROLLBACK_OPTIONS)
+@apply_options(_TARGET_OPTIONS + _CHANGE_OPTIONS + _ROLLBACK_OPTIONS)
 @click.pass_context
 def rollback_command(ctx: click.Context, /, **params: Any) -> None:
     """Set the client version back to CLIENT_VERSION_2X (from UPGRADE_FROM_2X or 3X_WITH_ROLLBACK), wait
@@ -318,7 +301,7 @@ def rollback_command(ctx: click.Context, /, **params: Any) -> None:
 
 
 @migrate.command("rollforward")
-@_apply(_TARGET_OPTIONS + _CHANGE_OPTIONS)
+@apply_options(_TARGET_OPTIONS + _CHANGE_OPTIONS)
 @click.pass_context
 def rollforward_command(ctx: click.Context, /, **params: Any) -> None:
     """Set the client version from CLIENT_VERSION_2X to CLIENT_VERSION_UPGRADE_FROM_2X: KCL workers then
@@ -327,7 +310,7 @@ def rollforward_command(ctx: click.Context, /, **params: Any) -> None:
 
 
 @migrate.command("status")
-@_apply(_TARGET_OPTIONS)
+@apply_options(_TARGET_OPTIONS)
 @click.pass_context
 def status_command(ctx: click.Context, /, **params: Any) -> None:
     """Show the client version and its history, the GSI, and each live worker's mode. Reads only."""

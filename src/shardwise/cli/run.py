@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from shardwise.backends import open_lease_store, open_stream_source
+from shardwise.cli._options import DB_OPTION, apply_options
 from shardwise.cli._output import echo_table
 from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override
 from shardwise.coordinator.layouts import open_coordinator_tables
@@ -39,14 +40,7 @@ _BACKEND_OPTIONS = [
         default=None,
         help="local: SQLite file (--db); aws: DynamoDB + Kinesis via boto3. [default: local]",
     ),
-    click.option(
-        "--db",
-        "db",
-        type=click.Path(dir_okay=False),
-        default=None,
-        envvar="SHARDWISE_DB",
-        help="SQLite database of the local backend. [default: shardwise.db]",
-    ),
+    DB_OPTION,
     click.option("--endpoint-url", default=None, help="Endpoint override for both DynamoDB and Kinesis."),
     click.option("--kinesis-endpoint-url", default=None, help="Endpoint override for Kinesis only."),
     click.option("--dynamodb-endpoint-url", default=None, help="Endpoint override for DynamoDB only."),
@@ -54,10 +48,7 @@ _BACKEND_OPTIONS = [
 ]
 
 
-def _backend_options(func: Any) -> Any:
-    for option in reversed(_BACKEND_OPTIONS):
-        func = option(func)
-    return func
+_backend_options = apply_options(_BACKEND_OPTIONS)
 
 
 def load_factory(spec: str) -> RecordProcessorFactory:
@@ -89,6 +80,32 @@ def load_factory(spec: str) -> RecordProcessorFactory:
     if not callable(factory):
         raise ConfigurationError(f"{spec} is not callable: give a processor class or a factory function")
     return factory
+
+
+#: ``run``'s flags that set the config key of the same name.
+_CONFIG_FLAGS = (
+    "application_name",
+    "stream_name",
+    "backend",
+    "db",
+    "endpoint_url",
+    "kinesis_endpoint_url",
+    "dynamodb_endpoint_url",
+    "region",
+    "worker_id",
+    "initial_position",
+    "initial_timestamp",
+    "assignment",
+    "client_version_config",
+)
+#: ``run``'s flags that set a key of a config section: flag → dotted key.
+_SECTION_FLAGS: Mapping[str, str] = {
+    "failover_time_ms": "leases.failover_time_ms",
+    "max_leases_for_worker": "leases.max_leases_for_worker",
+    "max_leases_to_steal_at_one_time": "leases.max_leases_to_steal_at_one_time",
+    "max_records": "consumer.max_records",
+    "idle_time_between_reads_ms": "consumer.idle_time_between_reads_ms",
+}
 
 
 def _overrides(**flags: Any) -> dict[str, Any]:
@@ -202,26 +219,8 @@ def run(
             raise ConfigurationError("--kclpy-ignore-unknown goes with --kclpy-properties")
         file_values = load_config_file(config_file) if config_file else {}
         overrides = _overrides(
-            application_name=flags.pop("application_name"),
-            stream_name=flags.pop("stream_name"),
-            backend=flags.pop("backend"),
-            db=flags.pop("db"),
-            endpoint_url=flags.pop("endpoint_url"),
-            kinesis_endpoint_url=flags.pop("kinesis_endpoint_url"),
-            dynamodb_endpoint_url=flags.pop("dynamodb_endpoint_url"),
-            region=flags.pop("region"),
-            worker_id=flags.pop("worker_id"),
-            initial_position=flags.pop("initial_position"),
-            initial_timestamp=flags.pop("initial_timestamp"),
-            assignment=flags.pop("assignment"),
-            client_version_config=flags.pop("client_version_config"),
-            **{
-                "leases.failover_time_ms": flags.pop("failover_time_ms"),
-                "leases.max_leases_for_worker": flags.pop("max_leases_for_worker"),
-                "leases.max_leases_to_steal_at_one_time": flags.pop("max_leases_to_steal_at_one_time"),
-                "consumer.max_records": flags.pop("max_records"),
-                "consumer.idle_time_between_reads_ms": flags.pop("idle_time_between_reads_ms"),
-            },
+            **{flag: flags.pop(flag) for flag in _CONFIG_FLAGS},
+            **{key: flags.pop(flag) for flag, key in _SECTION_FLAGS.items()},
         )
         for item in settings:
             key, value = parse_override(item)

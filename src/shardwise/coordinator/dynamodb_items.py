@@ -33,18 +33,25 @@ from typing import TYPE_CHECKING, Any, cast
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shardwise.coordinator.items import ABSENT, ItemRecord, ItemWrite, Layout, Namespace
-from shardwise.coordinator.sqlite_items import (
+from shardwise.coordinator.item_rules import (
     COORDINATOR_ENTITY_TYPES,
     ENTITY_TYPE_WORKER_METRIC_STATS,
+    by_key,
     check_attribute_names,
     check_item_key,
+    check_map_key,
+    check_namespace,
     check_transaction,
     check_update,
+    check_upsert,
     entity_type_for,
     in_namespace,
+    not_in_namespace_error,
+    set_kind,
     storable_number,
+    unstorable_type_error,
 )
+from shardwise.coordinator.items import ABSENT, ItemRecord, ItemWrite, Layout, Namespace
 from shardwise.errors import ConfigurationError, InvalidStateError, MalformedItemError, ResourceNotFoundError
 from shardwise.leases.dynamodb import (
     CapacityMeter,
@@ -91,7 +98,6 @@ _TABLE_MIGRATION_KEY = "TableMigration3.5"
 _USABLE_STATUSES = frozenset({"ACTIVE", "UPDATING"})
 _DEAD_STATUSES = frozenset({"DELETING", "ARCHIVING", "ARCHIVED", "INACCESSIBLE_ENCRYPTION_CREDENTIALS"})
 _LAYOUTS: tuple[Layout, ...] = ("single-table", "legacy")
-_NAMESPACES: tuple[Namespace, ...] = ("coordinator", "worker-metrics")
 
 # Cancellation reason of a transaction item whose condition failed (TransactionCanceledException).
 _TRANSACTION_CANCELED = "TransactionCanceledException"
@@ -106,10 +112,6 @@ Item = dict[str, "AttributeValueTypeDef"]
 # ------------------------------------------------------------------------------------------- value mapping
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
-
-
 def _prepare(value: object) -> object:
     """``value`` in the form ``TypeSerializer`` takes (floats as exact decimals), checked as the SQLite backend
     checks it: finite numbers, no empty or mixed sets, string map keys."""
@@ -120,25 +122,17 @@ def _prepare(value: object) -> object:
     if isinstance(value, bytes | bytearray):
         return bytes(value)
     if isinstance(value, Mapping):
-        prepared: dict[str, object] = {}
-        for name, member in value.items():
-            if not isinstance(name, str):
-                raise TypeError(f"map keys must be strings, got {name!r}")
-            prepared[name] = _prepare(member)
-        return prepared
+        return {check_map_key(name): _prepare(member) for name, member in value.items()}
     if isinstance(value, list | tuple):
         return [_prepare(member) for member in value]
     if isinstance(value, set | frozenset):
-        if not value:
-            raise ValueError("cannot store an empty set (DynamoDB has no empty sets): omit the attribute instead")
-        if all(isinstance(member, str) for member in value):
+        kind = set_kind(value)
+        if kind == "S":
             return set(value)
-        if all(_is_number(member) for member in value):
+        if kind == "N":
             return {storable_number(member) for member in value}
-        if all(isinstance(member, bytes | bytearray) for member in value):
-            return {bytes(member) for member in value}
-        raise TypeError("a set must hold only strings, only numbers or only bytes")
-    raise TypeError(f"cannot store a value of type {type(value).__name__}: {value!r}")
+        return {bytes(member) for member in value}
+    raise unstorable_type_error(value)
 
 
 def to_attribute_value(value: object) -> AttributeValueTypeDef:
@@ -248,8 +242,7 @@ class DynamoDBItemTable:
     ) -> None:
         if layout not in _LAYOUTS:
             raise ConfigurationError(f"layout must be one of {', '.join(_LAYOUTS)}, got {layout!r}")
-        if namespace not in _NAMESPACES:
-            raise ConfigurationError(f"namespace must be one of {', '.join(_NAMESPACES)}, got {namespace!r}")
+        check_namespace(namespace)
         timings: tuple[tuple[str, object], ...] = (
             ("table_creation_timeout_s", table_creation_timeout_s),
             ("table_poll_interval_s", table_poll_interval_s),
@@ -432,9 +425,7 @@ class DynamoDBItemTable:
         return None if item is None else self._record(item)
 
     def scan(self) -> list[ItemRecord]:
-        records = [record for item in self._scan() if (record := self._record(item)) is not None]
-        records.sort(key=lambda record: record.key)
-        return records
+        return by_key(self._record(item) for item in self._scan())
 
     @property
     def shares_lease_table(self) -> bool:
@@ -443,9 +434,7 @@ class DynamoDBItemTable:
 
     def records_from(self, raw_items: Iterable[Mapping[str, AttributeValueTypeDef]]) -> list[ItemRecord]:
         """The records of this namespace among raw items of the table (read by someone else's scan)."""
-        records = [record for item in raw_items if (record := self._record(item)) is not None]
-        records.sort(key=lambda record: record.key)
-        return records
+        return by_key(self._record(item) for item in raw_items)
 
     def _scan(self) -> Iterator[Mapping[str, AttributeValueTypeDef]]:
         request: ScanInputTypeDef = {
@@ -576,9 +565,7 @@ class DynamoDBItemTable:
         """Set these attributes, creating the item if needed. In the single-table layout the write also sets
         ``entityType`` and refuses (``ConfigurationError``) to touch an item of another kind under this key."""
         self._check_key(key)
-        if not attributes:
-            raise ValueError("upsert needs at least one attribute to set")
-        check_attribute_names(attributes, "upsert")
+        check_upsert(attributes)
         expression = _Expression()
         for name, value in attributes.items():
             expression.set(name, to_attribute_value(value))
@@ -599,10 +586,7 @@ class DynamoDBItemTable:
             with self._errors.translating("UpdateItem", conditional=True):
                 response = self._client.update_item(**params)
         except ConditionFailed:
-            raise ConfigurationError(
-                f"item {key!r} of {self._errors.subject} is not a {self._namespace} item (a lease or another kind "
-                "of item has this key); refusing to overwrite it: use another key (worker id)"
-            ) from None
+            raise not_in_namespace_error(key, self._errors.subject, self._namespace) from None
         self._capacity.record(response.get("ConsumedCapacity"), write=True)
 
     def delete(self, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:

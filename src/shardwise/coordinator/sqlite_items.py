@@ -12,18 +12,15 @@ Every write runs inside a ``BEGIN IMMEDIATE`` transaction (read, check ``expect`
 writes are atomic across threads and processes sharing the file; ``transact`` checks all its writes, then
 applies them, in one such transaction.
 
-This module also holds the rules every ``ItemTable`` backend applies — which ``entityType`` an item gets,
-which keys a namespace accepts, which attribute names are reserved — because it has no optional dependency
-and the DynamoDB backend can import it freely.
+The rules every ``ItemTable`` backend applies — which ``entityType`` an item gets, which keys a namespace
+accepts, which attribute names are reserved — live in :mod:`shardwise.coordinator.item_rules`; the public ones
+are re-exported here.
 """
 
 from __future__ import annotations
 
 import base64
-import decimal
 import json
-import math
-import re
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,9 +28,29 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from shardwise._sqlite import SQLiteDatabase
+from shardwise.coordinator.item_rules import (
+    COORDINATOR_ENTITY_TYPES,
+    ENTITY_TYPE_WORKER_METRIC_STATS,
+    MAX_TRANSACTION_WRITES,
+    RESERVED_ATTRIBUTES,
+    by_key,
+    check_attribute_names,
+    check_item_key,
+    check_map_key,
+    check_namespace,
+    check_transaction,
+    check_update,
+    check_upsert,
+    entity_type_for,
+    in_namespace,
+    is_number,
+    not_in_namespace_error,
+    set_kind,
+    storable_number,
+    unstorable_type_error,
+)
 from shardwise.coordinator.items import ABSENT, ItemRecord, ItemWrite, Layout, Namespace
 from shardwise.errors import ConfigurationError, MalformedItemError, ResourceNotFoundError
-from shardwise.leases.model import RESERVED_KEYS
 from shardwise.leases.sqlite import SQLiteLeaseStore
 
 __all__ = [
@@ -52,162 +69,12 @@ __all__ = [
     "storable_number",
 ]
 
-# ----------------------------------------------------------------------------------- rules of every backend
-
-#: ``entityType`` of each coordinator item KCL 3.5 writes (kcl-protocol.md §3.2), by key.
-COORDINATOR_ENTITY_TYPES: Mapping[str, str] = {
-    "Leader": "LEADER",
-    "Migration3.0": "CLIENT_VERSION_MIGRATION",
-    "TableMigration3.5": "TABLE_MIGRATION",
-    # shardwise's finalized feature levels (coordinator/feature_store.py); KCL 3.5 skips unknown entity types.
-    "ShardwiseFeatures": "SHARDWISE_FEATURES",
-}
-ENTITY_TYPE_WORKER_METRIC_STATS = "WORKER_METRIC_STATS"
-
-#: Most writes one ``ItemTable.transact`` call may hold.
-MAX_TRANSACTION_WRITES = 25
-
-#: Attribute names an item's attributes may not use: the key attributes of every layout, and ``entityType``
-#: (reported separately as :attr:`ItemRecord.entity_type`).
-RESERVED_ATTRIBUTES = frozenset({"leaseKey", "key", "wid", "entityType"})
-
-# A lease key: ``shardId-…``, or ``<account>:<stream>:<epoch>:shardId-…`` for multi-stream applications.
-_SHARD_ID_LIKE = re.compile(r"(?:^|:)shardId-")
-
-
-def entity_type_for(namespace: Namespace, key: str) -> str:
-    """The ``entityType`` KCL gives the item ``key`` of ``namespace``."""
-    if namespace == "worker-metrics":
-        return ENTITY_TYPE_WORKER_METRIC_STATS
-    try:
-        return COORDINATOR_ENTITY_TYPES[key]
-    except KeyError:
-        raise ValueError(
-            f"{key!r} is not a coordinator item key; KCL's coordinator items are "
-            f"{', '.join(sorted(COORDINATOR_ENTITY_TYPES))}"
-        ) from None
-
-
-def in_namespace(namespace: Namespace, key: str, entity_type: str | None) -> bool:
-    """Whether an item of the single-table layout belongs to ``namespace``: worker metrics by
-    ``entityType``; coordinator items by the ``entityType`` of their well-known key, or by the key alone for
-    items written without ``entityType`` (KCL before 3.5, the migration tool)."""
-    if namespace == "worker-metrics":
-        return entity_type == ENTITY_TYPE_WORKER_METRIC_STATS
-    expected = COORDINATOR_ENTITY_TYPES.get(key)
-    return expected is not None and entity_type in (None, expected)
-
-
-def check_item_key(namespace: Namespace, key: object, *, single_table: bool) -> None:
-    """Reject keys an item of ``namespace`` may not be written under.
-
-    Coordinator items must use KCL's well-known keys. In the single-table layout a worker-metrics item is
-    keyed by the worker id in the lease table's key space, so a worker id that looks like a lease key
-    (``shardId-…``) or equals a reserved coordinator key would collide with a lease or coordinator item:
-    that is a configuration error naming the fix.
-    """
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"an item key must be a non-empty string, got {key!r}")
-    if namespace == "coordinator":
-        entity_type_for(namespace, key)
-        return
-    if not single_table:
-        return
-    if key in RESERVED_KEYS:
-        raise ConfigurationError(
-            f"worker id {key!r} is a reserved coordinator key of the lease table and cannot key the worker's "
-            "metrics item in the single-table layout: configure another worker id (e.g. '<host>-<uuid>')"
-        )
-    if _SHARD_ID_LIKE.search(key):
-        raise ConfigurationError(
-            f"worker id {key!r} looks like a shard id (lease key) and would share the lease table's key space "
-            "with leases in the single-table layout: configure a worker id that does not contain 'shardId-' "
-            "(e.g. '<host>-<uuid>')"
-        )
-
-
-def check_attribute_names(names: Iterable[object], what: str) -> None:
-    """Reject attribute names that are not non-empty strings or are reserved (key attributes, ``entityType``)."""
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{what}: attribute names must be non-empty strings, got {name!r}")
-        if name in RESERVED_ATTRIBUTES:
-            raise ValueError(
-                f"{what}: attribute name {name!r} is reserved (item keys and entityType are managed by the item table)"
-            )
-
-
-def check_update(set_attributes: Mapping[str, Any], remove_attributes: Iterable[str]) -> list[str]:
-    """Validate an update's attribute names (non-empty, not reserved, not both set and removed); the names to
-    remove, as a list."""
-    if isinstance(remove_attributes, str):
-        raise TypeError("remove_attributes must be a collection of names, not a string")
-    removed = list(remove_attributes)
-    if not set_attributes and not removed:
-        raise ValueError("update needs set_attributes and/or remove_attributes")
-    check_attribute_names(set_attributes, "update")
-    check_attribute_names(removed, "update")
-    both = set(set_attributes) & set(removed)
-    if both:
-        raise ValueError(f"update cannot both set and remove {', '.join(sorted(both))}")
-    return removed
-
-
-def check_transaction(writes: Sequence[ItemWrite]) -> list[ItemWrite]:
-    """Validate the shape of a transaction (1 to :data:`MAX_TRANSACTION_WRITES` writes, distinct keys); the
-    writes, as a list. Each write's key and attributes are checked by the backend, as its single writes are."""
-    if isinstance(writes, ItemWrite):
-        raise TypeError("transact takes a sequence of ItemWrite, not a single ItemWrite")
-    listed = list(writes)
-    if not listed:
-        raise ValueError("transact needs at least one write")
-    if len(listed) > MAX_TRANSACTION_WRITES:
-        raise ValueError(f"transact takes at most {MAX_TRANSACTION_WRITES} writes, got {len(listed)}")
-    seen: set[str] = set()
-    for write in listed:
-        if not isinstance(write, ItemWrite):
-            raise TypeError(f"transact takes ItemWrite objects, got {type(write).__name__}")
-        if write.key in seen:
-            raise ValueError(f"transact writes {write.key!r} more than once: a transaction's keys must be distinct")
-        seen.add(write.key)
-    return listed
-
-
 # ------------------------------------------------------------------------------------------- value codec
-
-
-# DynamoDB's number type (boto3's DYNAMODB_CONTEXT): 38 significant digits, magnitudes about 1e-130 to 1e126;
-# anything that would be rounded, clamped, overflow or underflow cannot be stored exactly.
-_DYNAMODB_NUMBERS = decimal.Context(
-    Emin=-128,
-    Emax=126,
-    prec=38,
-    traps=[decimal.Clamped, decimal.Overflow, decimal.Inexact, decimal.Rounded, decimal.Underflow],
-)
-
-
-def storable_number(value: int | float | Decimal) -> Decimal:
-    """``value`` as the exact decimal DynamoDB stores; ``ValueError`` if DynamoDB cannot store it exactly."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"cannot store the number {value!r}: only finite numbers are allowed")
-    if isinstance(value, Decimal) and not value.is_finite():
-        raise ValueError(f"cannot store the number {value!r}: only finite numbers are allowed")
-    try:
-        return _DYNAMODB_NUMBERS.create_decimal(repr(value) if isinstance(value, float) else value)
-    except decimal.DecimalException:
-        raise ValueError(
-            f"cannot store the number {value!r}: DynamoDB numbers have at most 38 significant digits and a "
-            "magnitude between 1e-130 and 1e126"
-        ) from None
 
 
 def _number_text(value: int | float | Decimal) -> str:
     number = storable_number(value)
     return str(value) if isinstance(value, int) else str(number)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
 
 
 def encode_value(value: object) -> dict[str, Any]:
@@ -218,30 +85,22 @@ def encode_value(value: object) -> dict[str, Any]:
         return {"BOOL": value}
     if isinstance(value, str):
         return {"S": value}
-    if _is_number(value):
+    if is_number(value):
         return {"N": _number_text(value)}  # type: ignore[arg-type]
     if isinstance(value, bytes | bytearray):
         return {"B": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, Mapping):
-        encoded: dict[str, Any] = {}
-        for name, member in value.items():
-            if not isinstance(name, str):
-                raise TypeError(f"map keys must be strings, got {name!r}")
-            encoded[name] = encode_value(member)
-        return {"M": encoded}
+        return {"M": {check_map_key(name): encode_value(member) for name, member in value.items()}}
     if isinstance(value, list | tuple):
         return {"L": [encode_value(member) for member in value]}
     if isinstance(value, set | frozenset):
-        if not value:
-            raise ValueError("cannot store an empty set (DynamoDB has no empty sets): omit the attribute instead")
-        if all(isinstance(member, str) for member in value):
+        kind = set_kind(value)
+        if kind == "S":
             return {"SS": sorted(value)}
-        if all(_is_number(member) for member in value):
+        if kind == "N":
             return {"NS": sorted(_number_text(member) for member in value)}
-        if all(isinstance(member, bytes | bytearray) for member in value):
-            return {"BS": sorted(base64.b64encode(bytes(member)).decode("ascii") for member in value)}
-        raise TypeError("a set must hold only strings, only numbers or only bytes")
-    raise TypeError(f"cannot store a value of type {type(value).__name__}: {value!r}")
+        return {"BS": sorted(base64.b64encode(bytes(member)).decode("ascii") for member in value)}
+    raise unstorable_type_error(value)
 
 
 def _number(text: str) -> int | float:
@@ -306,8 +165,6 @@ CREATE TABLE IF NOT EXISTS shardwise_items (
 );
 """
 
-_NAMESPACES: tuple[Namespace, ...] = ("coordinator", "worker-metrics")
-
 _Attributes = dict[str, dict[str, Any]]
 _Expected = Any  # a tagged value, or ABSENT
 
@@ -331,8 +188,7 @@ class SQLiteItemTable:
     def __init__(self, database: SQLiteDatabase, table_name: str, namespace: Namespace) -> None:
         if not table_name:
             raise ConfigurationError("table_name must not be empty (the lease table the items belong to)")
-        if namespace not in _NAMESPACES:
-            raise ConfigurationError(f"namespace must be one of {', '.join(_NAMESPACES)}, got {namespace!r}")
+        check_namespace(namespace)
         self._db = database
         self._table = table_name
         self._namespace: Namespace = namespace
@@ -461,9 +317,7 @@ class SQLiteItemTable:
                 "SELECT item_key, entity_type, attributes FROM shardwise_items WHERE table_name = ? AND namespace = ?",
                 (self._table, self._namespace),
             ).fetchall()
-        records = [self._record(str(key), entity, self._load(str(key), text)) for key, entity, text in rows]
-        records.sort(key=lambda record: record.key)
-        return records
+        return by_key(self._record(str(key), entity, self._load(str(key), text)) for key, entity, text in rows)
 
     # -- writes ----------------------------------------------------------------------------------------
 
@@ -560,19 +414,14 @@ class SQLiteItemTable:
 
     def upsert(self, key: str, attributes: Mapping[str, Any]) -> None:
         self._check_key(key)
-        if not attributes:
-            raise ValueError("upsert needs at least one attribute to set")
-        check_attribute_names(attributes, "upsert")
+        check_upsert(attributes)
         encoded = {name: encode_value(value) for name, value in attributes.items()}
         with self._db.transaction() as conn:
             self._require_table(conn)
             found = self._select(conn, key)
             current: _Attributes = {}
             if (found is not None and found[0] != self._namespace) or self._is_lease(conn, key):
-                raise ConfigurationError(
-                    f"item {key!r} of lease table {self._table!r} is not a {self._namespace} item (a lease or "
-                    "another kind of item has this key); refusing to overwrite it: use another key (worker id)"
-                )
+                raise not_in_namespace_error(key, f"lease table {self._table!r}", self._namespace)
             if found is not None:
                 current = found[2]
             current.update(encoded)

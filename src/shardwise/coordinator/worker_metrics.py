@@ -147,7 +147,30 @@ def _count_cpu_list(text: str) -> int | None:
     return count or None
 
 
-class ProcStatCpu:
+class _CpuCounters:
+    """A CPU metric computed from the change of cumulative counters since the previous sample."""
+
+    def __init__(self, max_utilization: float) -> None:
+        self._max = float(max_utilization)
+        self._lock = threading.Lock()
+        self._last: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        return CPU
+
+    @property
+    def max_utilization(self) -> float:
+        return self._max
+
+    def _previous(self, reading: tuple[int, int]) -> tuple[int, int] | None:
+        """Keep ``reading`` for the next sample; the one kept before it (``None`` at the first sample)."""
+        with self._lock:
+            last, self._last = self._last, reading
+        return last
+
+
+class ProcStatCpu(_CpuCounters):
     """Host CPU from the first line of ``/proc/stat`` (KCL's ``LinuxCpuWorkerMetric``).
 
     busy = user + nice + system; total = busy + idle + iowait (irq, softirq and steal are ignored, as in
@@ -157,18 +180,8 @@ class ProcStatCpu:
     """
 
     def __init__(self, root: str | os.PathLike[str] = "/", *, max_utilization: float = 100.0) -> None:
+        super().__init__(max_utilization)
         self._path = Path(root) / "proc/stat"
-        self._max = float(max_utilization)
-        self._lock = threading.Lock()
-        self._last: tuple[int, int] | None = None  # (total, idle)
-
-    @property
-    def name(self) -> str:
-        return CPU
-
-    @property
-    def max_utilization(self) -> float:
-        return self._max
 
     @property
     def path(self) -> Path:
@@ -186,8 +199,7 @@ class ProcStatCpu:
 
     def sample(self) -> float | None:
         total, idle = self.read_counters()
-        with self._lock:
-            last, self._last = self._last, (total, idle)
+        last = self._previous((total, idle))
         if last is None:
             return 0.0
         d_total, d_idle = total - last[0], idle - last[1]
@@ -199,30 +211,32 @@ class ProcStatCpu:
         return f"ProcStatCpu({str(self._path)!r})"
 
 
-class _CgroupCpu:
-    """Shared delta logic: CPU time used by the cgroup over wall time, against the cgroup's CPU limit."""
+def _quota_cores(quota: int, period: int) -> float | None:
+    """A CFS quota as a number of CPUs; ``None`` (no limit) unless both the quota and the period are > 0."""
+    if quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+class _CgroupCpu(_CpuCounters):
+    """Shared delta logic: CPU time used by the cgroup over wall time, against the cgroup's CPU limit.
+
+    ``root`` is the file-system root the cgroup files are read under (``<root>/sys/fs/cgroup``).
+    """
 
     def __init__(
         self,
-        root: str | os.PathLike[str],
-        clock_ns: Callable[[], int],
-        cpu_count: Callable[[], int | None],
-        max_utilization: float,
+        root: str | os.PathLike[str] = "/",
+        *,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        cpu_count: Callable[[], int | None] = available_processors,
+        max_utilization: float = 100.0,
     ) -> None:
+        super().__init__(max_utilization)
         self._root = Path(root)
+        self._dir = self._root / _CGROUP
         self._clock_ns = clock_ns
         self._cpu_count = cpu_count
-        self._max = float(max_utilization)
-        self._lock = threading.Lock()
-        self._last: tuple[int, int] | None = None  # (usage ns, clock ns)
-
-    @property
-    def name(self) -> str:
-        return CPU
-
-    @property
-    def max_utilization(self) -> float:
-        return self._max
 
     def usage_ns(self) -> int:
         """Cumulative CPU time of the cgroup, in nanoseconds."""
@@ -238,8 +252,7 @@ class _CgroupCpu:
     def sample(self) -> float | None:
         usage = self.usage_ns()
         now = self._clock_ns()
-        with self._lock:
-            last, self._last = self._last, (usage, now)
+        last = self._previous((usage, now))
         if last is None:
             return 0.0
         d_usage, d_wall = usage - last[0], now - last[1]
@@ -247,6 +260,9 @@ class _CgroupCpu:
             return None
         cores_used = d_usage / d_wall
         return min(100.0, cores_used / self.limit_cores() * 100)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self._dir)!r})"
 
 
 class CgroupV2Cpu(_CgroupCpu):
@@ -257,17 +273,6 @@ class CgroupV2Cpu(_CgroupCpu):
     ``cpuset.cpus.effective`` (``cpu_count()``, by default :func:`available_processors`, if that is absent
     too); × 100, capped at 100. The first sample returns 0.
     """
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str] = "/",
-        *,
-        clock_ns: Callable[[], int] = time.monotonic_ns,
-        cpu_count: Callable[[], int | None] = available_processors,
-        max_utilization: float = 100.0,
-    ) -> None:
-        super().__init__(root, clock_ns, cpu_count, max_utilization)
-        self._dir = self._root / _CGROUP
 
     def usage_ns(self) -> int:
         path = self._dir / "cpu.stat"
@@ -287,9 +292,7 @@ class CgroupV2Cpu(_CgroupCpu):
             return None
         quota = int(fields[0])
         period = int(fields[1]) if len(fields) > 1 else 100_000
-        if quota <= 0 or period <= 0:
-            return None
-        return quota / period
+        return _quota_cores(quota, period)
 
     def cpuset_cores(self) -> int | None:
         """The number of CPUs in ``cpuset.cpus.effective``; ``None`` when absent or empty."""
@@ -304,9 +307,6 @@ class CgroupV2Cpu(_CgroupCpu):
             return quota
         cpuset = self.cpuset_cores()
         return float(cpuset) if cpuset is not None else self._fallback_cores()
-
-    def __repr__(self) -> str:
-        return f"CgroupV2Cpu({str(self._dir)!r})"
 
 
 class CgroupV1Cpu(_CgroupCpu):
@@ -324,17 +324,6 @@ class CgroupV1Cpu(_CgroupCpu):
     USAGE_FILES = ("cpu/cpuacct.usage", "cpuacct/cpuacct.usage", "cpu,cpuacct/cpuacct.usage")
     CPU_DIRS = ("cpu", "cpu,cpuacct")
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str] = "/",
-        *,
-        clock_ns: Callable[[], int] = time.monotonic_ns,
-        cpu_count: Callable[[], int | None] = available_processors,
-        max_utilization: float = 100.0,
-    ) -> None:
-        super().__init__(root, clock_ns, cpu_count, max_utilization)
-        self._dir = self._root / _CGROUP
-
     def usage_ns(self) -> int:
         return _read_int(_first_existing(self._dir, self.USAGE_FILES))
 
@@ -345,16 +334,11 @@ class CgroupV1Cpu(_CgroupCpu):
             period = _read_int(_first_existing(self._dir, (f"{d}/cpu.cfs_period_us" for d in self.CPU_DIRS)))
         except FileNotFoundError:
             return None
-        if quota <= 0 or period <= 0:
-            return None
-        return quota / period
+        return _quota_cores(quota, period)
 
     def limit_cores(self) -> float:
         quota = self.quota_cores()
         return quota if quota is not None else self._fallback_cores()
-
-    def __repr__(self) -> str:
-        return f"CgroupV1Cpu({str(self._dir)!r})"
 
 
 def _usable(source: ProcStatCpu | _CgroupCpu) -> bool:

@@ -68,14 +68,25 @@ class InitializeInput(MessageDispatcher):
         record_processor.initialize(self)
 
 
-class ProcessRecordsInput(MessageDispatcher):
+class _WithCheckpointer(MessageDispatcher):
+    """An input whose ``checkpointer`` is the one it is dispatched with."""
+
+    def __init__(self, json_dict: Mapping[str, Any]) -> None:
+        self._checkpointer: Any = None
+        self._action = json_dict["action"]
+
+    @property
+    def checkpointer(self) -> Any:
+        return self._checkpointer
+
+
+class ProcessRecordsInput(_WithCheckpointer):
     """``processRecords``: a batch of records, how far behind the stream's tip it is, and the checkpointer."""
 
     def __init__(self, json_dict: Mapping[str, Any]) -> None:
         self._records: list[Record] = list(json_dict["records"])
         self._millis_behind_latest: int | None = json_dict["millisBehindLatest"]
-        self._checkpointer: Any = None
-        self._action = json_dict["action"]
+        super().__init__(json_dict)
 
     @property
     def records(self) -> list[Record]:
@@ -84,10 +95,6 @@ class ProcessRecordsInput(MessageDispatcher):
     @property
     def millis_behind_latest(self) -> int | None:
         return self._millis_behind_latest
-
-    @property
-    def checkpointer(self) -> Any:
-        return self._checkpointer
 
     def dispatch(self, checkpointer: Any, record_processor: Any) -> None:
         self._checkpointer = checkpointer
@@ -141,16 +148,6 @@ class LeaseLostInput(MessageDispatcher):
 
     def dispatch(self, checkpointer: Any, record_processor: Any) -> None:
         record_processor.lease_lost(self)
-
-
-class _WithCheckpointer(MessageDispatcher):
-    def __init__(self, json_dict: Mapping[str, Any]) -> None:
-        self._checkpointer: Any = None
-        self._action = json_dict["action"]
-
-    @property
-    def checkpointer(self) -> Any:
-        return self._checkpointer
 
 
 class ShardEndedInput(_WithCheckpointer):
