@@ -876,6 +876,14 @@ def _report_lost_race(log: _Log, app: _App) -> None:
     )
 
 
+def _app_values(app: _App | None, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the application's backend, layout and table names added where not given."""
+    if app is not None:
+        for name in ("backend", "layout", "lease_table", "state_table", "worker_metrics_table"):
+            values.setdefault(name, getattr(app, name))
+    return values
+
+
 def _result(
     log: _Log,
     mode: Mode,
@@ -885,37 +893,170 @@ def _result(
     /,
     **values: Any,
 ) -> MigrationResult:
-    if app is not None:
-        values.setdefault("backend", app.backend)
-        values.setdefault("layout", app.layout)
-        values.setdefault("lease_table", app.lease_table)
-        values.setdefault("state_table", app.state_table)
-        values.setdefault("worker_metrics_table", app.worker_metrics_table)
     ok, outcome = end
-    return MigrationResult(mode=mode, ok=ok, outcome=outcome, dry_run=dry_run, messages=tuple(log.messages), **values)
+    return MigrationResult(
+        mode=mode, ok=ok, outcome=outcome, dry_run=dry_run, messages=tuple(log.messages), **_app_values(app, values)
+    )
 
 
-def _begin(
-    log: _Log, mode: Mode, target: MigrationTarget, backend: BackendConfig | None, client: DynamoDBClient | None
-) -> _App | tuple[bool, str]:
-    """Validate, open and check the tables; the app, or ``(ok, outcome)`` of an early end."""
+@dataclass(frozen=True, slots=True)
+class _Direction:
+    """What differs between a rollback and a roll-forward up to the write of the new client version (see
+    :func:`_start` and :func:`_write`): the versions acted on, the refusals and the tool's lines."""
+
+    mode: Mode
+    #: The client versions it acts on; any other is refused.
+    accepts: frozenset[str]
+    #: Refused versions → (outcome, the tool's line, shardwise's note or ``None``); any other version not
+    #: accepted is "not-in-progress" with ``not_in_progress`` and a note on what was found.
+    refusals: Mapping[str, tuple[str, str, str | None]]
+    not_in_progress: str
+    to: str
+    modified_by: str
+    #: "back" / "forward", as in "Would roll back the client version...".
+    verb: str
+    #: The tool's line before the write (given the state table), if it prints one.
+    writing: Callable[[str], str] | None
+    #: The tool's line when the write fails (given the error).
+    write_error: Callable[[str], str]
+    condition_failed: str
+    #: The tool's line after a successful write, if it prints one.
+    written: str | None
+
+
+def _start(
+    direction: _Direction,
+    log: _Log,
+    target: MigrationTarget,
+    backend: BackendConfig | None,
+    client: DynamoDBClient | None,
+    *,
+    dry_run: bool,
+) -> tuple[_App, _State] | MigrationResult:
+    """Validate, open and check the tables, read the migration state and refuse the versions ``direction``
+    does not act on: the app and the state, or the result of an early end."""
+    mode = direction.mode
     invalid = target.validation_error(mode)
     if invalid is not None:
         log.tool(invalid)
-        return False, "invalid-arguments"
+        return _result(log, mode, dry_run, (False, "invalid-arguments"))
     try:
         opened = _open(target, backend if backend is not None else BackendConfig(), client)
     except ConfigurationError as exc:
         log.own(str(exc))
-        return False, "invalid-arguments"
+        return _result(log, mode, dry_run, (False, "invalid-arguments"))
     if isinstance(opened, ShardwiseError):
         _read_failed(log, mode, opened)
-        return False, "read-failed"
-    log.own(opened.describe())
-    return opened
+        return _result(log, mode, dry_run, (False, "read-failed"))
+    app = opened
+    log.own(app.describe())
+    if dry_run:
+        log.own("Dry run: nothing will be changed.")
+    failure = _check_tables(log, app, mode)
+    if failure is not None:
+        return _result(log, mode, dry_run, (False, failure), app)
+    try:
+        state = _read_state(app)
+    except ShardwiseError as exc:
+        _read_failed(log, mode, exc)
+        return _result(log, mode, dry_run, (False, "read-failed"), app)
+    previous = state.client_version
+    if previous in direction.accepts:
+        return app, state
+    refusal = direction.refusals.get(previous)
+    if refusal is None:
+        refusal = ("not-in-progress", direction.not_in_progress, _not_a_version_note(app, state))
+    outcome, line, note = refusal
+    log.tool(line)
+    if note is not None:
+        log.own(note)
+    return _result(
+        log,
+        mode,
+        dry_run,
+        (False, outcome),
+        app,
+        previous_client_version=previous,
+        client_version=previous if state.exists else None,
+    )
+
+
+def _write(
+    direction: _Direction, log: _Log, app: _App, state: _State, *, dry_run: bool, clock: Callable[[], float]
+) -> dict[str, Any] | MigrationResult:
+    """Write ``cv = direction.to`` conditional on the ``cv`` and ``mts`` read (in a dry run: say what would be
+    written): the history entry pushed, or the result of a failed write."""
+    previous = state.client_version
+    now_ms = int(clock() * 1000)
+    if dry_run:
+        entry = state.history_entry(now_ms)
+        log.own(
+            f"Would roll {direction.verb} the client version in table '{app.state_table}': cv {previous} -> "
+            f"{direction.to}, mb {direction.modified_by}, history entry {entry} pushed (conditional on cv = "
+            f"{previous} and mts unchanged)."
+        )
+        return entry
+    if direction.writing is not None:
+        log.tool(direction.writing(app.state_table))
+    mode = direction.mode
+    try:
+        won, entry = _transition(app, state, direction.to, direction.modified_by, now_ms)
+    except ShardwiseError as exc:
+        log.tool(direction.write_error(_error_text(exc)))
+        return _result(
+            log,
+            mode,
+            dry_run,
+            (False, "write-failed"),
+            app,
+            previous_client_version=previous,
+            client_version=previous,
+        )
+    if not won:
+        log.tool(direction.condition_failed)
+        _report_lost_race(log, app)
+        return _result(log, mode, dry_run, (False, "conditional-check-failed"), app, previous_client_version=previous)
+    if direction.written is not None:
+        log.tool(direction.written)
+    log.own(f"Client version in table '{app.state_table}' is now {direction.to} (was {previous}).")
+    return entry
 
 
 # ------------------------------------------------------------------------------------------------- rollback
+
+_ROLLBACK = _Direction(
+    mode="rollback",
+    accepts=frozenset({_V2X, _UPGRADE, _V3X_WITH_ROLLBACK}),
+    refusals={
+        _V3X: (
+            "not-rollbackable",
+            ROLLBACK_REFUSED_3X,
+            "(CLIENT_VERSION_3X is final: the migration has completed and cannot be rolled back.)",
+        )
+    },
+    not_in_progress=ROLLBACK_NOT_IN_PROGRESS,
+    to=_V2X,
+    modified_by=MODIFIED_BY_ROLLBACK,
+    verb="back",
+    writing=_rolling_back,
+    write_error=_rollback_error,
+    condition_failed=ROLLBACK_CONDITION_FAILED,
+    written=None,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pacing:
+    """How a rollback's clean-up waits: for workers to leave KCL 3.x mode (``wait``, up to
+    ``wait_timeout_s``), for deletions to finish (up to ``gsi_timeout_s``), polling every ``poll_s``."""
+
+    wait: bool
+    wait_timeout_s: float
+    poll_s: float
+    gsi_timeout_s: float
+    active_window_s: float
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
 
 
 def rollback(
@@ -952,74 +1093,23 @@ def rollback(
     ):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
+    pacing = _Pacing(wait, wait_timeout_s, poll_interval_s, gsi_timeout_s, active_window_s, clock, sleep)
     log = _Log(on_message)
-    begun = _begin(log, "rollback", target, backend, dynamodb_client)
-    if not isinstance(begun, _App):
-        return _result(log, "rollback", dry_run, begun)
-    app = begun
-    if dry_run:
-        log.own("Dry run: nothing will be changed.")
-    failure = _check_tables(log, app, "rollback")
-    if failure is not None:
-        return _result(log, "rollback", dry_run, (False, failure), app)
-    try:
-        state = _read_state(app)
-    except ShardwiseError as exc:
-        _read_failed(log, "rollback", exc)
-        return _result(log, "rollback", dry_run, (False, "read-failed"), app)
+    started = _start(_ROLLBACK, log, target, backend, dynamodb_client, dry_run=dry_run)
+    if isinstance(started, MigrationResult):
+        return started
+    app, state = started
     previous = state.client_version
-    common: dict[str, Any] = {"previous_client_version": previous}
+    entry: dict[str, Any] | None = None
     if previous == _V2X:
         log.tool(ALREADY_2X)
-    elif previous == _V3X:
-        log.tool(ROLLBACK_REFUSED_3X)
-        log.own("(CLIENT_VERSION_3X is final: the migration has completed and cannot be rolled back.)")
-        return _result(log, "rollback", dry_run, (False, "not-rollbackable"), app, client_version=previous, **common)
-    elif previous not in (_UPGRADE, _V3X_WITH_ROLLBACK):
-        log.tool(ROLLBACK_NOT_IN_PROGRESS)
-        log.own(_not_a_version_note(app, state))
-        client_version = previous if state.exists else None
-        return _result(
-            log, "rollback", dry_run, (False, "not-in-progress"), app, client_version=client_version, **common
-        )
+    else:
+        written = _write(_ROLLBACK, log, app, state, dry_run=dry_run, clock=clock)
+        if isinstance(written, MigrationResult):
+            return written
+        entry = written
 
-    entry: dict[str, Any] | None = None
-    if previous != _V2X:
-        now_ms = int(clock() * 1000)
-        if dry_run:
-            entry = state.history_entry(now_ms)
-            log.own(
-                f"Would roll back the client version in table '{app.state_table}': cv {previous} -> {_V2X}, "
-                f"mb {MODIFIED_BY_ROLLBACK}, history entry {entry} pushed (conditional on cv = {previous} "
-                "and mts unchanged)."
-            )
-        else:
-            log.tool(_rolling_back(app.state_table))
-            try:
-                won, entry = _transition(app, state, _V2X, MODIFIED_BY_ROLLBACK, now_ms)
-            except ShardwiseError as exc:
-                log.tool(_rollback_error(_error_text(exc)))
-                return _result(
-                    log, "rollback", dry_run, (False, "write-failed"), app, client_version=previous, **common
-                )
-            if not won:
-                log.tool(ROLLBACK_CONDITION_FAILED)
-                _report_lost_race(log, app)
-                return _result(log, "rollback", dry_run, (False, "conditional-check-failed"), app, **common)
-            log.own(f"Client version in table '{app.state_table}' is now {_V2X} (was {previous}).")
-
-    cleanup = _clean_up(
-        log,
-        app,
-        dry_run=dry_run,
-        wait=wait,
-        wait_timeout_s=wait_timeout_s,
-        poll_interval_s=poll_interval_s,
-        gsi_timeout_s=gsi_timeout_s,
-        active_window_s=active_window_s,
-        clock=clock,
-        sleep=sleep,
-    )
+    cleanup = _clean_up(log, app, pacing, dry_run=dry_run)
     outcome = "already-rolled-back" if previous == _V2X else "rolled-back"
     if dry_run:
         verdict = "would succeed" if cleanup.ok else "would not complete its clean-up"
@@ -1045,10 +1135,10 @@ def rollback(
         dry_run,
         (cleanup.ok, outcome),
         app,
+        previous_client_version=previous,
         client_version=previous if dry_run else _V2X,
         history_entry=entry,
         cleanup=cleanup,
-        **common,
     )
 
 
@@ -1072,38 +1162,26 @@ def _workers_in_3x_mode(app: _App, now_s: float, active_window_s: float) -> list
     return sorted(found)
 
 
-def _clean_up(
-    log: _Log,
-    app: _App,
-    *,
-    dry_run: bool,
-    wait: bool,
-    wait_timeout_s: float,
-    poll_interval_s: float,
-    gsi_timeout_s: float,
-    active_window_s: float,
-    clock: Callable[[], float],
-    sleep: Callable[[float], None],
-) -> CleanupReport:
+def _clean_up(log: _Log, app: _App, pacing: _Pacing, *, dry_run: bool) -> CleanupReport:
     waited = 0.0
     remaining: tuple[str, ...] = ()
     wait_outcome: WaitOutcome
     if dry_run:
         wait_outcome = "dry-run"
         try:
-            remaining = tuple(_workers_in_3x_mode(app, clock(), active_window_s))
+            remaining = tuple(_workers_in_3x_mode(app, pacing.clock(), pacing.active_window_s))
         except ShardwiseError as exc:
             log.own(f"Could not read the workers' metrics: {exc}.")
-        if not wait:
+        if not pacing.wait:
             log.own("Would not wait for workers to leave KCL 3.x mode (--no-wait).")
         elif remaining:
             log.own(
-                f"Would wait (up to {wait_timeout_s:g} seconds) for {len(remaining)} worker(s) still reporting "
-                f"worker metrics (a KCL 3.x mode) to leave it: {', '.join(remaining)}."
+                f"Would wait (up to {pacing.wait_timeout_s:g} seconds) for {len(remaining)} worker(s) still "
+                f"reporting worker metrics (a KCL 3.x mode) to leave it: {', '.join(remaining)}."
             )
         else:
             log.own("No worker reports worker metrics (a KCL 3.x mode): clean-up would start at once.")
-    elif not wait:
+    elif not pacing.wait:
         wait_outcome = "not-waited"
         log.own(
             "Not waiting for workers to leave KCL 3.x mode (--no-wait): KCL 3.0 resources are cleaned up now; "
@@ -1111,15 +1189,7 @@ def _clean_up(
             "client-version check (every 60 s) switches them to 2.x compatible mode."
         )
     else:
-        wait_outcome, waited, remaining = _wait_for_workers(
-            log,
-            app,
-            timeout_s=wait_timeout_s,
-            poll_s=poll_interval_s,
-            active_window_s=active_window_s,
-            clock=clock,
-            sleep=sleep,
-        )
+        wait_outcome, waited, remaining = _wait_for_workers(log, app, pacing)
         if wait_outcome != "done":
             return CleanupReport(wait_outcome, waited, remaining, "skipped", "skipped")
 
@@ -1130,37 +1200,25 @@ def _clean_up(
             "schema) and keeps worker metrics in the lease table: nothing to clean up."
         )
     else:
-        owner_index = _delete_owner_index(
-            log, app, dry_run=dry_run, timeout_s=gsi_timeout_s, poll_s=poll_interval_s, clock=clock, sleep=sleep
-        )
+        owner_index = _delete(_OWNER_INDEX, log, app, pacing, dry_run=dry_run)
     metrics_table: StepOutcome = "not-applicable"
     if app.backend == "aws" and app.layout == "legacy" and app.worker_metrics_table is not None:
-        metrics_table = _delete_metrics_table(
-            log, app, dry_run=dry_run, timeout_s=gsi_timeout_s, poll_s=poll_interval_s, clock=clock, sleep=sleep
-        )
+        metrics_table = _delete(_METRICS_TABLE, log, app, pacing, dry_run=dry_run)
         log.own(f"The coordinator state table {app.state_table} is kept: it holds the migration state.")
     return CleanupReport(wait_outcome, waited, remaining, owner_index, metrics_table)
 
 
-def _wait_for_workers(
-    log: _Log,
-    app: _App,
-    *,
-    timeout_s: float,
-    poll_s: float,
-    active_window_s: float,
-    clock: Callable[[], float],
-    sleep: Callable[[float], None],
-) -> tuple[WaitOutcome, float, tuple[str, ...]]:
+def _wait_for_workers(log: _Log, app: _App, pacing: _Pacing) -> tuple[WaitOutcome, float, tuple[str, ...]]:
+    timeout_s, active_window_s = pacing.wait_timeout_s, pacing.active_window_s
     log.own(
         "Waiting for workers to leave KCL 3.x mode before cleaning up KCL 3.0 resources after rollback (up to "
         f"{timeout_s:g} seconds; a KCL worker stops reporting worker metrics in 2.x compatible mode, and its "
         f"entry stays active for {active_window_s:g} seconds after its last report)..."
     )
-    start = clock()
+    start = pacing.clock()
     shown: list[str] | None = None
     while True:
-        now = clock()
+        now = pacing.clock()
         elapsed = now - start
         try:
             remaining = _workers_in_3x_mode(app, now, active_window_s)
@@ -1189,33 +1247,114 @@ def _wait_for_workers(
                 f"reporting: {', '.join(remaining)}. {advice}"
             )
             return "timed-out", elapsed, tuple(remaining)
-        sleep(max(0.0, min(poll_s, timeout_s - elapsed)))
+        pacing.sleep(max(0.0, min(pacing.poll_s, timeout_s - elapsed)))
 
 
-def _delete_owner_index(
-    log: _Log,
-    app: _App,
-    *,
-    dry_run: bool,
-    timeout_s: float,
-    poll_s: float,
-    clock: Callable[[], float],
-    sleep: Callable[[float], None],
-) -> StepOutcome:
+@dataclass(frozen=True, slots=True)
+class _Deletion:
+    """What differs between deleting the GSI and deleting the legacy worker-metrics table (see :func:`_delete`).
+
+    The messages take the table's name first: ``tool_*`` are KclMigrationTool.py's lines (word for word),
+    ``own_*`` shardwise's.
+    """
+
+    #: The table it lives in (the lease table / the worker-metrics table).
+    table: Callable[[_App], str | None]
+    #: Its status in the table's ``DescribeTable`` answer; ``None`` when it does not exist.
+    status_in: Callable[[TableDescriptionTypeDef], str | None]
+    #: Start deleting it.
+    delete: Callable[[DynamoDBClient, str], object]
+    #: Its status while deleting; ``None`` when it is gone. May raise ``ShardwiseError`` or botocore errors.
+    probe: Callable[[_App, str], str | None]
+    tool_check_error: Callable[[str, str], str]
+    #: The line when the table itself does not exist, which fails the step; ``None``: then it is absent too.
+    tool_table_missing: Callable[[str], str] | None
+    tool_absent: Callable[[str], str]
+    tool_deleting: Callable[[str], str]
+    #: The line when the delete call answers ``ResourceNotFoundException``, if the tool prints one.
+    tool_not_found: Callable[[str], str] | None
+    #: The line when the delete call fails with a ``ClientError`` (given its code and text).
+    tool_client_error: Callable[[str, str, str], str]
+    #: The line when the delete call fails with a ``BotoCoreError`` (given its text).
+    tool_error: Callable[[str, str], str]
+    own_would_delete: Callable[[str, str], str]
+    own_already_deleting: Callable[[str], str]
+    own_busy: Callable[[str, float], str]
+    own_verify_error: Callable[[str, str], str]
+    own_gone: Callable[[str], str]
+    own_still_there: Callable[[str, str, float], str]
+    #: The line announcing the wait for the deletion to finish (given the status), if one is shown.
+    own_waiting: Callable[[str, str], str] | None
+
+
+def _delete(spec: _Deletion, log: _Log, app: _App, pacing: _Pacing, *, dry_run: bool) -> StepOutcome:
+    """Delete what ``spec`` describes (retrying while its table is being modified) and verify it is gone."""
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
-    assert app.client is not None
-    assert app.lease_table is not None
-    client, table = app.client, app.lease_table
+    client, table = app.client, spec.table(app)
+    assert client is not None
+    assert table is not None
+    clock, sleep, poll_s, timeout_s = pacing.clock, pacing.sleep, pacing.poll_s, pacing.gsi_timeout_s
     try:
         description = _describe_table(client, table)
     except (ClientError, BotoCoreError) as exc:
-        log.tool(_gsi_check_error(table, str(exc)))
+        log.tool(spec.tool_check_error(table, str(exc)))
         return "failed"
-    if description is None:
-        log.tool(_gsi_lease_table_missing(table))
+    if description is None and spec.tool_table_missing is not None:
+        log.tool(spec.tool_table_missing(table))
         return "failed"
-    index_status = next(
+    status = None if description is None else spec.status_in(description)
+    if status is None:
+        log.tool(spec.tool_absent(table))
+        return "absent"
+    if dry_run:
+        log.own(spec.own_would_delete(table, status))
+        return "would-delete"
+    deadline = clock() + timeout_s
+    if status == "DELETING":
+        log.own(spec.own_already_deleting(table))
+    else:
+        log.tool(spec.tool_deleting(table))
+        while True:
+            try:
+                spec.delete(client, table)
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code == "ResourceNotFoundException":
+                    if spec.tool_not_found is not None:
+                        log.tool(spec.tool_not_found(table))
+                    break  # gone already, or the table is: the verification below tells which
+                if code == "ResourceInUseException" and clock() < deadline:
+                    log.own(spec.own_busy(table, poll_s))
+                    sleep(poll_s)
+                    continue
+                log.tool(spec.tool_client_error(table, code, str(exc)))
+                return "failed"
+            except BotoCoreError as exc:
+                log.tool(spec.tool_error(table, str(exc)))
+                return "failed"
+            break
+    announced = False
+    while True:
+        try:
+            current = spec.probe(app, table)
+        except (ShardwiseError, ClientError, BotoCoreError) as exc:
+            log.own(spec.own_verify_error(table, str(exc)))
+            return "failed"
+        if current is None:
+            log.own(spec.own_gone(table))
+            return "deleted"
+        if clock() >= deadline:
+            log.own(spec.own_still_there(table, current, timeout_s))
+            return "failed"
+        if not announced and spec.own_waiting is not None:
+            log.own(spec.own_waiting(table, current))
+            announced = True
+        sleep(max(0.0, min(poll_s, deadline - clock())))
+
+
+def _owner_index_status_in(description: TableDescriptionTypeDef) -> str | None:
+    return next(
         (
             index.get("IndexStatus", "UNKNOWN")
             for index in description.get("GlobalSecondaryIndexes", [])
@@ -1223,132 +1362,99 @@ def _delete_owner_index(
         ),
         None,
     )
-    if index_status is None:
-        log.tool(_gsi_absent(table))
-        return "absent"
-    if dry_run:
-        log.own(f"Would delete GSI {GSI_NAME} (now {index_status}) from lease table '{table}' and verify it is gone.")
-        return "would-delete"
-    deadline = clock() + timeout_s
-    if index_status == "DELETING":
-        log.own(f"GSI {GSI_NAME} on lease table '{table}' is already being deleted.")
-    else:
-        log.tool(_gsi_deleting(table))
-        while True:
-            try:
-                client.update_table(TableName=table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": GSI_NAME}}])
-            except ClientError as exc:
-                code = _error_code(exc)
-                if code == "ResourceNotFoundException":
-                    log.tool(_gsi_not_found(table))
-                    break  # gone already, or the table is: the verification below tells which
-                if code == "ResourceInUseException" and clock() < deadline:
-                    log.own(f"Lease table '{table}' is being modified; retrying in {poll_s:g} seconds...")
-                    sleep(poll_s)
-                    continue
-                if code == "ResourceInUseException":
-                    log.tool(_gsi_in_use(table))
-                else:
-                    log.tool(_gsi_delete_error(table, str(exc)))
-                return "failed"
-            except BotoCoreError as exc:
-                log.tool(_gsi_delete_error(table, str(exc)))
-                return "failed"
-            break
+
+
+def _owner_index_probe(app: _App, _table: str) -> str | None:
     assert app.owner_index is not None
-    announced = False
-    while True:
-        try:
-            current = app.owner_index.owner_index_status()
-        except ShardwiseError as exc:
-            log.own(f"Could not verify that GSI {GSI_NAME} is gone from lease table '{table}': {exc}")
-            return "failed"
-        if current is None:
-            log.own(f"Verified: GSI {GSI_NAME} is gone from lease table '{table}'.")
-            return "deleted"
-        if clock() >= deadline:
-            log.own(
-                f"GSI {GSI_NAME} is still {current} on lease table '{table}' after {timeout_s:g} seconds. Check "
-                "`shardwise migrate status` later; if it is not DELETING, run the rollback again."
-            )
-            return "failed"
-        if not announced:
-            log.own(f"Waiting for DynamoDB to finish deleting GSI {GSI_NAME} (now {current})...")
-            announced = True
-        sleep(max(0.0, min(poll_s, deadline - clock())))
+    return app.owner_index.owner_index_status()
 
 
-def _delete_metrics_table(
-    log: _Log,
-    app: _App,
-    *,
-    dry_run: bool,
-    timeout_s: float,
-    poll_s: float,
-    clock: Callable[[], float],
-    sleep: Callable[[float], None],
-) -> StepOutcome:
-    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
-
+def _table_probe(app: _App, table: str) -> str | None:
     assert app.client is not None
-    assert app.worker_metrics_table is not None
-    client, table = app.client, app.worker_metrics_table
-    try:
-        description = _describe_table(client, table)
-    except (ClientError, BotoCoreError) as exc:
-        log.tool(_metrics_table_check_error(table, str(exc)))
-        return "failed"
-    if description is None:
-        log.tool(_metrics_table_absent(table))
-        return "absent"
-    table_status = description.get("TableStatus", "UNKNOWN")
-    if dry_run:
-        log.own(f"Would delete worker metrics table {table} (now {table_status}) and verify it is gone.")
-        return "would-delete"
-    deadline = clock() + timeout_s
-    if table_status == "DELETING":
-        log.own(f"Worker metrics table {table} is already being deleted.")
-    else:
-        log.tool(_metrics_table_deleting(table))
-        while True:
-            try:
-                client.delete_table(TableName=table)
-            except ClientError as exc:
-                code = _error_code(exc)
-                if code == "ResourceNotFoundException":
-                    break
-                if code == "ResourceInUseException" and clock() < deadline:
-                    log.own(f"Worker metrics table {table} is being modified; retrying in {poll_s:g} seconds...")
-                    sleep(poll_s)
-                    continue
-                if code == "AccessDeniedException":
-                    log.tool(_metrics_table_access_denied(table))
-                else:
-                    log.tool(_metrics_table_client_error(str(exc)))
-                return "failed"
-            except BotoCoreError as exc:
-                log.tool(_metrics_table_error(str(exc)))
-                return "failed"
-            break
-    while True:
-        try:
-            current = _describe_table(client, table)
-        except (ClientError, BotoCoreError) as exc:
-            log.own(f"Could not verify that worker metrics table {table} is gone: {exc}")
-            return "failed"
-        if current is None:
-            log.own(f"Verified: worker metrics table {table} is gone.")
-            return "deleted"
-        if clock() >= deadline:
-            log.own(
-                f"Worker metrics table {table} is still {current.get('TableStatus', 'UNKNOWN')} after "
-                f"{timeout_s:g} seconds. Check again later; if it is not DELETING, run the rollback again."
-            )
-            return "failed"
-        sleep(max(0.0, min(poll_s, deadline - clock())))
+    description = _describe_table(app.client, table)
+    return None if description is None else description.get("TableStatus", "UNKNOWN")
+
+
+_OWNER_INDEX = _Deletion(
+    table=lambda app: app.lease_table,
+    status_in=_owner_index_status_in,
+    delete=lambda client, table: client.update_table(
+        TableName=table, GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": GSI_NAME}}]
+    ),
+    probe=_owner_index_probe,
+    tool_check_error=_gsi_check_error,
+    tool_table_missing=_gsi_lease_table_missing,
+    tool_absent=_gsi_absent,
+    tool_deleting=_gsi_deleting,
+    tool_not_found=_gsi_not_found,
+    tool_client_error=lambda table, code, error: (
+        _gsi_in_use(table) if code == "ResourceInUseException" else _gsi_delete_error(table, error)
+    ),
+    tool_error=_gsi_delete_error,
+    own_would_delete=lambda table, status: (
+        f"Would delete GSI {GSI_NAME} (now {status}) from lease table '{table}' and verify it is gone."
+    ),
+    own_already_deleting=lambda table: f"GSI {GSI_NAME} on lease table '{table}' is already being deleted.",
+    own_busy=lambda table, poll_s: f"Lease table '{table}' is being modified; retrying in {poll_s:g} seconds...",
+    own_verify_error=lambda table, error: (
+        f"Could not verify that GSI {GSI_NAME} is gone from lease table '{table}': {error}"
+    ),
+    own_gone=lambda table: f"Verified: GSI {GSI_NAME} is gone from lease table '{table}'.",
+    own_still_there=lambda table, status, timeout_s: (
+        f"GSI {GSI_NAME} is still {status} on lease table '{table}' after {timeout_s:g} seconds. Check "
+        "`shardwise migrate status` later; if it is not DELETING, run the rollback again."
+    ),
+    own_waiting=lambda _table, status: f"Waiting for DynamoDB to finish deleting GSI {GSI_NAME} (now {status})...",
+)
+
+_METRICS_TABLE = _Deletion(
+    table=lambda app: app.worker_metrics_table,
+    status_in=lambda description: description.get("TableStatus", "UNKNOWN"),
+    delete=lambda client, table: client.delete_table(TableName=table),
+    probe=_table_probe,
+    tool_check_error=_metrics_table_check_error,
+    tool_table_missing=None,
+    tool_absent=_metrics_table_absent,
+    tool_deleting=_metrics_table_deleting,
+    tool_not_found=None,
+    tool_client_error=lambda table, code, error: (
+        _metrics_table_access_denied(table) if code == "AccessDeniedException" else _metrics_table_client_error(error)
+    ),
+    tool_error=lambda _table, error: _metrics_table_error(error),
+    own_would_delete=lambda table, status: (
+        f"Would delete worker metrics table {table} (now {status}) and verify it is gone."
+    ),
+    own_already_deleting=lambda table: f"Worker metrics table {table} is already being deleted.",
+    own_busy=lambda table, poll_s: f"Worker metrics table {table} is being modified; retrying in {poll_s:g} seconds...",
+    own_verify_error=lambda table, error: f"Could not verify that worker metrics table {table} is gone: {error}",
+    own_gone=lambda table: f"Verified: worker metrics table {table} is gone.",
+    own_still_there=lambda table, status, timeout_s: (
+        f"Worker metrics table {table} is still {status} after {timeout_s:g} seconds. Check again later; if it "
+        "is not DELETING, run the rollback again."
+    ),
+    own_waiting=None,
+)
 
 
 # ---------------------------------------------------------------------------------------------- roll-forward
+
+_ROLLFORWARD = _Direction(
+    mode="rollforward",
+    accepts=frozenset({_V2X}),
+    refusals={
+        _UPGRADE: ("not-rolled-back", ROLLFORWARD_NOT_ROLLED_BACK, None),
+        _V3X_WITH_ROLLBACK: ("not-rolled-back", ROLLFORWARD_NOT_ROLLED_BACK, None),
+        _V3X: ("already-migrated", ROLLFORWARD_ALREADY_MIGRATED, None),
+    },
+    not_in_progress=ROLLFORWARD_NOT_IN_PROGRESS,
+    to=_UPGRADE,
+    modified_by=MODIFIED_BY_ROLLFORWARD,
+    verb="forward",
+    writing=None,
+    write_error=_rollforward_error,
+    condition_failed=ROLLFORWARD_CONDITION_FAILED,
+    written=ROLLFORWARD_INITIATED,
+)
 
 
 def rollforward(
@@ -1364,68 +1470,16 @@ def rollforward(
     (conditional; ``mb = KclMigrationTool-rollforward``; history pushed). Creates nothing: KCL workers
     re-create the GSI (and, KCL ≤ 3.4, the worker-metrics table) when they see the new version."""
     log = _Log(on_message)
-    begun = _begin(log, "rollforward", target, backend, dynamodb_client)
-    if not isinstance(begun, _App):
-        return _result(log, "rollforward", dry_run, begun)
-    app = begun
+    started = _start(_ROLLFORWARD, log, target, backend, dynamodb_client, dry_run=dry_run)
+    if isinstance(started, MigrationResult):
+        return started
+    app, state = started
+    entry = _write(_ROLLFORWARD, log, app, state, dry_run=dry_run, clock=clock)
+    if isinstance(entry, MigrationResult):
+        return entry
     if dry_run:
-        log.own("Dry run: nothing will be changed.")
-    failure = _check_tables(log, app, "rollforward")
-    if failure is not None:
-        return _result(log, "rollforward", dry_run, (False, failure), app)
-    try:
-        state = _read_state(app)
-    except ShardwiseError as exc:
-        _read_failed(log, "rollforward", exc)
-        return _result(log, "rollforward", dry_run, (False, "read-failed"), app)
-    previous = state.client_version
-    common: dict[str, Any] = {"previous_client_version": previous}
-    refusal: str | None = None
-    if previous in (_UPGRADE, _V3X_WITH_ROLLBACK):
-        log.tool(ROLLFORWARD_NOT_ROLLED_BACK)
-        refusal = "not-rolled-back"
-    elif previous == _V3X:
-        log.tool(ROLLFORWARD_ALREADY_MIGRATED)
-        refusal = "already-migrated"
-    elif previous != _V2X:
-        log.tool(ROLLFORWARD_NOT_IN_PROGRESS)
-        log.own(_not_a_version_note(app, state))
-        refusal = "not-in-progress"
-    if refusal is not None:
-        client_version = previous if state.exists else None
-        return _result(log, "rollforward", dry_run, (False, refusal), app, client_version=client_version, **common)
-
-    now_ms = int(clock() * 1000)
-    if dry_run:
-        entry = state.history_entry(now_ms)
-        log.own(
-            f"Would roll forward the client version in table '{app.state_table}': cv {_V2X} -> {_UPGRADE}, "
-            f"mb {MODIFIED_BY_ROLLFORWARD}, history entry {entry} pushed (conditional on cv = {_V2X} and mts "
-            "unchanged)."
-        )
         log.own("Dry run complete: nothing was changed. The roll-forward would succeed.")
-        return _result(
-            log,
-            "rollforward",
-            dry_run,
-            (True, "rolled-forward"),
-            app,
-            client_version=_V2X,
-            history_entry=entry,
-            **common,
-        )
-    try:
-        won, entry = _transition(app, state, _UPGRADE, MODIFIED_BY_ROLLFORWARD, now_ms)
-    except ShardwiseError as exc:
-        log.tool(_rollforward_error(_error_text(exc)))
-        return _result(log, "rollforward", dry_run, (False, "write-failed"), app, client_version=previous, **common)
-    if not won:
-        log.tool(ROLLFORWARD_CONDITION_FAILED)
-        _report_lost_race(log, app)
-        return _result(log, "rollforward", dry_run, (False, "conditional-check-failed"), app, **common)
-    log.tool(ROLLFORWARD_INITIATED)
-    log.own(f"Client version in table '{app.state_table}' is now {_UPGRADE} (was {_V2X}).")
-    if app.backend == "aws":
+    elif app.backend == "aws":
         recreated = f"GSI {GSI_NAME}"
         if app.layout == "legacy":
             recreated += f" and the worker metrics table {app.worker_metrics_table or ''}".rstrip()
@@ -1439,9 +1493,9 @@ def rollforward(
         dry_run,
         (True, "rolled-forward"),
         app,
-        client_version=_UPGRADE,
+        previous_client_version=_V2X,
+        client_version=_V2X if dry_run else _UPGRADE,
         history_entry=entry,
-        **common,
     )
 
 
@@ -1500,13 +1554,7 @@ def status(
     log = _Log(None)
 
     def ended(ok: bool, outcome: str, app: _App | None = None, **values: Any) -> MigrationStatus:
-        if app is not None:
-            values.setdefault("backend", app.backend)
-            values.setdefault("layout", app.layout)
-            values.setdefault("lease_table", app.lease_table)
-            values.setdefault("state_table", app.state_table)
-            values.setdefault("worker_metrics_table", app.worker_metrics_table)
-        return MigrationStatus(ok=ok, outcome=outcome, messages=tuple(log.messages), **values)
+        return MigrationStatus(ok=ok, outcome=outcome, messages=tuple(log.messages), **_app_values(app, values))
 
     invalid = target.validation_error("status")
     if invalid is not None:

@@ -97,42 +97,32 @@ RF_CONDITION_FAILED = (
 READ_RETRY = "Please resolve the issue and run the KclMigrationTool again."
 
 
-def lease_table_not_found(operation: str, table: str) -> str:
-    return (
-        f"{operation} failed. Could not find a KCL Application DDB lease table with name {table}. Please pass in "
-        "the correct application_name and/or lease_table_name that matches your KCL application configuration."
-    )
+# Templates: fill in with str.format (``{operation}`` is "Rollback" or "Roll-forward").
+LEASE_TABLE_NOT_FOUND = (
+    "{operation} failed. Could not find a KCL Application DDB lease table with name {table}. Please pass in "
+    "the correct application_name and/or lease_table_name that matches your KCL application configuration."
+)
+COORDINATOR_TABLE_NOT_FOUND = (
+    "{operation} failed. Could not find a coordinator state table {table}. Please pass in the correct "
+    "application_name or coordinator_state_table_name that matches your KCL application configuration."
+)
+GSI_DELETING = "Deleting GSI 'LeaseOwnerToLeaseKeyIndex' from table '{table}'..."
+GSI_ABSENT = (
+    "GSI LeaseOwnerToLeaseKeyIndex is not present on lease table {table}. It may already be successfully "
+    "deleted. Or if lease table name is incorrect, please re-run the KclMigrationTool with correct "
+    "application_name or lease_table_name."
+)
+METRICS_TABLE_DELETING = "Deleting worker metrics table {table}..."
+METRICS_TABLE_ABSENT = (
+    "Worker metrics table {table} does not exist. It may already be successfully deleted. Please check that "
+    "the application_name or worker_metrics_table_name is correct. If not, correct this and rerun the "
+    "migration script."
+)
 
 
-def coordinator_table_not_found(operation: str, table: str) -> str:
-    return (
-        f"{operation} failed. Could not find a coordinator state table {table}. Please pass in the correct "
-        "application_name or coordinator_state_table_name that matches your KCL application configuration."
-    )
-
-
-def gsi_deleting(table: str) -> str:
-    return f"Deleting GSI 'LeaseOwnerToLeaseKeyIndex' from table '{table}'..."
-
-
-def gsi_absent(table: str) -> str:
-    return (
-        f"GSI LeaseOwnerToLeaseKeyIndex is not present on lease table {table}. It may already be successfully "
-        "deleted. Or if lease table name is incorrect, please re-run the KclMigrationTool with correct "
-        "application_name or lease_table_name."
-    )
-
-
-def metrics_table_deleting(table: str) -> str:
-    return f"Deleting worker metrics table {table}..."
-
-
-def metrics_table_absent(table: str) -> str:
-    return (
-        f"Worker metrics table {table} does not exist. It may already be successfully deleted. Please check that "
-        "the application_name or worker_metrics_table_name is correct. If not, correct this and rerun the "
-        "migration script."
-    )
+def missing_table(not_found: str, operation: str, table: str) -> list[str]:
+    """The tool's lines for a missing table: that it does not exist, then ``not_found`` filled in."""
+    return [f"Table '{table}' does not exist.", not_found.format(operation=operation, table=table)]
 
 
 # -- applications under test ---------------------------------------------------------------------------------
@@ -321,9 +311,9 @@ class AwsApp:
 
     @property
     def cleanup_lines(self) -> list[str]:
-        lines = [gsi_deleting(self.lease_table)]
+        lines = [GSI_DELETING.format(table=self.lease_table)]
         if self.layout == "legacy":
-            lines.append(metrics_table_deleting(self.metrics_table))
+            lines.append(METRICS_TABLE_DELETING.format(table=self.metrics_table))
         return lines
 
     def cli_args(self) -> list[str]:
@@ -442,31 +432,25 @@ def make_aws(endpoint: str, layout: Layout, **create: bool) -> AwsApp:
     return app
 
 
-@pytest.fixture
-def local_app(tmp_path: Path) -> LocalApp:
-    return LocalApp(tmp_path / "app.db", "orders")
+AWS_LAYOUTS = [pytest.param(layout, marks=pytest.mark.aws) for layout in ("single-table", "legacy")]
 
 
-@pytest.fixture(
-    params=[pytest.param("single-table", marks=pytest.mark.aws), pytest.param("legacy", marks=pytest.mark.aws)]
-)
-def aws_app(request: pytest.FixtureRequest) -> AwsApp:
+def aws_app_of(request: pytest.FixtureRequest) -> AwsApp:
+    """An application on moto's server in the layout the fixture is parametrized with."""
     server = request.getfixturevalue("moto_server")
     return make_aws(server.endpoint_url, cast("Layout", request.param))
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("single-table", marks=pytest.mark.aws),
-        pytest.param("legacy", marks=pytest.mark.aws),
-    ]
-)
+@pytest.fixture(params=AWS_LAYOUTS)
+def aws_app(request: pytest.FixtureRequest) -> AwsApp:
+    return aws_app_of(request)
+
+
+@pytest.fixture(params=["sqlite", *AWS_LAYOUTS])
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> App:
     if request.param == "sqlite":
         return LocalApp(tmp_path / "app.db", "orders")
-    server = request.getfixturevalue("moto_server")
-    return make_aws(server.endpoint_url, cast("Layout", request.param))
+    return aws_app_of(request)
 
 
 @pytest.fixture
@@ -483,6 +467,18 @@ def do_rollback(app: App, **options: Any) -> MigrationResult:
 def do_rollforward(app: App, **options: Any) -> MigrationResult:
     target = options.pop("target", app.target)
     return admin.rollforward(target, app.backend, **options)
+
+
+def someone_else_writes_first(monkeypatch: pytest.MonkeyPatch, app: App, cv: str) -> None:
+    """Lose every race: just before each update of an item, another writer sets its ``cv`` (``mb`` someone-else)."""
+    cls = app.item_table_class
+    original = cls.update
+
+    def someone_else_first(self: Any, key: str, **kwargs: Any) -> Any:
+        original(self, key, set_attributes={"cv": cv, "mb": "someone-else", "mts": OLD_MTS + 5})
+        return original(self, key, **kwargs)
+
+    monkeypatch.setattr(cls, "update", someone_else_first)
 
 
 def own_lines(result: MigrationResult) -> list[str]:
@@ -706,14 +702,7 @@ class TestRollback:
 
     def test_lost_race_gets_the_tools_message(self, app: App, monkeypatch: pytest.MonkeyPatch) -> None:
         app.put_state(state_attributes(V3XWR))
-        cls = app.item_table_class
-        original = cls.update
-
-        def someone_else_first(self: Any, key: str, **kwargs: Any) -> Any:
-            original(self, key, set_attributes={"cv": V2X, "mb": "someone-else", "mts": OLD_MTS + 5})
-            return original(self, key, **kwargs)
-
-        monkeypatch.setattr(cls, "update", someone_else_first)
+        someone_else_writes_first(monkeypatch, app, V2X)
         result = do_rollback(app)
         assert list(result.tool_lines) == [
             f"Rolling back client version in table '{app.state_table}'...",
@@ -727,10 +716,7 @@ class TestRollback:
 
     def test_missing_lease_table(self, app: App) -> None:
         result = do_rollback(app, target=MigrationTarget(application_name="absent-app"))
-        assert list(result.tool_lines) == [
-            "Table 'absent-app' does not exist.",
-            lease_table_not_found("Rollback", "absent-app"),
-        ]
+        assert list(result.tool_lines) == missing_table(LEASE_TABLE_NOT_FOUND, "Rollback", "absent-app")
         assert result.outcome == "lease-table-missing"
         assert result.exit_status == 1
 
@@ -738,7 +724,7 @@ class TestRollback:
 def test_missing_database_file_is_a_missing_lease_table(tmp_path: Path) -> None:
     db = tmp_path / "nowhere.db"
     result = admin.rollback(MigrationTarget(application_name="orders"), BackendConfig(backend="local", db=str(db)))
-    assert list(result.tool_lines) == ["Table 'orders' does not exist.", lease_table_not_found("Rollback", "orders")]
+    assert list(result.tool_lines) == missing_table(LEASE_TABLE_NOT_FOUND, "Rollback", "orders")
     assert any(str(db) in line for line in own_lines(result))
     assert not db.exists()  # nothing was created
 
@@ -778,8 +764,8 @@ class TestRollbackDynamoDB:
         result = do_rollback(app)
         assert list(result.tool_lines) == [
             ALREADY_2X,
-            gsi_absent(app.lease_table),
-            metrics_table_absent(app.metrics_table),
+            GSI_ABSENT.format(table=app.lease_table),
+            METRICS_TABLE_ABSENT.format(table=app.metrics_table),
             *ALREADY_DONE,
         ]
         assert result.ok
@@ -791,10 +777,7 @@ class TestRollbackDynamoDB:
         app.put_state(state_attributes(UPG))
         result = do_rollback(app)
         assert result.layout == "legacy"
-        assert list(result.tool_lines) == [
-            f"Table '{app.lease_table}' does not exist.",
-            lease_table_not_found("Rollback", app.lease_table),
-        ]
+        assert list(result.tool_lines) == missing_table(LEASE_TABLE_NOT_FOUND, "Rollback", app.lease_table)
         assert result.exit_status == 1
 
     def test_missing_coordinator_table_named_explicitly(self, endpoint: str) -> None:
@@ -805,10 +788,9 @@ class TestRollbackDynamoDB:
             worker_metrics_table_name=app.metrics_table,
         )
         result = do_rollback(app, target=target)
-        assert list(result.tool_lines) == [
-            "Table 'no-such-CoordinatorState' does not exist.",
-            coordinator_table_not_found("Rollback", "no-such-CoordinatorState"),
-        ]
+        assert list(result.tool_lines) == missing_table(
+            COORDINATOR_TABLE_NOT_FOUND, "Rollback", "no-such-CoordinatorState"
+        )
         assert result.outcome == "coordinator-table-missing"
         assert result.exit_status == 1
 
@@ -864,19 +846,15 @@ class TestRollbackDynamoDB:
         ],
     )
     def test_read_errors(self, endpoint: str, code: str, expected: str) -> None:
-        app = make_aws(endpoint, "single-table")
-        app.put_state(state_attributes(UPG))
-        client = FailingClient(app.client, {"get_item": client_error(code, "slow down", "GetItem")})
-        result = admin.rollback(app.target, app.backend, dynamodb_client=cast("DynamoDBClient", client))
+        _, result = rollback_failing(endpoint, "single-table", UPG, fails=("get_item", code, "slow down"))
         assert list(result.tool_lines) == ["Rollback could not be performed.", expected, READ_RETRY]
         assert result.outcome == "read-failed"
         assert result.exit_status == 1
 
     def test_write_error(self, endpoint: str) -> None:
-        app = make_aws(endpoint, "single-table")
-        app.put_state(state_attributes(UPG))
-        client = FailingClient(app.client, {"update_item": client_error("InternalServerError", "boom", "UpdateItem")})
-        result = admin.rollback(app.target, app.backend, dynamodb_client=cast("DynamoDBClient", client))
+        app, result = rollback_failing(
+            endpoint, "single-table", UPG, fails=("update_item", "InternalServerError", "boom")
+        )
         assert list(result.tool_lines) == [
             f"Rolling back client version in table '{app.lease_table}'...",
             "An unexpected error occurred while rolling back: An error occurred (InternalServerError) when calling "
@@ -886,15 +864,12 @@ class TestRollbackDynamoDB:
         assert result.exit_status == 1
 
     def test_gsi_deletion_error_is_reported_not_swallowed(self, endpoint: str) -> None:
-        app = make_aws(endpoint, "single-table")
-        app.put_state(state_attributes(UPG))
-        client = FailingClient(app.client, {"update_table": client_error("AccessDeniedException", "no", "UpdateTable")})
-        result = admin.rollback(
-            app.target, app.backend, dynamodb_client=cast("DynamoDBClient", client), poll_interval_s=0.01
+        app, result = rollback_failing(
+            endpoint, "single-table", UPG, fails=("update_table", "AccessDeniedException", "no")
         )
         assert list(result.tool_lines) == [
             f"Rolling back client version in table '{app.lease_table}'...",
-            gsi_deleting(app.lease_table),
+            GSI_DELETING.format(table=app.lease_table),
             f"An unexpected error occurred while deleting GSI LeaseOwnerToLeaseKeyIndex on lease table "
             f"{app.lease_table}: An error occurred (AccessDeniedException) when calling the UpdateTable operation: "
             "no. Please manually confirm the GSI is removed from the lease table, or resolve the error and rerun "
@@ -906,16 +881,12 @@ class TestRollbackDynamoDB:
         assert app.gsi() == "ACTIVE"
 
     def test_gsi_busy_table(self, endpoint: str) -> None:
-        app = make_aws(endpoint, "single-table")
-        app.put_state(state_attributes(V2X))
-        client = FailingClient(
-            app.client, {"update_table": client_error("ResourceInUseException", "busy", "UpdateTable")}
-        )
         time = FakeTime()
-        result = admin.rollback(
-            app.target,
-            app.backend,
-            dynamodb_client=cast("DynamoDBClient", client),
+        app, result = rollback_failing(
+            endpoint,
+            "single-table",
+            V2X,
+            fails=("update_table", "ResourceInUseException", "busy"),
             gsi_timeout_s=10,
             poll_interval_s=5,
             clock=time.clock,
@@ -923,7 +894,7 @@ class TestRollbackDynamoDB:
         )
         assert list(result.tool_lines) == [
             ALREADY_2X,
-            gsi_deleting(app.lease_table),
+            GSI_DELETING.format(table=app.lease_table),
             f"Unable to delete GSI: '{app.lease_table}' is currently being modified.",
             *ALREADY_DONE,
         ]
@@ -931,12 +902,7 @@ class TestRollbackDynamoDB:
         assert result.exit_status == 1
 
     def test_metrics_table_access_denied(self, endpoint: str) -> None:
-        app = make_aws(endpoint, "legacy")
-        app.put_state(state_attributes(V3XWR))
-        client = FailingClient(app.client, {"delete_table": client_error("AccessDeniedException", "no", "DeleteTable")})
-        result = admin.rollback(
-            app.target, app.backend, dynamodb_client=cast("DynamoDBClient", client), poll_interval_s=0.01
-        )
+        app, result = rollback_failing(endpoint, "legacy", V3XWR, fails=("delete_table", "AccessDeniedException", "no"))
         assert list(result.tool_lines) == [
             f"Rolling back client version in table '{app.coordinator_table}'...",
             *app.cleanup_lines,
@@ -954,6 +920,19 @@ class TestRollbackDynamoDB:
 
 def client_error(code: str, message: str, operation: str) -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+def rollback_failing(
+    endpoint: str, layout: Layout, cv: str, *, fails: tuple[str, str, str], **options: Any
+) -> tuple[AwsApp, MigrationResult]:
+    """Roll back a new application whose client version is ``cv``, through a client where one operation fails:
+    ``fails`` is (method, error code, error message), e.g. ``("update_table", "AccessDeniedException", "no")``."""
+    app = make_aws(endpoint, layout)
+    app.put_state(state_attributes(cv))
+    method, code, message = fails
+    operation = "".join(word.title() for word in method.split("_"))  # update_table -> UpdateTable
+    client = FailingClient(app.client, {method: client_error(code, message, operation)})
+    return app, do_rollback(app, dynamodb_client=cast("DynamoDBClient", client), **options)
 
 
 class FailingClient:
@@ -1028,14 +1007,7 @@ class TestRollforward:
 
     def test_lost_race_gets_the_tools_message(self, app: App, monkeypatch: pytest.MonkeyPatch) -> None:
         app.put_state(state_attributes(V2X))
-        cls = app.item_table_class
-        original = cls.update
-
-        def someone_else_first(self: Any, key: str, **kwargs: Any) -> Any:
-            original(self, key, set_attributes={"cv": UPG, "mb": "someone-else", "mts": OLD_MTS + 5})
-            return original(self, key, **kwargs)
-
-        monkeypatch.setattr(cls, "update", someone_else_first)
+        someone_else_writes_first(monkeypatch, app, UPG)
         result = do_rollforward(app)
         assert list(result.tool_lines) == [RF_CONDITION_FAILED]
         assert result.outcome == "conditional-check-failed"
@@ -1043,10 +1015,7 @@ class TestRollforward:
 
     def test_missing_lease_table(self, app: App) -> None:
         result = do_rollforward(app, target=MigrationTarget(application_name="absent-app"))
-        assert list(result.tool_lines) == [
-            "Table 'absent-app' does not exist.",
-            lease_table_not_found("Roll-forward", "absent-app"),
-        ]
+        assert list(result.tool_lines) == missing_table(LEASE_TABLE_NOT_FOUND, "Roll-forward", "absent-app")
         assert result.exit_status == 1
 
 
@@ -1065,10 +1034,9 @@ class TestRollforwardLegacy:
     def test_missing_coordinator_table(self, endpoint: str) -> None:
         app = make_aws(endpoint, "legacy", coordinator=False)
         result = do_rollforward(app, target=MigrationTarget(coordinator_state_table_name=app.coordinator_table))
-        assert list(result.tool_lines) == [
-            f"Table '{app.coordinator_table}' does not exist.",
-            coordinator_table_not_found("Roll-forward", app.coordinator_table),
-        ]
+        assert list(result.tool_lines) == missing_table(
+            COORDINATOR_TABLE_NOT_FOUND, "Roll-forward", app.coordinator_table
+        )
         assert result.outcome == "coordinator-table-missing"
         assert result.exit_status == 1
 
@@ -1101,6 +1069,17 @@ def race(*operations: Callable[[], MigrationResult]) -> list[MigrationResult]:
         thread.join(timeout=60)
     assert all(result is not None for result in results)
     return [result for result in results if result is not None]
+
+
+def start_until_held(target: Callable[[], object], name: str, barrier: threading.Barrier) -> threading.Thread:
+    """Start ``target`` in a thread named ``name`` and wait (up to 30 s) until it waits at ``barrier``."""
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    for _ in range(3000):
+        if barrier.n_waiting == 1:
+            break
+        threading.Event().wait(0.01)
+    return thread
 
 
 @pytest.fixture
@@ -1146,12 +1125,7 @@ class TestConcurrency:
         def rollforward() -> None:
             results["rollforward"] = do_rollforward(atomic_app)
 
-        first = threading.Thread(target=rollback, name="racer-rollback")
-        first.start()
-        for _ in range(3000):
-            if barrier.n_waiting == 1:
-                break
-            threading.Event().wait(0.01)
+        first = start_until_held(rollback, "racer-rollback", barrier)
         assert barrier.n_waiting == 1  # the rollback has read and waits to write
         atomic_app.put_state(state_attributes(V2X, mb="other-operator", mts=OLD_MTS + 1))
         second = threading.Thread(target=rollforward, name="racer-rollforward")
@@ -1175,12 +1149,7 @@ class TestConcurrency:
         barrier = threading.Barrier(2)
         hold_migration_writes(monkeypatch, atomic_app.item_table_class, barrier)
         result: list[MigrationResult] = []
-        racer = threading.Thread(target=lambda: result.append(do_rollback(atomic_app, wait=False)), name="racer-0")
-        racer.start()
-        for _ in range(3000):
-            if barrier.n_waiting == 1:
-                break
-            threading.Event().wait(0.01)
+        racer = start_until_held(lambda: result.append(do_rollback(atomic_app, wait=False)), "racer-0", barrier)
         assert do_rollback(atomic_app, wait=False).ok  # in this (main) thread: not held
         assert do_rollforward(atomic_app).ok
         barrier.wait(timeout=30)
@@ -1299,14 +1268,7 @@ class TestCli:
 
     def test_conditional_failure_exits_1(self, app: App, monkeypatch: pytest.MonkeyPatch) -> None:
         app.put_state(state_attributes(UPG))
-        cls = app.item_table_class
-        original = cls.update
-
-        def someone_else_first(self: Any, key: str, **kwargs: Any) -> Any:
-            original(self, key, set_attributes={"cv": V2X, "mb": "someone-else", "mts": OLD_MTS + 5})
-            return original(self, key, **kwargs)
-
-        monkeypatch.setattr(cls, "update", someone_else_first)
+        someone_else_writes_first(monkeypatch, app, V2X)
         result = invoke("migrate", "--mode", "rollback", "--application_name", app.name, *app.cli_args())
         assert result.exit_code == 1
         assert ROLLBACK_CONDITION_FAILED in result.stdout
