@@ -26,26 +26,20 @@ the feature advertisements with them) reported every 1 s, leader lock 6 s with a
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, read_processed
-from shardwise.coordinator.layouts import open_coordinator_tables
-from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
-from shardwise.coordinator.migration_state import ClientVersion, MigrationState, MigrationStore
-from support.fleet import Backend, Fleet, taker_interval_s
-from support.traffic import ShardTicker, keys_per_shard, some
+from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER
+from shardwise.coordinator.migration_state import ClientVersion
+from support.fleet import Backend, Fleet, StreamAdmin, taker_interval_s
+from support.scenario import ClientVersionScenario, FreshStreams
+from support.traffic import ShardTicker
 
 SHARDS = 8
 WORKERS = ("w1", "w2", "w3")
@@ -97,127 +91,34 @@ PROCESSOR = "processors:RecordingProcessor"
 #: A switch of generation shows within one poll of Migration3.0 (no jitter); the rest is slack for a busy host.
 SWITCH_S = POLL_MS / 1000 + 15
 
-_METRIC_LINE = re.compile(rf"metric {OPERATION} (CurrentState:\w+)=1\b")
-
 
 # -- the scenario ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Scenario:
-    """One application on one fresh stream: the fleet, the backend, the results, the records put and where
-    each worker instance's log starts."""
+class Scenario(ClientVersionScenario):
+    """One application on one fresh stream (see :class:`ClientVersionScenario`), and the ``shardwise features``
+    side: the CLI, the advertised feature ranges and workers that must be refused admission."""
 
-    fleet: Fleet
-    backend: Backend
-    put_records: Callable[[Sequence[tuple[bytes, str]]], list[str]]  # StreamAdmin.put
-    results: Path
-    produced: set[str] = field(default_factory=set)
-    _log_start: dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _migration: MigrationStore | None = None
-
-    # -- workers -----------------------------------------------------------------------------------------
-
-    def start(self, worker_id: str, extra_args: Sequence[str] = ()) -> None:
-        log = self.fleet.log_dir / f"{worker_id}.log"
-        self._log_start[worker_id] = log.stat().st_size if log.exists() else 0
-        self.fleet.start(worker_id, extra_args)
-
-    def restart(self, worker_id: str, extra_args: Sequence[str] = ()) -> None:
-        """SIGTERM (a graceful shutdown, which must exit 0), then start again with ``extra_args``."""
-        code = self.fleet.terminate(worker_id)
-        assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{self.fleet.report()}"
-        self.start(worker_id, extra_args)
-
-    def stop_all(self) -> None:
-        for worker_id in WORKERS:
-            code = self.fleet.terminate(worker_id)
-            assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{self.fleet.report()}"
-        assert not self.fleet.alive(), self.fleet.report()
+    def __init__(self, fleet: Fleet, admin: StreamAdmin, results: Path) -> None:
+        super().__init__(fleet, admin, results, workers=WORKERS, shards=SHARDS)
 
     def refused_start(self, worker_id: str, extra_args: Sequence[str]) -> subprocess.CompletedProcess[str]:
         """Start a worker that must be refused admission; returns the finished process (output captured)."""
-        fleet = self.fleet
-        env = {**os.environ, **fleet.env, "PYTHONUNBUFFERED": "1", WORKER_ENV: worker_id}
-        paths = [str(path) for path in fleet.pythonpath]
-        if os.environ.get("PYTHONPATH"):
-            paths.append(os.environ["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
         done = subprocess.run(
-            fleet.command(worker_id, extra_args),
+            self.fleet.command(worker_id, extra_args),
             check=False,
             capture_output=True,
             text=True,
             timeout=90,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=self.fleet.worker_env(worker_id),
         )
         print(f"$ shardwise run ... --worker-id {worker_id} {' '.join(extra_args)} -> exit {done.returncode}")
         return done
 
-    def current_state(self, worker_id: str) -> str | None:
-        """The last ``CurrentState`` metric the worker's current instance logged (None: none logged)."""
-        with self.fleet.workers[worker_id].log_path.open("rb") as log:
-            log.seek(self._log_start[worker_id])
-            found = _METRIC_LINE.findall(log.read().decode(errors="replace"))
-        return found[-1] if found else None
-
-    def states(self) -> dict[str, str | None]:
-        return {worker_id: self.current_state(worker_id) for worker_id in WORKERS}
-
-    def wait_states(self, state: str, timeout_s: float, what: str) -> None:
-        expected = dict.fromkeys(WORKERS, state)
-        self.fleet.wait_until(
-            lambda: self.states() == expected, timeout_s, lambda: f"{what}: CurrentState {self.states()}"
-        )
-
-    # -- leases, the migration item and the features CLI ---------------------------------------------------
-
-    def counts(self) -> dict[str, int]:
-        held = self.fleet.held()
-        return {worker_id: len(held.get(worker_id, [])) for worker_id in WORKERS}
-
-    def wait_everyone_holds(self, timeout_s: float, what: str) -> dict[str, int]:
-        """Wait until all 8 leases are held by the workers, each holding at least one."""
-
-        def spread() -> dict[str, int] | None:
-            counts = self.counts()
-            return counts if sum(counts.values()) == SHARDS and min(counts.values()) >= 1 else None
-
-        result = self.fleet.wait_until(spread, timeout_s, lambda: f"{what}: every worker ≥ 1 lease; {self.counts()}")
-        assert result is not None
-        return result
-
-    def migration(self) -> MigrationState | None:
-        """``Migration3.0`` as read now. On aws a compatible-with-2x fleet starting afresh puts it in the legacy
-        layout (``<app>-CoordinatorState``), so the tables are looked up again until the item is found."""
-        if self._migration is not None:
-            return self._migration.read()
-        if not self.fleet.store.table_exists():
-            return None
-        store = MigrationStore(open_coordinator_tables(self.fleet.store, self.fleet.application).coordinator)
-        state = store.read() if store.items.exists() else None
-        if state is not None:
-            self._migration = store
-        return state
-
-    def wait_version(self, version: ClientVersion, timeout_s: float, what: str) -> MigrationState:
-        def reached() -> MigrationState | None:
-            state = self.migration()
-            return state if state is not None and state.version is version else None
-
-        state = self.fleet.wait_until(reached, timeout_s, lambda: f"{what}: cv {version.value}; now {self.migration()}")
-        assert state is not None
-        return state
-
     def features(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``shardwise features ARGS --app APP <backend>`` as a subprocess (output printed)."""
-        if self.backend.kind == "local":
-            target = ["--backend", "local", "--db", str(self.backend.db)]
-        else:
-            assert self.backend.dynamodb_endpoint_url is not None
-            target = ["--endpoint-url", self.backend.dynamodb_endpoint_url, "--region", self.backend.region]
+        target = self.fleet.backend.table_cli_args()
         command = [sys.executable, "-m", "shardwise", "features", *args, "--app", self.fleet.application, *target]
         done = subprocess.run(
             command, check=False, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
@@ -248,67 +149,16 @@ class Scenario:
             interval_s=0.5,
         )
 
-    # -- records -----------------------------------------------------------------------------------------
-
-    def put(self, entries: Sequence[tuple[str, str]]) -> None:
-        """Put ``(record id, partition key)`` records; the data is the id."""
-        shards = self.put_records([(rid.encode(), key) for rid, key in entries])
-        assert len(shards) == len(entries)
-        with self._lock:
-            self.produced.update(rid for rid, _ in entries)
-
-    def missing(self) -> set[str]:
-        with self._lock:
-            produced = set(self.produced)
-        return produced - {row.data for row in read_processed(self.results)}
-
-    def wait_all_processed(self, timeout_s: float) -> None:
-        self.fleet.wait_until(
-            lambda: not self.missing(),
-            timeout_s,
-            lambda: f"all {len(self.produced)} records processed; missing {some(self.missing())}",
-            interval_s=0.5,
-        )
-
 
 # -- fixtures --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "local":
-        return Backend.local(tmp_path / "shardwise.db")
-    dynamodb = request.getfixturevalue("moto_server")
-    kinesis = request.getfixturevalue("kinesis_local")
-    return Backend.aws(kinesis_endpoint_url=kinesis.endpoint_url, dynamodb_endpoint_url=dynamodb.endpoint_url)
-
-
 @pytest.fixture
-def scenario_and_keys(backend: Backend, tmp_path: Path) -> Iterator[tuple[Scenario, list[str]]]:
-    suffix = uuid.uuid4().hex[:8]
-    stream = f"features-{suffix}"
-    admin = backend.stream_admin(stream)
-    admin.create(SHARDS)
-    keys = keys_per_shard({shard.shard_id: shard.hash_key_range for shard in admin.list_shards()})
-    results = tmp_path / "results.db"
-    connect_results(results).close()
-    fleet = Fleet(
-        backend,
-        application=f"features-app-{suffix}",
-        stream=stream,
-        processor=PROCESSOR,
-        log_dir=tmp_path / "logs",
-        worker_args=WORKER_ARGS,
-        env={RESULTS_ENV: str(results)},
-        worker_id_env=WORKER_ENV,
+def scenario(fresh_streams: FreshStreams) -> Scenario:
+    fleet, admin, results = fresh_streams.open(
+        "features", SHARDS, processor=PROCESSOR, worker_args=WORKER_ARGS, results_file="results.db"
     )
-    try:
-        yield Scenario(fleet, backend, admin.put, results), keys
-    finally:
-        fleet.close()  # no worker outlives its test, whatever happened
-        if backend.kind == "aws":
-            admin.delete()  # keeps the session's kinesis-local small and fast
-        admin.close()
+    return Scenario(fleet, admin, results)
 
 
 # -- the test --------------------------------------------------------------------------------------------------
@@ -325,12 +175,9 @@ def _refused(done: subprocess.CompletedProcess[str], feature: str, level: int, w
 
 
 @pytest.mark.slow
-def test_feature_upgrade_and_downgrade_with_a_live_fleet(
-    scenario_and_keys: tuple[Scenario, list[str]], backend: Backend
-) -> None:
-    scenario, keys = scenario_and_keys
+def test_feature_upgrade_and_downgrade_with_a_live_fleet(scenario: Scenario, backend: Backend, tick_s: float) -> None:
     fleet = scenario.fleet
-    producer = ShardTicker(scenario.put, keys, "f", 0.1 if backend.kind == "local" else 0.25)
+    producer = ShardTicker(scenario.put, scenario.shard_keys(), "f", tick_s)
     producer.start()
     started = time.monotonic()
 
@@ -343,7 +190,7 @@ def test_feature_upgrade_and_downgrade_with_a_live_fleet(
             scenario.start(worker_id, PIN_0_2 if worker_id == PINNED else ())
         scenario.wait_version(ClientVersion.UPGRADE_FROM_2X, 30, "the fleet started compatible-with-2x")
         scenario.wait_advertised({"w1": (0, 2), "w2": (0, 2), PINNED: (0, 1)}, 30, "every worker advertises")
-        scenario.wait_states(METRIC_2X_WORKER, SWITCH_S, "the fleet started")
+        scenario.wait_states(dict.fromkeys(WORKERS, METRIC_2X_WORKER), SWITCH_S, "the fleet started")
         counts = scenario.wait_everyone_holds(6 * TAKER_S + 20, "the fleet started")
         print(f"{elapsed()}: 3 workers advertise, {PINNED} pinned to 0.2; leases {counts}")
 
@@ -365,7 +212,7 @@ def test_feature_upgrade_and_downgrade_with_a_live_fleet(
         # b. The pinned worker restarted on this release: the upgrade succeeds and the fleet switches to 3.x.
         scenario.restart(PINNED)
         scenario.wait_advertised(dict.fromkeys(WORKERS, (0, 2)), 30, f"{PINNED} restarted unpinned")
-        scenario.wait_states(METRIC_2X_WORKER, SWITCH_S, f"{PINNED} restarted unpinned")
+        scenario.wait_states(dict.fromkeys(WORKERS, METRIC_2X_WORKER), SWITCH_S, f"{PINNED} restarted unpinned")
         counts = scenario.wait_everyone_holds(6 * TAKER_S + 20, f"{PINNED} restarted unpinned")
         print(f"{elapsed()}: {PINNED} restarted unpinned; leases {counts}")
 
@@ -377,7 +224,7 @@ def test_feature_upgrade_and_downgrade_with_a_live_fleet(
         assert state is not None and state.version is ClientVersion.V3X_WITH_ROLLBACK, state
         assert state.modified_by.startswith("shardwise-features"), state
         assert state.history[0].client_version == ClientVersion.UPGRADE_FROM_2X.value, state
-        scenario.wait_states(METRIC_3X_WORKER, SWITCH_S, "upgraded to lease.assignment 2")
+        scenario.wait_states(dict.fromkeys(WORKERS, METRIC_3X_WORKER), SWITCH_S, "upgraded to lease.assignment 2")
         counts = scenario.wait_everyone_holds(FAILOVER_MS / 1000 + 30, "upgraded to lease.assignment 2")
         assert fleet.alive() == list(WORKERS), fleet.report()
         print(f"{elapsed()}: lease.assignment 2, every worker on 3.x; leases {counts}")
@@ -396,7 +243,7 @@ def test_feature_upgrade_and_downgrade_with_a_live_fleet(
         state = scenario.migration()
         assert state is not None and state.version is ClientVersion.UPGRADE_FROM_2X, state
         assert state.history[0].client_version == ClientVersion.V3X_WITH_ROLLBACK.value, state
-        scenario.wait_states(METRIC_2X_WORKER, SWITCH_S, "downgraded to release 0.2")
+        scenario.wait_states(dict.fromkeys(WORKERS, METRIC_2X_WORKER), SWITCH_S, "downgraded to release 0.2")
         counts = scenario.wait_everyone_holds(6 * TAKER_S + 20, "downgraded to release 0.2")
         print(f"{elapsed()}: lease.assignment 1, every worker back on 2.x; leases {counts}")
 

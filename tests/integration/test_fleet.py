@@ -16,27 +16,18 @@ Timings are shortened (failover 2 s, so the lease taker runs every 4.05 s).
 from __future__ import annotations
 
 import itertools
-import threading
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from integration.processors import (
-    CHECKPOINT_DELAY_ENV,
-    RESULTS_ENV,
-    WORKER_ENV,
-    Processed,
-    read_attempts,
-    read_processed,
-)
+from integration.processors import CHECKPOINT_DELAY_ENV, Processed, read_attempts, read_processed
 from shardwise.hashkeys import HashKeyRange, hash_key_for
 from shardwise.leases.model import Lease
-from support.fleet import Backend, Fleet, StreamAdmin, taker_interval_s
+from support.fleet import taker_interval_s
+from support.scenario import FreshStreams, RecordScenario
+from support.traffic import ProducerThread, some
 
 FAILOVER_MS = 2_000
 TAKER_S = taker_interval_s(FAILOVER_MS)  # 4.05 s between two runs of a worker's lease taker
@@ -64,129 +55,48 @@ RECORDING = "processors:RecordingProcessor"
 FLAKY = "processors:FlakyProcessor"
 
 
-@dataclass
-class Scenario:
-    """One application consuming one fresh stream: the fleet, the stream's admin side and the results."""
+class Scenario(RecordScenario):
+    """One application consuming one fresh stream (see :class:`RecordScenario`)."""
 
-    fleet: Fleet
-    admin: StreamAdmin
-    results: Path
-    #: data of every record put → the shard it landed in.
-    produced: dict[str, str] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    processed_poll_s = 0.25
 
     def produce(self, data: list[str], partition_keys: list[str] | None = None) -> list[str]:
+        """Put records whose data is ``data`` (and their id), by default with partition keys ``pk-<data>``."""
         keys = partition_keys if partition_keys is not None else [f"pk-{item}" for item in data]
-        shards = self.admin.put([(item.encode(), key) for item, key in zip(data, keys, strict=True)])
-        assert len(shards) == len(data)
-        with self._lock:
-            self.produced.update(zip(data, shards, strict=True))
-        return shards
-
-    def produced_now(self) -> set[str]:
-        with self._lock:
-            return set(self.produced)
+        return self.put(list(zip(data, keys, strict=True)))
 
     def deliveries(self) -> list[Processed]:
         return read_processed(self.results)
-
-    def processed(self) -> set[str]:
-        return {row.data for row in self.deliveries()}
-
-    def missing(self) -> set[str]:
-        return self.produced_now() - self.processed()
-
-    def wait_all_processed(self, timeout_s: float) -> None:
-        def done() -> bool:
-            return not self.missing()
-
-        self.fleet.wait_until(
-            done, timeout_s, lambda: f"all {len(self.produced)} records processed; missing {_some(self.missing())}"
-        )
-
-
-def _some(items: set[str], limit: int = 8) -> str:
-    shown = sorted(items)[:limit]
-    return f"{len(items)}: {', '.join(shown)}{' ...' if len(items) > limit else ''}"
 
 
 def _ids(tag: str, start: int, count: int) -> list[str]:
     return [f"{tag}-{i:05d}" for i in range(start, start + count)]
 
 
-class Producer(threading.Thread):
+class Producer(ProducerThread):
     """Puts ``count`` records tagged ``tag`` in batches of ``batch`` every ``interval_s``, in the background."""
 
     def __init__(self, scenario: Scenario, tag: str, count: int, batch: int, interval_s: float) -> None:
-        super().__init__(name=f"producer-{tag}", daemon=True)
+        super().__init__(name=f"producer-{tag}")
         self._scenario = scenario
         self._ids = _ids(tag, 0, count)
         self._batch = batch
         self._interval_s = interval_s
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            for start in range(0, len(self._ids), self._batch):
-                if self.stop.is_set():
-                    return
-                self._scenario.produce(self._ids[start : start + self._batch])
-                self.stop.wait(self._interval_s)
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self, timeout_s: float = 60.0) -> None:
-        self.join(timeout_s)
-        assert not self.is_alive(), "the producer did not finish"
-        if self.error is not None:
-            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
-
-
-@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "local":
-        return Backend.local(tmp_path / "shardwise.db")
-    dynamodb = request.getfixturevalue("moto_server")
-    kinesis = request.getfixturevalue("kinesis_local")
-    return Backend.aws(kinesis_endpoint_url=kinesis.endpoint_url, dynamodb_endpoint_url=dynamodb.endpoint_url)
+    def produce(self) -> None:
+        for start in range(0, len(self._ids), self._batch):
+            if self.stop.is_set():
+                return
+            self._scenario.produce(self._ids[start : start + self._batch])
+            self.stop.wait(self._interval_s)
 
 
 @pytest.fixture
-def make_scenario(backend: Backend, tmp_path: Path) -> Iterator[Callable[..., Scenario]]:
-    fleets: list[Fleet] = []
-    admins: list[StreamAdmin] = []
-
+def make_scenario(fresh_streams: FreshStreams) -> Callable[..., Scenario]:
     def make(name: str, shards: int, processor: str = RECORDING) -> Scenario:
-        suffix = uuid.uuid4().hex[:8]
-        stream = f"{name}-{suffix}"
-        admin = backend.stream_admin(stream)
-        admin.create(shards)
-        admins.append(admin)
-        results = tmp_path / f"{name}-results.db"
-        fleet = Fleet(
-            backend,
-            application=f"{name}-app-{suffix}",
-            stream=stream,
-            processor=processor,
-            log_dir=tmp_path / "logs",
-            worker_args=WORKER_ARGS,
-            env={RESULTS_ENV: str(results)},
-            worker_id_env=WORKER_ENV,
-        )
-        fleets.append(fleet)
-        return Scenario(fleet, admin, results)
+        return Scenario(*fresh_streams.open(name, shards, processor=processor, worker_args=WORKER_ARGS))
 
-    try:
-        yield make
-    finally:
-        # No worker may outlive its test, whatever happened.
-        for fleet in fleets:
-            fleet.close()
-        for admin in admins:
-            if backend.kind == "aws":
-                admin.delete()  # keeps the session's kinesis-local small and fast
-            admin.close()
+    return make
 
 
 def _after(sequence_number: str, checkpoint: Lease) -> bool:
@@ -222,7 +132,7 @@ def test_every_record_is_processed_at_least_once_across_a_sigkill(make_scenario:
     producer = Producer(scenario, "rec", total, batch=40, interval_s=0.25)  # ~7.5 s of production
     producer.start()
     try:
-        fleet.wait_until(lambda: len(scenario.processed()) >= total // 3, 60, f"{total // 3} records processed")
+        fleet.wait_until(lambda: len(scenario.processed_ids()) >= total // 3, 60, f"{total // 3} records processed")
 
         def victim_between_record_and_checkpoint() -> bool:
             # Deliveries first, leases second: a delivery past the checkpoint read *after* it is not checkpointed.
@@ -242,7 +152,7 @@ def test_every_record_is_processed_at_least_once_across_a_sigkill(make_scenario:
     except BaseException:
         producer.stop.set()
         raise
-    producer.finish()
+    producer.finish(stop=False)  # every record put
     assert at_kill, f"the killed worker held no lease\n{fleet.report()}"
 
     # Its leases expire (failover) and are taken at the next taker runs of the others.
@@ -257,10 +167,10 @@ def test_every_record_is_processed_at_least_once_across_a_sigkill(make_scenario:
     per_record: dict[str, list[Processed]] = defaultdict(list)
     for row in deliveries:
         per_record[row.data].append(row)
-    produced = scenario.produced_now()
+    produced = set(scenario.produced_now())
     assert len(produced) == total
-    assert produced <= set(per_record), f"records lost: {_some(produced - set(per_record))}"
-    assert set(per_record) <= produced, f"unknown records: {_some(set(per_record) - produced)}"
+    assert produced <= set(per_record), f"records lost: {some(produced - set(per_record))}"
+    assert set(per_record) <= produced, f"unknown records: {some(set(per_record) - produced)}"
 
     uncheckpointed: set[str] = set()
     for shard_id, lease in at_kill.items():
@@ -271,14 +181,14 @@ def test_every_record_is_processed_at_least_once_across_a_sigkill(make_scenario:
         ]
         assert not redelivered, (
             f"{shard_id}: records at or before the killed worker's checkpoint {lease.checkpoint} were delivered "
-            f"again after the kill: {_some(set(redelivered))}"
+            f"again after the kill: {some(set(redelivered))}"
         )
         # ... and what it had processed without checkpointing is delivered again by another worker.
         lost_work = {row.data for row in shard_rows if row.worker_id == victim and _after(row.sequence_number, lease)}
         redone = {row.data for row in shard_rows if row.worker_id != victim and row.time_ns > kill_ns}
         assert lost_work <= redone, (
             f"{shard_id}: processed by {victim} after its last checkpoint but never delivered again: "
-            f"{_some(lost_work - redone)}"
+            f"{some(lost_work - redone)}"
         )
         uncheckpointed |= lost_work
     assert uncheckpointed, f"the kill did not land between recording and checkpointing\n{fleet.report()}"

@@ -25,22 +25,21 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 import time
-import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from integration.processors import RESULTS_ENV, WORKER_ENV, Lifecycle, connect_results, read_lifecycle
+from integration.processors import Lifecycle, connect_results, read_lifecycle
 from shardwise.coordinator.layouts import CoordinatorTables, open_coordinator_tables
 from shardwise.coordinator.model import LEADER_KEY
-from shardwise.hashkeys import HashKeyRange, hash_key_for
 from shardwise.leases.model import Lease
-from support.fleet import Backend, Fleet, StreamAdmin
+from support.fleet import Fleet, StreamAdmin
+from support.scenario import FreshStreams, RecordScenario
+from support.traffic import ShardTicker, some
 
 FAILOVER_MS = 2_000
 RENEWAL_S = (FAILOVER_MS // 3 - 25) / 1000  # TakerConfig.renewal_interval_ms: 0.641 s
@@ -107,45 +106,19 @@ class Delivery:
     time_ns: int
 
 
-def _keys_for_shards(ranges: Mapping[str, HashKeyRange]) -> dict[str, str]:
-    """One partition key per shard, landing in that shard."""
-    keys: dict[str, str] = {}
-    for n in itertools.count():
-        key = f"pk-{n}"
-        hashed = hash_key_for(key)
-        for shard_id, hash_range in ranges.items():
-            if shard_id not in keys and hashed in hash_range:
-                keys[shard_id] = key
-        if len(keys) == len(ranges):
-            return keys
-    raise AssertionError("unreachable")
+class Scenario(RecordScenario):
+    """One application consuming one fresh stream (see :class:`RecordScenario`), its records padded to a size
+    (the data is ``<id>:xxx…``), and the coordination items."""
 
-
-@dataclass
-class Scenario:
-    """One application consuming one fresh stream: the fleet, the stream's admin side and the results."""
-
-    fleet: Fleet
-    admin: StreamAdmin
-    results: Path
-    #: id of every record put → the shard it landed in.
-    produced: dict[str, str] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _tables: CoordinatorTables | None = None
+    def __init__(self, fleet: Fleet, admin: StreamAdmin, results: Path) -> None:
+        super().__init__(fleet, admin, results)
+        self._tables: CoordinatorTables | None = None
 
     # -- records -----------------------------------------------------------------------------------------
 
-    def put(self, entries: Sequence[tuple[str, str, int]]) -> None:
+    def put_sized(self, entries: Sequence[tuple[str, str, int]]) -> None:
         """Put ``(record id, partition key, size in bytes)`` records; the data is the id padded to the size."""
-        payload = [((rid + ":").ljust(size, "x").encode(), key) for rid, key, size in entries]
-        shards = self.admin.put(payload)
-        assert len(shards) == len(entries)
-        with self._lock:
-            self.produced.update(zip((rid for rid, _, _ in entries), shards, strict=True))
-
-    def produced_now(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self.produced)
+        self.put_data([(rid, (rid + ":").ljust(size, "x").encode(), key) for rid, key, size in entries])
 
     def deliveries(self) -> list[Delivery]:
         """Every delivery so far (the record id only, not its padding), in the order they were written."""
@@ -171,17 +144,6 @@ class Scenario:
     def lifecycle(self) -> list[Lifecycle]:
         return read_lifecycle(self.results)
 
-    def missing(self) -> set[str]:
-        return set(self.produced_now()) - self.processed_ids()
-
-    def wait_all_processed(self, timeout_s: float) -> None:
-        self.fleet.wait_until(
-            lambda: not self.missing(),
-            timeout_s,
-            lambda: f"all {len(self.produced)} records processed; missing {_some(self.missing())}",
-            interval_s=0.5,
-        )
-
     # -- coordination items ------------------------------------------------------------------------------
 
     def tables(self) -> CoordinatorTables:
@@ -206,50 +168,19 @@ class Scenario:
         return {record.key for record in self.tables().worker_metrics.scan()}
 
 
-def _some(items: set[str], limit: int = 8) -> str:
-    shown = sorted(items)[:limit]
-    return f"{len(items)}: {', '.join(shown)}{' ...' if len(items) > limit else ''}"
-
-
-class RateProducer(threading.Thread):
+def rate_producer(
+    scenario: Scenario, tag: str, sizes: Mapping[str, int], interval_s: float, max_s: float = 240.0
+) -> ShardTicker:
     """Puts one record into every shard every ``interval_s`` (on a fixed schedule), each of the size its shard
     is given in ``sizes``, until stopped or for at most ``max_s`` seconds."""
+    shard_ids = sorted(sizes)
+    keys = scenario.shard_keys(shard_ids)
+    size_of = {key: sizes[shard_id] for key, shard_id in zip(keys, shard_ids, strict=True)}
 
-    def __init__(
-        self, scenario: Scenario, tag: str, sizes: Mapping[str, int], interval_s: float, max_s: float = 240.0
-    ) -> None:
-        super().__init__(name=f"producer-{tag}", daemon=True)
-        self._scenario = scenario
-        self._tag = tag
-        ranges = {shard.shard_id: shard.hash_key_range for shard in scenario.admin.list_shards()}
-        keys = _keys_for_shards({shard_id: ranges[shard_id] for shard_id in sizes})
-        self._plan = [(keys[shard_id], size) for shard_id, size in sorted(sizes.items())]
-        self._interval_s = interval_s
-        self._max_ticks = int(max_s / interval_s)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.ticks = 0
+    def put(entries: Sequence[tuple[str, str]]) -> None:
+        scenario.put_sized([(rid, key, size_of[key]) for rid, key in entries])
 
-    def run(self) -> None:
-        started = time.monotonic()
-        try:
-            for tick in range(self._max_ticks):
-                if self.stop.is_set():
-                    return
-                self._scenario.put(
-                    [(f"{self._tag}-{tick:06d}-{n:02d}", key, size) for n, (key, size) in enumerate(self._plan)]
-                )
-                self.ticks = tick + 1
-                self.stop.wait(max(0.0, started + (tick + 1) * self._interval_s - time.monotonic()))
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self, timeout_s: float = 60.0) -> None:
-        self.stop.set()
-        self.join(timeout_s)
-        assert not self.is_alive(), "the producer did not finish"
-        if self.error is not None:
-            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
+    return ShardTicker(put, keys, tag, interval_s, max_s, index_width=2)
 
 
 # -- load: what the leader balances ----------------------------------------------------------------------
@@ -491,8 +422,8 @@ def check_every_record_processed(scenario: Scenario) -> list[Delivery]:
     deliveries = scenario.deliveries()
     produced = scenario.produced_now()
     seen = {d.record_id for d in deliveries}
-    assert set(produced) <= seen, f"records lost: {_some(set(produced) - seen)}"
-    assert seen <= set(produced), f"unknown records: {_some(seen - set(produced))}"
+    assert set(produced) <= seen, f"records lost: {some(set(produced) - seen)}"
+    assert seen <= set(produced), f"unknown records: {some(seen - set(produced))}"
     wrong = [d for d in deliveries if d.shard_id != produced[d.record_id]]
     assert not wrong, f"delivered from the wrong shard: {wrong[:5]}"
     return deliveries
@@ -513,57 +444,18 @@ def check_no_loss_across_transitions(scenario: Scenario) -> TransitionReport:
 # -- fixtures --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "local":
-        return Backend.local(tmp_path / "shardwise.db")
-    dynamodb = request.getfixturevalue("moto_server")
-    kinesis = request.getfixturevalue("kinesis_local")
-    return Backend.aws(kinesis_endpoint_url=kinesis.endpoint_url, dynamodb_endpoint_url=dynamodb.endpoint_url)
+@pytest.fixture
+def aws_tick_s() -> float:
+    """The producers' period on aws (kinesis-local slows down as its streams grow, so the aws variant writes less)."""
+    return 0.2
 
 
 @pytest.fixture
-def make_scenario(backend: Backend, tmp_path: Path) -> Iterator[Callable[[str, int], Scenario]]:
-    fleets: list[Fleet] = []
-    admins: list[StreamAdmin] = []
-
+def make_scenario(fresh_streams: FreshStreams) -> Callable[[str, int], Scenario]:
     def make(name: str, shards: int) -> Scenario:
-        suffix = uuid.uuid4().hex[:8]
-        stream = f"{name}-{suffix}"
-        admin = backend.stream_admin(stream)
-        admin.create(shards)
-        admins.append(admin)
-        results = tmp_path / f"{name}-results.db"
-        connect_results(results).close()
-        fleet = Fleet(
-            backend,
-            application=f"{name}-app-{suffix}",
-            stream=stream,
-            processor=PROCESSOR,
-            log_dir=tmp_path / "logs",
-            worker_args=WORKER_ARGS,
-            env={RESULTS_ENV: str(results)},
-            worker_id_env=WORKER_ENV,
-        )
-        fleets.append(fleet)
-        return Scenario(fleet, admin, results)
+        return Scenario(*fresh_streams.open(name, shards, processor=PROCESSOR, worker_args=WORKER_ARGS))
 
-    try:
-        yield make
-    finally:
-        # No worker may outlive its test, whatever happened.
-        for fleet in fleets:
-            fleet.close()
-        for admin in admins:
-            if backend.kind == "aws":
-                admin.delete()  # keeps the session's kinesis-local small and fast
-            admin.close()
-
-
-@pytest.fixture
-def tick_s(backend: Backend) -> float:
-    """The producers' period: kinesis-local slows down as its streams grow, so the aws variant writes less."""
-    return 0.2 if backend.kind == "aws" else 0.1
+    return make
 
 
 def _uniform(scenario: Scenario, size: int = 200) -> dict[str, int]:
@@ -582,7 +474,7 @@ def test_leader_balances_throughput_and_handoffs_lose_nothing(
     shard_ids = sorted(shard.shard_id for shard in scenario.admin.list_shards())
     # One record per shard per tick; the even shards' records are 10× larger: 8 shards carry 10× the bytes/s.
     sizes = {shard_id: 1_000 if index % 2 == 0 else 100 for index, shard_id in enumerate(shard_ids)}
-    producer = RateProducer(scenario, "b", sizes, tick_s)
+    producer = rate_producer(scenario, "b", sizes, tick_s)
     producer.start()
     workers = ["w1", "w2", "w3", "w4"]
     watch = LoadWatch(fleet, workers)
@@ -625,7 +517,7 @@ def test_a_joining_worker_gets_leases_within_three_assignment_runs(
 ) -> None:
     scenario = make_scenario("join", 12)
     fleet = scenario.fleet
-    producer = RateProducer(scenario, "j", _uniform(scenario), tick_s)
+    producer = rate_producer(scenario, "j", _uniform(scenario), tick_s)
     producer.start()
     try:
         for worker_id in ("w1", "w2", "w3"):
@@ -705,7 +597,7 @@ def test_a_killed_leader_is_replaced_and_assignment_goes_on(
 ) -> None:
     scenario = make_scenario("leader", 8)
     fleet = scenario.fleet
-    producer = RateProducer(scenario, "l", _uniform(scenario), tick_s)
+    producer = rate_producer(scenario, "l", _uniform(scenario), tick_s)
     producer.start()
     workers = ["w1", "w2", "w3", "w4"]
     try:

@@ -32,23 +32,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, read_processed
 from shardwise.admin.migrate import MODIFIED_BY_ROLLBACK, MODIFIED_BY_ROLLFORWARD
-from shardwise.coordinator.layouts import open_coordinator_tables
-from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
-from shardwise.coordinator.migration_state import ClientVersion, MigrationState, MigrationStore
+from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER
+from shardwise.coordinator.migration_state import ClientVersion
 from shardwise.leases.store import OwnerIndex
 from support.fleet import Backend, Fleet, FleetError, StreamAdmin, taker_interval_s
-from support.traffic import ShardTicker, keys_per_shard, some
+from support.scenario import ClientVersionScenario, FreshStreams
+from support.traffic import ShardTicker
 
 SHARDS = 8
 WORKERS = ("w1", "w2", "w3", "w4")
@@ -104,7 +100,6 @@ COMPATIBLE = ("--client-version-config", "compatible-with-2x")
 FINAL = ("--client-version-config", "3x")
 PROCESSOR = "processors:RecordingProcessor"
 
-_METRIC_LINE = re.compile(rf"metric {OPERATION} (CurrentState:\w+)=1\b")
 _ELECTION_LINE = re.compile(r"elected shard-sync leaders: .* \(this worker (\S+): (leader|follower)\)")
 _LEADER_BUG = (
     "known bug: shardwise.coordinator.leader.DeterministicShuffleLeaderDecider elects again only 300 s after its "
@@ -117,56 +112,12 @@ _LEADER_BUG = (
 # -- the scenario ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Scenario:
-    """One application on one fresh stream: the fleet, the stream's admin side, the results, the records put
-    and where each worker instance's log starts."""
+class Scenario(ClientVersionScenario):
+    """One application on one fresh stream (see :class:`ClientVersionScenario`), and what the migration adds:
+    the 2.x leader elections, the lease owners and the owner index."""
 
-    fleet: Fleet
-    admin: StreamAdmin
-    results: Path
-    produced: set[str] = field(default_factory=set)
-    _log_start: dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _migration: MigrationStore | None = None
-
-    # -- workers -----------------------------------------------------------------------------------------
-
-    def start(self, worker_id: str, extra_args: Sequence[str] = ()) -> None:
-        log = self.fleet.log_dir / f"{worker_id}.log"
-        self._log_start[worker_id] = log.stat().st_size if log.exists() else 0
-        self.fleet.start(worker_id, extra_args)
-
-    def restart(self, worker_id: str, extra_args: Sequence[str]) -> None:
-        """SIGTERM (a graceful shutdown, which must exit 0), then start again with ``extra_args``."""
-        code = self.fleet.terminate(worker_id)
-        assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{self.fleet.report()}"
-        self.start(worker_id, extra_args)
-
-    def stop_all(self) -> None:
-        for worker_id in WORKERS:
-            code = self.fleet.terminate(worker_id)
-            assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{self.fleet.report()}"
-        assert not self.fleet.alive(), self.fleet.report()
-
-    def log(self, worker_id: str) -> str:
-        """The log of the worker's current instance."""
-        with self.fleet.workers[worker_id].log_path.open("rb") as log:
-            log.seek(self._log_start[worker_id])
-            return log.read().decode(errors="replace")
-
-    def current_state(self, worker_id: str) -> str | None:
-        """The last ``CurrentState`` metric the worker's current instance logged (None: none logged)."""
-        found = _METRIC_LINE.findall(self.log(worker_id))
-        return found[-1] if found else None
-
-    def states(self) -> dict[str, str | None]:
-        return {worker_id: self.current_state(worker_id) for worker_id in WORKERS}
-
-    def wait_states(self, expected: Mapping[str, str | None], timeout_s: float, what: str) -> None:
-        self.fleet.wait_until(
-            lambda: self.states() == dict(expected), timeout_s, lambda: f"{what}: CurrentState {self.states()}"
-        )
+    def __init__(self, fleet: Fleet, admin: StreamAdmin, results: Path) -> None:
+        super().__init__(fleet, admin, results, workers=WORKERS, shards=SHARDS)
 
     def self_elected(self) -> dict[str, bool]:
         """Per worker: whether its latest deterministic (2.x) leader election named itself."""
@@ -175,12 +126,6 @@ class Scenario:
             roles = [role for who, role in _ELECTION_LINE.findall(self.log(worker_id)) if who == worker_id]
             result[worker_id] = bool(roles) and roles[-1] == "leader"
         return result
-
-    # -- leases and the migration item ---------------------------------------------------------------------
-
-    def counts(self) -> dict[str, int]:
-        held = self.fleet.held()
-        return {worker_id: len(held.get(worker_id, [])) for worker_id in WORKERS}
 
     def owners(self) -> dict[str, str | None]:
         return {lease.lease_key: lease.lease_owner for lease in self.fleet.leases() if not lease.is_complete}
@@ -197,83 +142,15 @@ class Scenario:
         assert result is not None
         return result
 
-    def wait_everyone_holds(self, timeout_s: float, what: str) -> dict[str, int]:
-        """Wait until all 8 leases are held by the workers, each holding at least one."""
-
-        def spread() -> dict[str, int] | None:
-            counts = self.counts()
-            return counts if sum(counts.values()) == SHARDS and min(counts.values()) >= 1 else None
-
-        result = self.fleet.wait_until(spread, timeout_s, lambda: f"{what}: every worker ≥ 1 lease; {self.counts()}")
-        assert result is not None
-        return result
-
-    def migration(self) -> MigrationState | None:
-        if not self.fleet.store.table_exists():
-            return None
-        if self._migration is not None:
-            return self._migration.read()
-        # The layout is detected afresh until the item exists: on DynamoDB a compatible-with-2x fleet starting
-        # afresh creates the legacy <app>-CoordinatorState table first.
-        tables = open_coordinator_tables(self.fleet.store, self.fleet.application)
-        store = MigrationStore(tables.coordinator)
-        state = store.read() if tables.coordinator.exists() else None
-        if state is not None:
-            self._migration = store
-        return state
-
-    def version(self) -> ClientVersion | None:
-        state = self.migration()
-        return None if state is None else state.version
-
-    def wait_version(self, version: ClientVersion, timeout_s: float, what: str) -> MigrationState:
-        def reached() -> MigrationState | None:
-            state = self.migration()
-            return state if state is not None and state.version is version else None
-
-        state = self.fleet.wait_until(reached, timeout_s, lambda: f"{what}: cv {version.value}; now {self.migration()}")
-        assert state is not None
-        return state
-
     def owner_index_status(self) -> str | None:
         store = self.fleet.store
         assert isinstance(store, OwnerIndex)
         return store.owner_index_status()
 
-    # -- records -----------------------------------------------------------------------------------------
-
-    def put(self, entries: Sequence[tuple[str, str]]) -> None:
-        """Put ``(record id, partition key)`` records; the data is the id."""
-        shards = self.admin.put([(rid.encode(), key) for rid, key in entries])
-        assert len(shards) == len(entries)
-        with self._lock:
-            self.produced.update(rid for rid, _ in entries)
-
-    def missing(self) -> set[str]:
-        with self._lock:
-            produced = set(self.produced)
-        return produced - {row.data for row in read_processed(self.results)}
-
-    def wait_all_processed(self, timeout_s: float) -> None:
-        self.fleet.wait_until(
-            lambda: not self.missing(),
-            timeout_s,
-            lambda: f"all {len(self.produced)} records processed; missing {some(self.missing())}",
-            interval_s=0.5,
-        )
-
-
-def _keys(scenario: Scenario) -> list[str]:
-    return keys_per_shard({shard.shard_id: shard.hash_key_range for shard in scenario.admin.list_shards()})
-
 
 def migrate_cli(backend: Backend, application: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``shardwise migrate ARGS --application_name APP <backend>`` as a subprocess (output printed)."""
-    if backend.kind == "local":
-        target = ["--backend", "local", "--db", str(backend.db)]
-    else:
-        assert backend.dynamodb_endpoint_url is not None
-        target = ["--endpoint-url", backend.dynamodb_endpoint_url, "--region", backend.region]
+    target = backend.table_cli_args()
     command = [sys.executable, "-m", "shardwise", "migrate", *args, "--application_name", application, *target]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
     print(f"$ shardwise migrate {' '.join(args)} -> exit {done.returncode}\n{done.stdout}{done.stderr}")
@@ -283,46 +160,12 @@ def migrate_cli(backend: Backend, application: str, *args: str) -> subprocess.Co
 # -- fixtures --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "local":
-        return Backend.local(tmp_path / "shardwise.db")
-    dynamodb = request.getfixturevalue("moto_server")
-    kinesis = request.getfixturevalue("kinesis_local")
-    return Backend.aws(kinesis_endpoint_url=kinesis.endpoint_url, dynamodb_endpoint_url=dynamodb.endpoint_url)
-
-
 @pytest.fixture
-def scenario(backend: Backend, tmp_path: Path) -> Iterator[Scenario]:
-    suffix = uuid.uuid4().hex[:8]
-    stream = f"migration-{suffix}"
-    admin = backend.stream_admin(stream)
-    admin.create(SHARDS)
-    results = tmp_path / "results.db"
-    connect_results(results).close()
-    fleet = Fleet(
-        backend,
-        application=f"migration-app-{suffix}",
-        stream=stream,
-        processor=PROCESSOR,
-        log_dir=tmp_path / "logs",
-        worker_args=WORKER_ARGS,
-        env={RESULTS_ENV: str(results)},
-        worker_id_env=WORKER_ENV,
+def scenario(fresh_streams: FreshStreams) -> Scenario:
+    fleet, admin, results = fresh_streams.open(
+        "migration", SHARDS, processor=PROCESSOR, worker_args=WORKER_ARGS, results_file="results.db"
     )
-    try:
-        yield Scenario(fleet, admin, results)
-    finally:
-        fleet.close()  # no worker outlives its test, whatever happened
-        if backend.kind == "aws":
-            admin.delete()  # keeps the session's kinesis-local small and fast
-        admin.close()
-
-
-@pytest.fixture
-def tick_s(backend: Backend) -> float:
-    """The producer's period: kinesis-local slows down as its streams grow, so the aws variant writes less."""
-    return 0.1 if backend.kind == "local" else 0.25
+    return Scenario(fleet, admin, results)
 
 
 def _flip_and_check(scenario: Scenario, before: Mapping[str, str | None], phase: str) -> None:
@@ -342,7 +185,7 @@ def _flip_and_check(scenario: Scenario, before: Mapping[str, str | None], phase:
 
 @pytest.mark.slow
 def test_rolling_upgrade_from_2x_to_3x(scenario: Scenario, tick_s: float) -> None:
-    producer = ShardTicker(scenario.put, _keys(scenario), "u", tick_s)
+    producer = ShardTicker(scenario.put, scenario.shard_keys(), "u", tick_s)
     producer.start()
     started = time.monotonic()
     try:
@@ -423,7 +266,7 @@ def test_rolling_upgrade_from_2x_to_3x(scenario: Scenario, tick_s: float) -> Non
 def test_rollback_and_rollforward_with_the_cli(scenario: Scenario, backend: Backend, tick_s: float) -> None:
     fleet = scenario.fleet
     application = fleet.application
-    producer = ShardTicker(scenario.put, _keys(scenario), "r", tick_s)
+    producer = ShardTicker(scenario.put, scenario.shard_keys(), "r", tick_s)
     producer.start()
     started = time.monotonic()
     flip_bound_s = (READINESS_MS + STABILIZATION_MS + 2 * REPORTER_MS) / 1000 + 20

@@ -166,6 +166,13 @@ class Backend:
             self.region,
         ]
 
+    def table_cli_args(self) -> list[str]:
+        """The backend flags of the lease-table admin commands (``shardwise migrate``, ``shardwise features``)."""
+        if self.kind == "local":
+            return ["--backend", "local", "--db", str(self.db)]
+        assert self.dynamodb_endpoint_url is not None
+        return ["--endpoint-url", self.dynamodb_endpoint_url, "--region", self.region]
+
     def lease_store(self, application: str) -> LeaseStore:
         if self.kind == "local":
             from shardwise.leases.sqlite import SQLiteLeaseStore
@@ -302,6 +309,18 @@ class Fleet:
             *extra_args,
         ]
 
+    def worker_env(self, worker_id: str, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a worker: this process's, plus ``env``, ``extra_env``, the worker id (in
+        ``worker_id_env``) and ``pythonpath`` prepended to ``PYTHONPATH``."""
+        env = {**os.environ, **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        paths = [str(p) for p in self.pythonpath]
+        if os.environ.get("PYTHONPATH"):
+            paths.append(os.environ["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        if self.worker_id_env:
+            env[self.worker_id_env] = worker_id
+        return env
+
     def start(
         self, worker_id: str, extra_args: Iterable[str] = (), extra_env: Mapping[str, str] | None = None
     ) -> WorkerProcess:
@@ -312,13 +331,7 @@ class Fleet:
             raise ValueError(f"worker {worker_id} is already running (pid {previous.pid})")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{worker_id}.log"
-        env = {**os.environ, **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
-        paths = [str(p) for p in self.pythonpath]
-        if os.environ.get("PYTHONPATH"):
-            paths.append(os.environ["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-        if self.worker_id_env:
-            env[self.worker_id_env] = worker_id
+        env = self.worker_env(worker_id, extra_env)
         with log_path.open("ab") as log:
             log.write(f"=== {time.strftime('%H:%M:%S')} starting worker {worker_id} ===\n".encode())
             log.flush()
