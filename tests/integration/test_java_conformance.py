@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from support.javakcl import JAVA_FAST, SHARDWISE_3X, Delivery, Interop, JavaWorker, make_interop, require_java_kcl
+from support.javakcl import JAVA_FAST, SHARDWISE_3X, Delivery, Interop, JavaWorker, interop_on, require_java_kcl
 from support.standins import Server
 
 pytestmark = [pytest.mark.java, pytest.mark.aws, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -47,13 +47,8 @@ def make_scenario(moto_server: Server, kinesis_local: Server, tmp_path: Path) ->
     made: list[Interop] = []
 
     def make(name: str) -> Interop:
-        scenario = make_interop(
-            name=name,
-            shards=SHARDS,
-            kinesis_endpoint=kinesis_local.endpoint_url,
-            dynamodb_endpoint=moto_server.endpoint_url,
-            work_dir=tmp_path,
-            shardwise_args=SHARDWISE_3X,
+        scenario = interop_on(
+            moto_server, kinesis_local, tmp_path, name=name, shards=SHARDS, shardwise_args=SHARDWISE_3X
         )
         made.append(scenario)
         return scenario

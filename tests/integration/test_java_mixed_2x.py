@@ -23,79 +23,40 @@ Timings are shortened for a 2-core machine: failover 5 s on both kinds (the 2.x 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Callable, Collection, Iterator
-from pathlib import Path
-from typing import Any, Final
 
 import pytest
 
-from support.javakcl import Interop, JavaKclError, make_interop, require_java_kcl
-from support.kcl2x import Producer, assert_only_leases, lease_counts, no_parse_failures, spread
-from support.standins import Server
+from support.javakcl import Interop, JavaKclError, interop_fixture
+from support.kcl2x import (
+    FAILOVER_MS,
+    JAVA_2X,
+    JAVA_VERSION,
+    SHARDWISE_2X_TIMINGS,
+    TAKER_S,
+    Timeline,
+    assert_none_lost,
+    assert_only_leases,
+    lease_counts,
+    live_traffic,
+    no_parse_failures,
+)
 
 pytestmark = [pytest.mark.java, pytest.mark.aws, pytest.mark.slow, pytest.mark.timeout(420)]
 
 SHARDS = 8
-FAILOVER_MS = 5_000
-TAKER_S = 2 * (FAILOVER_MS + 25) / 1000  # both kinds: (failover + ε) × 2
-JAVA_VERSION: Final = "2.5.8"
-#: Java KCL 2.5.8 with the same lease duration as the shardwise workers.
-JAVA_2X: dict[str, str | int] = {"failoverTimeMillis": FAILOVER_MS}
-#: shardwise on the pure KCL 2.x generation (no migration state machine), same timings.
-SHARDWISE_2X = (
-    "--assignment",
-    "lease-count-2x",
-    "--initial-position",
-    "TRIM_HORIZON",
-    "--failover-time-ms",
-    str(FAILOVER_MS),
-    "--idle-time-between-reads-ms",
-    "250",
-    "--max-records",
-    "1000",
-    "--set",
-    "shard_sync_interval_ms=5000",
-    "--set",
-    "consumer.task_backoff_time_ms=250",
-)
+#: shardwise on the pure KCL 2.x generation (no migration state machine), same timings as Java.
+SHARDWISE_2X = ("--assignment", "lease-count-2x", *SHARDWISE_2X_TIMINGS)
 # -- the scenario -------------------------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def scenario(moto_server: Server, kinesis_local: Server, tmp_path: Path) -> Iterator[Interop]:
-    require_java_kcl(JAVA_VERSION)
-    s = make_interop(
-        name="mixed2x",
-        shards=SHARDS,
-        kinesis_endpoint=kinesis_local.endpoint_url,
-        dynamodb_endpoint=moto_server.endpoint_url,
-        work_dir=tmp_path,
-        shardwise_args=SHARDWISE_2X,
-    )
-    try:
-        yield s
-    finally:
-        s.close()  # no worker of either kind outlives the test
+scenario = interop_fixture("mixed2x", SHARDS, SHARDWISE_2X, java_version=JAVA_VERSION)
 
 
 def test_lease_count_taking_and_stealing_across_java_2x_and_shardwise(scenario: Interop) -> None:
     s = scenario
-    started = time.monotonic()
+    timeline = Timeline(s, SHARDS)
+    log, wait_spread = timeline.log, timeline.wait_spread
 
-    def log(message: str) -> None:
-        print(f"{time.monotonic() - started:5.0f}s: {message}")
-
-    def wait_spread(workers: Collection[str], low: int, high: int, timeout_s: float, what: str) -> dict[Any, int]:
-        check: Callable[[], dict[str | None, int] | None] = lambda: spread(s, workers, low, high, SHARDS)  # noqa: E731
-        counts = s.wait_for(check, timeout_s, lambda: f"{what}: leases {low}-{high} each; now {lease_counts(s)}")
-        log(f"{what}: {counts}")
-        return counts
-
-    s.put("pre", 0, 200)
-    producer = Producer(s, "live")
-    producer.start()
-    try:
+    with live_traffic(s):
         # 1. Two Java KCL 2.5.8 workers create the lease table and take every lease.
         s.start_java("java-1", JAVA_2X, version=JAVA_VERSION)
         s.start_java("java-2", JAVA_2X, version=JAVA_VERSION)
@@ -133,11 +94,7 @@ def test_lease_count_taking_and_stealing_across_java_2x_and_shardwise(scenario: 
         code = s.fleet.terminate("sw-1")
         assert code == 0, f"sw-1 exited {code} on SIGTERM\n{s.report()}"
         wait_spread(("sw-2", "java-3"), 3, 5, FAILOVER_MS / 1000 + 4 * TAKER_S + 20, "sw-1's leases taken")
-    finally:
-        producer.stop.set()
-    producer.finish()
 
-    s.wait_for(lambda: not s.missing(), 90, lambda: f"every record processed; missing {len(s.missing())}")
     time.sleep(3)  # a late duplicate would show up by now
     items = assert_only_leases(s, "the end", SHARDS)
     assert s.tables() == {s.application}
@@ -145,19 +102,7 @@ def test_lease_count_taking_and_stealing_across_java_2x_and_shardwise(scenario: 
     assert code == 0, f"sw-2 exited {code} on SIGTERM\n{s.report()}"
     s.java["java-3"].stop()
 
-    deliveries = s.deliveries()
-    produced = s.produced_now()
-    missing = set(produced) - {d.record_id for d in deliveries}
-    assert not missing, f"{len(missing)} record(s) lost: {sorted(missing)[:10]}"
-    unknown = {d.record_id for d in deliveries} - set(produced)
-    assert not unknown, f"deliveries of records never put: {sorted(unknown)[:10]}"
-    per_record = Counter(d.record_id for d in deliveries)
-    duplicates = sum(n - 1 for n in per_record.values())
-    java_n = len(s.java_deliveries())
-    log(
-        f"{len(produced)} records put, {len(deliveries)} deliveries (Java {java_n}, shardwise "
-        f"{len(deliveries) - java_n}), {duplicates} duplicate(s) from lease handoffs; none lost"
-    )
+    deliveries, produced, duplicates = assert_none_lost(s, timeline)
     # Both kinds checkpoint after every batch: a stolen lease replays at most the batch in flight.
     assert duplicates <= len(produced) // 4, f"{duplicates} duplicates out of {len(produced)} records"
     assert {d.worker_id for d in deliveries} >= {"java-1", "java-2", "java-3", "sw-1", "sw-2"}

@@ -27,18 +27,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from support.javakcl import JAVA_FAST, SHARDWISE_3X, Interop, make_interop, require_java_kcl
-from support.standins import Server
+from support.javakcl import JAVA_FAST, SHARDWISE_3X, Interop, interop_fixture
+from support.traffic import ShardTicker
 
 pytestmark = [pytest.mark.java, pytest.mark.aws, pytest.mark.slow, pytest.mark.timeout(600)]
 
 SHARDS = 8
 TICK_S = 0.5
+#: The producer stops by itself after this long (a stuck test cannot produce forever).
+PRODUCE_MAX_S = 480.0
 #: Redeliveries allowed per shard a SIGKILLed worker held: what it was given after its last checkpoint (the
 #: batch in flight; with a record per shard per ``TICK_S`` and reads every 0.2-0.25 s, a batch has 1-3 records).
 DUPLICATES_PER_KILLED_SHARD = 6
@@ -50,37 +50,6 @@ def _is_java(worker_id: str | None) -> bool:
 
 def _is_shardwise(worker_id: str | None) -> bool:
     return worker_id is not None and worker_id.startswith("sw-")
-
-
-class Producer(threading.Thread):
-    """Puts 8 records (``m-<n>``, random partition keys) every ``TICK_S`` until stopped."""
-
-    def __init__(self, scenario: Interop, max_s: float = 480.0) -> None:
-        super().__init__(name="producer", daemon=True)
-        self._scenario = scenario
-        self._max_ticks = int(max_s / TICK_S)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.count = 0
-
-    def run(self) -> None:
-        started = time.monotonic()
-        try:
-            for tick in range(self._max_ticks):
-                if self.stop.is_set():
-                    return
-                self._scenario.put("m", self.count, SHARDS)
-                self.count += SHARDS
-                self.stop.wait(max(0.0, started + (tick + 1) * TICK_S - time.monotonic()))
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def finish(self, timeout_s: float = 60.0) -> None:
-        self.stop.set()
-        self.join(timeout_s)
-        assert not self.is_alive(), "the producer did not finish"
-        if self.error is not None:
-            raise AssertionError(f"the producer failed: {self.error!r}") from self.error
 
 
 class OwnerWatch(threading.Thread):
@@ -115,21 +84,7 @@ class OwnerWatch(threading.Thread):
         return changes
 
 
-@pytest.fixture
-def scenario(moto_server: Server, kinesis_local: Server, tmp_path: Path) -> Iterator[Interop]:
-    require_java_kcl("3.1.3")
-    made = make_interop(
-        name="mixed",
-        shards=SHARDS,
-        kinesis_endpoint=kinesis_local.endpoint_url,
-        dynamodb_endpoint=moto_server.endpoint_url,
-        work_dir=tmp_path,
-        shardwise_args=SHARDWISE_3X,
-    )
-    try:
-        yield made
-    finally:
-        made.close()  # no worker of either kind may outlive the test
+scenario = interop_fixture("mixed", SHARDS, SHARDWISE_3X, java_version="3.1.3")
 
 
 def _held(s: Interop) -> dict[str, list[str]]:
@@ -147,10 +102,15 @@ def _everyone_holds(s: Interop, workers: list[str]) -> dict[str, list[str]] | No
     return None
 
 
+def _wait_everyone_holds(s: Interop, workers: list[str], timeout_s: float, what: str) -> dict[str, list[str]]:
+    return s.wait_for(lambda: _everyone_holds(s, workers), timeout_s, lambda: f"{what}; held: {_held(s)}")
+
+
 def test_java_and_shardwise_workers_share_an_application(scenario: Interop) -> None:
     s = scenario
     watch = OwnerWatch(s)
-    producer = Producer(s)
+    # One record per shard every TICK_S (ids ``m-<tick>-<n>``).
+    producer = ShardTicker(s.put_records, s.shard_keys(), "m", TICK_S, PRODUCE_MAX_S)
     killed: dict[str, list[str]] = {}  # SIGKILLed worker → the shards it held then
 
     # 1. Java first: tables, leases, leader lock.
@@ -163,10 +123,8 @@ def test_java_and_shardwise_workers_share_an_application(scenario: Interop) -> N
     s.start_java("java-2", JAVA_FAST)
     s.fleet.start("sw-1")
     s.fleet.start("sw-2")
-    phase2 = s.wait_for(
-        lambda: _everyone_holds(s, ["java-1", "java-2", "sw-1", "sw-2"]),
-        120,
-        lambda: f"every worker to hold leases (Java leads); held: {_held(s)}",
+    phase2 = _wait_everyone_holds(
+        s, ["java-1", "java-2", "sw-1", "sw-2"], 120, "every worker to hold leases (Java leads)"
     )
     print(f"phase 2 (java-1 leads): {phase2}")
     assert s.leader() == "java-1"
@@ -176,20 +134,16 @@ def test_java_and_shardwise_workers_share_an_application(scenario: Interop) -> N
     for worker_id in ("sw-1", "sw-2"):
         killed[worker_id] = held.get(worker_id, [])
         s.fleet.kill(worker_id)
-    phase3 = s.wait_for(
-        lambda: _everyone_holds(s, ["java-1", "java-2"]),
-        90,
-        lambda: f"the Java workers to take the killed shardwise workers' leases; held: {_held(s)}",
+    phase3 = _wait_everyone_holds(
+        s, ["java-1", "java-2"], 90, "the Java workers to take the killed shardwise workers' leases"
     )
     print(f"phase 3 (shardwise killed): {phase3}")
 
     # 4. New shardwise workers join: Java's leader hands leases over to them.
     s.fleet.start("sw-3")
     s.fleet.start("sw-4")
-    phase4 = s.wait_for(
-        lambda: _everyone_holds(s, ["java-1", "java-2", "sw-3", "sw-4"]),
-        120,
-        lambda: f"Java's leader to hand leases to sw-3 and sw-4; held: {_held(s)}",
+    phase4 = _wait_everyone_holds(
+        s, ["java-1", "java-2", "sw-3", "sw-4"], 120, "Java's leader to hand leases to sw-3 and sw-4"
     )
     print(f"phase 4 (sw-3, sw-4 joined): {phase4}")
 
@@ -199,21 +153,13 @@ def test_java_and_shardwise_workers_share_an_application(scenario: Interop) -> N
     killed["java-2"] = held.get("java-2", [])
     s.java["java-2"].kill()
     s.wait_for(lambda: s.leader() in ("sw-3", "sw-4"), 60, lambda: f"a shardwise leader; now {s.leader()}")
-    phase5 = s.wait_for(
-        lambda: _everyone_holds(s, ["sw-3", "sw-4"]),
-        90,
-        lambda: f"the shardwise workers to take every Java lease; held: {_held(s)}",
-    )
+    phase5 = _wait_everyone_holds(s, ["sw-3", "sw-4"], 90, "the shardwise workers to take every Java lease")
     leader = s.leader()
     print(f"phase 5 (Java gone, {leader} leads): {phase5}")
 
     # 6. A Java worker joins the shardwise-led fleet: shardwise's leader hands leases over to it.
     s.start_java("java-3", JAVA_FAST)
-    phase6 = s.wait_for(
-        lambda: _everyone_holds(s, ["sw-3", "sw-4", "java-3"]),
-        120,
-        lambda: f"shardwise's leader to hand leases to java-3; held: {_held(s)}",
-    )
+    phase6 = _wait_everyone_holds(s, ["sw-3", "sw-4", "java-3"], 120, "shardwise's leader to hand leases to java-3")
     print(f"phase 6 (java-3 joined, {leader} leads): {phase6}")
     assert s.leader() == leader
 

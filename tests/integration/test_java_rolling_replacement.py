@@ -35,29 +35,34 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
-from pathlib import Path
-from typing import Any, Final
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import boto3
 import pytest
 
 from shardwise.coordinator.leader import deterministic_leaders
 from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
-from support.javakcl import Interop, make_interop, require_java_kcl
-from support.kcl2x import Producer, assert_only_leases, lease_counts, no_parse_failures, spread
-from support.standins import Server
+from support.javakcl import Interop, interop_fixture
+from support.kcl2x import (
+    FAILOVER_MS,
+    JAVA_2X,
+    JAVA_VERSION,
+    SHARDWISE_2X_TIMINGS,
+    TAKER_S,
+    Timeline,
+    assert_none_lost,
+    assert_only_leases,
+    live_traffic,
+    no_parse_failures,
+)
 
 pytestmark = [pytest.mark.java, pytest.mark.aws, pytest.mark.slow]
 
 SHARDS = 8
-JAVA_VERSION: Final = "2.5.8"
 JAVA_IDS = ("java-1", "java-2", "java-3", "java-4")
 SHARDWISE_IDS = ("sw-1", "sw-2", "sw-3", "sw-4")
 REPLACEMENTS = dict(zip(JAVA_IDS, SHARDWISE_IDS, strict=True))
-FAILOVER_MS = 5_000
-TAKER_S = 2 * (FAILOVER_MS + 25) / 1000  # both kinds: (failover + ε) × 2
 POLL_MS = 1_000
 READINESS_MS = 1_000
 STABILIZATION_MS = 10_000
@@ -70,25 +75,12 @@ MIGRATION_KEY = "Migration3.0"
 UPGRADE_FROM_2X = "CLIENT_VERSION_UPGRADE_FROM_2X"
 V3X_WITH_ROLLBACK = "CLIENT_VERSION_3X_WITH_ROLLBACK"
 V2X = "CLIENT_VERSION_2X"
-#: Java KCL 2.5.8 with the same lease duration as the shardwise workers.
-JAVA_2X: dict[str, str | int] = {"failoverTimeMillis": FAILOVER_MS}
 SHARDWISE_COMPATIBLE = (
     "--client-version-config",
     "compatible-with-2x",
-    "--initial-position",
-    "TRIM_HORIZON",
-    "--failover-time-ms",
-    str(FAILOVER_MS),
-    "--idle-time-between-reads-ms",
-    "250",
-    "--max-records",
-    "1000",
+    *SHARDWISE_2X_TIMINGS,
     "--metrics",
     "log",
-    "--set",
-    "shard_sync_interval_ms=5000",
-    "--set",
-    "consumer.task_backoff_time_ms=250",
     "--set",
     f"migration.client_version_poll_interval_ms={POLL_MS}",
     "--set",
@@ -163,39 +155,17 @@ def test_the_final_fleets_leader_is_the_last_replacement() -> None:
     assert deterministic_leaders(("sw-1", "sw-2", "sw-4")) == {"sw-4"}
 
 
-@pytest.fixture
-def scenario(moto_server: Server, kinesis_local: Server, tmp_path: Path) -> Iterator[Interop]:
-    require_java_kcl(JAVA_VERSION)
-    s = make_interop(
-        name="rolling",
-        shards=SHARDS,
-        kinesis_endpoint=kinesis_local.endpoint_url,
-        dynamodb_endpoint=moto_server.endpoint_url,
-        work_dir=tmp_path,
-        shardwise_args=SHARDWISE_COMPATIBLE,
-    )
-    try:
-        yield s
-    finally:
-        s.close()  # no worker of either kind outlives the test
+scenario = interop_fixture("rolling", SHARDS, SHARDWISE_COMPATIBLE, java_version=JAVA_VERSION)
 
 
 @pytest.mark.timeout(480)
 def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforward(scenario: Interop) -> None:
     s = scenario
-    started = time.monotonic()
-
-    def log(message: str) -> None:
-        print(f"{time.monotonic() - started:5.0f}s: {message}")
+    timeline = Timeline(s, SHARDS)
+    log, wait_spread = timeline.log, timeline.wait_spread
 
     def java_alive() -> list[str]:
         return [w for w, worker in s.java.items() if worker.is_alive()]
-
-    def wait_spread(workers: Collection[str], low: int, high: int, timeout_s: float, what: str) -> dict[Any, int]:
-        check: Callable[[], dict[str | None, int] | None] = lambda: spread(s, workers, low, high, SHARDS)  # noqa: E731
-        counts = s.wait_for(check, timeout_s, lambda: f"{what}: leases {low}-{high} each; now {lease_counts(s)}")
-        log(f"{what}: leases {counts}")
-        return counts
 
     def wait_version(version: str, timeout_s: float, what: str) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
@@ -223,10 +193,7 @@ def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforwar
         s.fleet.start(REPLACEMENTS[java_id])
         log(f"{java_id} stopped (exit {code}), {REPLACEMENTS[java_id]} started")
 
-    s.put("pre", 0, 200)
-    producer = Producer(s, "live")
-    producer.start()
-    try:
+    with live_traffic(s):
         # 1. A Java KCL 2.5.8 fleet.
         for java_id in JAVA_IDS:
             s.start_java(java_id, JAVA_2X, version=JAVA_VERSION)
@@ -299,11 +266,7 @@ def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforwar
         wait_states(dict.fromkeys(SHARDWISE_IDS, METRIC_3X_WORKER), 15, "flipped again")
         wait_spread(SHARDWISE_IDS, 1, 3, 10, "flipped again")
         check_only_leases("3X_WITH_ROLLBACK again")
-    finally:
-        producer.stop.set()
-    producer.finish()
 
-    s.wait_for(lambda: not s.missing(), 90, lambda: f"every record processed; missing {len(s.missing())}")
     view = s.leases_json()
     assert set(view["leasesPerOwner"]) <= set(SHARDWISE_IDS), view["leasesPerOwner"]
     for worker_id in SHARDWISE_IDS:
@@ -311,18 +274,7 @@ def test_rolling_replacement_of_java_2x_by_shardwise_then_3x_rollback_rollforwar
         assert code == 0, f"{worker_id} exited {code} on SIGTERM\n{s.report()}"
     check_only_leases("the end")
 
-    deliveries = s.deliveries()
-    produced = s.produced_now()
-    missing = set(produced) - {d.record_id for d in deliveries}
-    assert not missing, f"{len(missing)} record(s) lost: {sorted(missing)[:10]}"
-    unknown = {d.record_id for d in deliveries} - set(produced)
-    assert not unknown, f"deliveries of records never put: {sorted(unknown)[:10]}"
-    duplicates = sum(n - 1 for n in Counter(d.record_id for d in deliveries).values())
-    java_n = len(s.java_deliveries())
-    log(
-        f"{len(produced)} records put, {len(deliveries)} deliveries (Java {java_n}, shardwise "
-        f"{len(deliveries) - java_n}), {duplicates} duplicate(s) from lease handoffs; none lost"
-    )
+    deliveries, _, _ = assert_none_lost(s, timeline)
     assert {d.worker_id for d in deliveries} >= {*JAVA_IDS, *SHARDWISE_IDS}
     for worker in s.java_workers():
         no_parse_failures(worker)

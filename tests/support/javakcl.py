@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -51,7 +51,8 @@ import boto3
 from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, read_processed
 from shardwise.leases.model import Lease
 from support.fleet import REGION, Backend, Fleet, StreamAdmin
-from support.standins import FAKE_AWS_ENV
+from support.standins import FAKE_AWS_ENV, Server
+from support.traffic import keys_per_shard
 
 __all__ = [
     "FAILOVER_MS",
@@ -67,8 +68,11 @@ __all__ = [
     "JavaKclUnavailable",
     "JavaWorker",
     "KclEvent",
+    "KclVersion",
     "LoggedRecord",
     "find_java",
+    "interop_fixture",
+    "interop_on",
     "kcl_install",
     "make_interop",
     "parse_failures",
@@ -577,12 +581,20 @@ class Interop:
         """Put records ``<tag>-<n>`` for n in ``[start, start + count)``, partition key ``pk-<tag>-<n>``."""
         ids = [f"{tag}-{n:06d}" for n in range(start, start + count)]
         for first in range(0, len(ids), batch):
-            chunk = ids[first : first + batch]
-            shards = self.admin.put([(rid.encode(), f"pk-{rid}") for rid in chunk])
-            assert len(shards) == len(chunk)
-            with self._lock:
-                self.produced.update(zip(chunk, shards, strict=True))
+            self.put_records([(rid, f"pk-{rid}") for rid in ids[first : first + batch]])
         return ids
+
+    def put_records(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Put ``(record id, partition key)`` entries in one request, each with its id as its data (the ``put`` of
+        a :class:`support.traffic.ShardTicker`)."""
+        shards = self.admin.put([(rid.encode(), key) for rid, key in entries])
+        assert len(shards) == len(entries)
+        with self._lock:
+            self.produced.update(zip((rid for rid, _ in entries), shards, strict=True))
+
+    def shard_keys(self) -> list[str]:
+        """One partition key landing in each shard of the stream, in shard-id order."""
+        return keys_per_shard({shard.shard_id: shard.hash_key_range for shard in self.admin.list_shards()})
 
     def produced_now(self) -> dict[str, str]:
         with self._lock:
@@ -801,3 +813,35 @@ def make_interop(
         worker_id_env=WORKER_ENV,
     )
     return Interop(application, stream, kinesis_endpoint, dynamodb_endpoint, work_dir, admin, fleet, results)
+
+
+def interop_on(
+    moto_server: Server, kinesis_local: Server, work_dir: Path, *, name: str, shards: int, shardwise_args: Sequence[str]
+) -> Interop:
+    """:func:`make_interop` on the session's stand-ins (DynamoDB on moto, Kinesis on kinesis-local)."""
+    return make_interop(
+        name=name,
+        shards=shards,
+        kinesis_endpoint=kinesis_local.endpoint_url,
+        dynamodb_endpoint=moto_server.endpoint_url,
+        work_dir=work_dir,
+        shardwise_args=shardwise_args,
+    )
+
+
+def interop_fixture(name: str, shards: int, shardwise_args: Sequence[str], *, java_version: KclVersion) -> object:
+    """A pytest fixture (assign it to the fixture's name in a test module) that fails the test unless Java KCL
+    ``java_version`` is installed, yields a fresh :func:`make_interop` scenario on the session's stand-ins and
+    closes it afterwards, so that no worker of either kind outlives the test."""
+    import pytest
+
+    def scenario(moto_server: Server, kinesis_local: Server, tmp_path: Path) -> Iterator[Interop]:
+        """A fresh Java + shardwise scenario (see :func:`support.javakcl.interop_fixture`), closed afterwards."""
+        require_java_kcl(java_version)
+        made = interop_on(moto_server, kinesis_local, tmp_path, name=name, shards=shards, shardwise_args=shardwise_args)
+        try:
+            yield made
+        finally:
+            made.close()
+
+    return pytest.fixture(scenario)

@@ -1,27 +1,62 @@
 """Helpers of the scenarios that mix Java KCL 2.x workers with shardwise workers: a background producer, a raw
-look at the lease table (every item must be a lease KCL 2.x can parse) and lease-count checks."""
+look at the lease table (every item must be a lease KCL 2.x can parse), lease-count checks and the final count of
+every record's deliveries."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import Counter
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Collection, Iterator
+from typing import Any, Final
 
 import boto3
 
-from support.javakcl import Interop, JavaWorker
+from support.javakcl import Delivery, Interop, JavaWorker, KclVersion
 
 __all__ = [
+    "FAILOVER_MS",
+    "JAVA_2X",
+    "JAVA_VERSION",
     "LEASE_ATTRIBUTE_TYPES",
+    "SHARDWISE_2X_TIMINGS",
+    "TAKER_S",
     "Producer",
+    "Timeline",
+    "assert_none_lost",
     "assert_only_leases",
     "lease_counts",
+    "live_traffic",
     "no_parse_failures",
     "raw_lease_table",
     "spread",
     "unparsable_by_kcl_2x",
 ]
+
+#: The Java KCL 2.x release of the scenarios.
+JAVA_VERSION: Final[KclVersion] = "2.5.8"
+#: Lease duration of both kinds of workers, shortened for a 2-core machine.
+FAILOVER_MS = 5_000
+#: How often the lease taker runs, on both kinds: (failover + ε) × 2.
+TAKER_S = 2 * (FAILOVER_MS + 25) / 1000
+#: Java KCL 2.5.8 with the same lease duration as the shardwise workers.
+JAVA_2X: dict[str, str | int] = {"failoverTimeMillis": FAILOVER_MS}
+#: The timings of the shardwise workers, to go with their generation's flags.
+SHARDWISE_2X_TIMINGS: tuple[str, ...] = (
+    "--initial-position",
+    "TRIM_HORIZON",
+    "--failover-time-ms",
+    str(FAILOVER_MS),
+    "--idle-time-between-reads-ms",
+    "250",
+    "--max-records",
+    "1000",
+    "--set",
+    "shard_sync_interval_ms=5000",
+    "--set",
+    "consumer.task_backoff_time_ms=250",
+)
 
 #: Attributes a KCL 2.x lease serializer reads, with the DynamoDB type it expects (kcl-protocol.md §2.2).
 LEASE_ATTRIBUTE_TYPES = {
@@ -128,3 +163,64 @@ def spread(
 def no_parse_failures(worker: JavaWorker) -> None:
     failures = worker.parse_failures()
     assert not failures, f"Java KCL {worker.worker_id} could not read items:\n" + "\n".join(failures[:20])
+
+
+@contextlib.contextmanager
+def live_traffic(scenario: Interop) -> Iterator[Producer]:
+    """Puts 200 records ``pre-<n>`` first, then runs a :class:`Producer` of records ``live-<n>`` for the block.
+
+    On leaving it the producer stops; if the block raised, that is all (its failure is the one reported).
+    Otherwise the producer is joined (failing if it failed) and every record put must be processed within 90 s.
+    """
+    scenario.put("pre", 0, 200)
+    producer = Producer(scenario, "live")
+    producer.start()
+    try:
+        yield producer
+    finally:
+        producer.stop.set()
+    producer.finish()
+    scenario.wait_for(
+        lambda: not scenario.missing(), 90, lambda: f"every record processed; missing {len(scenario.missing())}"
+    )
+
+
+class Timeline:
+    """Progress lines stamped with the seconds since the scenario began, and the waits for a lease spread."""
+
+    def __init__(self, scenario: Interop, shards: int) -> None:
+        self.scenario = scenario
+        self.shards = shards
+        self.started = time.monotonic()
+
+    def log(self, message: str) -> None:
+        print(f"{time.monotonic() - self.started:5.0f}s: {message}")
+
+    def wait_spread(self, workers: Collection[str], low: int, high: int, timeout_s: float, what: str) -> dict[Any, int]:
+        """Wait until every lease is held by ``workers``, each holding ``low``–``high`` (see :func:`spread`)."""
+        s = self.scenario
+        counts = s.wait_for(
+            lambda: spread(s, workers, low, high, self.shards),
+            timeout_s,
+            lambda: f"{what}: leases {low}-{high} each; now {lease_counts(s)}",
+        )
+        self.log(f"{what}: leases {counts}")
+        return counts
+
+
+def assert_none_lost(scenario: Interop, timeline: Timeline) -> tuple[list[Delivery], dict[str, str], int]:
+    """Every record put was delivered (by a worker of either kind), and nothing else was; returns the deliveries,
+    the records put (id → shard) and how many deliveries were duplicates."""
+    deliveries = scenario.deliveries()
+    produced = scenario.produced_now()
+    missing = set(produced) - {d.record_id for d in deliveries}
+    assert not missing, f"{len(missing)} record(s) lost: {sorted(missing)[:10]}"
+    unknown = {d.record_id for d in deliveries} - set(produced)
+    assert not unknown, f"deliveries of records never put: {sorted(unknown)[:10]}"
+    duplicates = sum(n - 1 for n in Counter(d.record_id for d in deliveries).values())
+    java_n = len(scenario.java_deliveries())
+    timeline.log(
+        f"{len(produced)} records put, {len(deliveries)} deliveries (Java {java_n}, shardwise "
+        f"{len(deliveries) - java_n}), {duplicates} duplicate(s) from lease handoffs; none lost"
+    )
+    return deliveries, produced, duplicates
