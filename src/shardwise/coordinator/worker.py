@@ -46,7 +46,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -362,6 +362,8 @@ class Worker:
         self._shutdown_requested = threading.Event()
         self._stopped = threading.Event()
         self._shutdown_deadline_ns: int | None = None
+        #: Set (under ``_consumers_lock``) once the dispatcher has finished: no shard consumer starts after it.
+        self._intake_closed = False
         self.stats = WorkerStats(started_at_ns=clock_ns())
         leases = config.leases
         assignment_s = config.lease_assignment_interval_ms / 1000
@@ -776,22 +778,44 @@ class Worker:
             return
         tokens = self.renewer.add_leases(leases)
         with self._consumers_lock:
+            closed = self._intake_closed
+            if not closed:
+                self._add_consumers(leases, tokens)
+        if closed:
+            # Taken or discovered while the shutdown finished (the take was under way): nothing will process
+            # them here, so give them back at once rather than leave them to expire.
             for lease in leases:
-                token = tokens[lease.lease_key]
-                self._throughput.seed(lease.lease_key, lease.throughput_kbps)
-                self._consumers[(lease.lease_key, token)] = ShardConsumer(
-                    lease=lease,
-                    token=token,
-                    processor=self._new_processor(),
-                    source=self._source,
-                    store=self._store,
-                    renewer=self.renewer,
-                    create_child_leases=self._create_child_leases,
-                    config=self.config.consumer,
-                    clock_ns=self._clock_ns,
-                    on_records=self._on_records,
-                )
+                self.renewer.release(lease.lease_key, tokens[lease.lease_key])
+            logger.info(
+                "worker %s is stopping: released leases %s at once",
+                self.worker_id,
+                ", ".join(lease.lease_key for lease in leases),
+            )
+            return
         self.stats.leases_taken += len(leases)
+
+    def _add_consumers(self, leases: Sequence[Lease], tokens: Mapping[str, str]) -> None:
+        """Under ``_consumers_lock``: a shard consumer per lease; during a shutdown each is asked to shut down
+        at once (its processor gets ``shutdown_requested``, then the lease is released)."""
+        stopping = self._shutdown_requested.is_set()
+        for lease in leases:
+            token = tokens[lease.lease_key]
+            self._throughput.seed(lease.lease_key, lease.throughput_kbps)
+            consumer = ShardConsumer(
+                lease=lease,
+                token=token,
+                processor=self._new_processor(),
+                source=self._source,
+                store=self._store,
+                renewer=self.renewer,
+                create_child_leases=self._create_child_leases,
+                config=self.config.consumer,
+                clock_ns=self._clock_ns,
+                on_records=self._on_records,
+            )
+            if stopping:
+                consumer.request_shutdown()
+            self._consumers[(lease.lease_key, token)] = consumer
 
     def _on_records(self, lease_key: str, count: int, size: int) -> None:
         self._throughput.record(lease_key, size)
@@ -1062,9 +1086,11 @@ class Worker:
                     if consumer.is_due(now):
                         self._running[key] = pool.submit(consumer.step)
                 remaining = len(self._consumers)
-            if shutting_down:
-                if remaining == 0:
+                if shutting_down and remaining == 0:
+                    # Leases that a take or discovery under way still brings are released, not consumed.
+                    self._intake_closed = True
                     return
+            if shutting_down:
                 deadline = self._shutdown_deadline_ns
                 if deadline is not None and now > deadline:
                     logger.warning(
@@ -1072,5 +1098,7 @@ class Worker:
                         self.worker_id,
                         remaining,
                     )
+                    with self._consumers_lock:
+                        self._intake_closed = True
                     return
             time.sleep(poll_s)
