@@ -34,6 +34,8 @@ switch to 2.x starts the taker's observations afresh, so nothing looks expired.
 Graceful shutdown (:meth:`Worker.request_shutdown`, SIGTERM/SIGINT in the CLI): taking stops, every processor
 gets ``shutdown_requested`` (and checkpoints), each lease is released so another worker can take it at once,
 then the worker exits; past ``shutdown_timeout_ms`` it exits anyway and the remaining leases simply expire.
+Leases that a take or discovery already under way brings are given back the same way (or, once the dispatcher
+has finished, released without a consumer).
 """
 
 from __future__ import annotations
