@@ -165,7 +165,9 @@ def main() -> None:
     lines.append(
         f"\nDefault (KCL) timings: failover 10 s (renewals every 3.3 s, 2.x taker scans every 20 s), 3.x leader "
         f"scans every 20 s (leases and worker metrics in one scan), owner-index queries every 10 s backing off to "
-        f"60 s while nothing changes, worker metrics every 30 s. {args.warmup_seconds:g} s "
+        f"60 s while nothing changes, worker metrics every 30 s; on that tick every worker of either generation "
+        f"also reads the finalized feature levels (the features record and the Migration3.0 item, two "
+        f"consistent GetItems). {args.warmup_seconds:g} s "
         f"warm-up, then a {args.minutes:g}-minute window. Streams get {RECORDS_PER_SHARD_PER_SECOND} records/s per "
         "shard and processors checkpoint every batch (about one write per shard per 1.5 s, the same in both "
         "generations). Capacity units are moto's accounting (it bills an UpdateItem 0.5 units where DynamoDB "
