@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import record_results, standins
-from shardwise.coordinator.shard_sync import InitialPosition
-from shardwise.coordinator.worker import AssignmentMode, Worker, WorkerConfig
-from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.sqlite.stream import LocalStreamStore
+from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.processor import BaseRecordProcessor, ProcessRecordsInput
-from shardwise.retrieval.local import LocalStreamStore
+from shardwise.worker.worker import AssignmentMode, Worker, WorkerConfig
 
 RECORDS_PER_SHARD_PER_SECOND = 20
 

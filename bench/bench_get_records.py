@@ -19,8 +19,8 @@ from pathlib import Path
 import boto3
 
 from _common import record_results, standins
-from shardwise.retrieval.kinesis import KinesisStream
-from shardwise.retrieval.local import LocalStreamStore
+from shardwise.backends.aws.kinesis import KinesisStream
+from shardwise.backends.sqlite.stream import LocalStreamStore
 from shardwise.retrieval.model import StartingPosition
 from shardwise.retrieval.source import StreamSource
 

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 
 from _common import record_results, standins, timed_rate
+from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON
-from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.leases.model import Lease
-from shardwise.leases.sqlite import SQLiteLeaseStore
 from shardwise.leases.store import LeaseStore
 
 

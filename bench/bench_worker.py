@@ -26,14 +26,14 @@ from typing import Any
 import boto3
 
 from _common import record_results, standins
-from shardwise.coordinator.shard_sync import InitialPosition
-from shardwise.coordinator.worker import Worker, WorkerConfig
-from shardwise.leases.sqlite import SQLiteLeaseStore
+from shardwise.backends.aws.kinesis import KinesisStream
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
+from shardwise.backends.sqlite.stream import LocalStreamStore
+from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.processor import BaseRecordProcessor, ProcessRecordsInput
-from shardwise.retrieval.kinesis import KinesisStream
-from shardwise.retrieval.local import LocalStreamStore
 from shardwise.retrieval.model import StartingPosition
 from shardwise.retrieval.source import StreamSource
+from shardwise.worker.worker import Worker, WorkerConfig
 
 SHARDS = 4
 

@@ -41,20 +41,20 @@ import sys
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from shardwise.assignment.taker import TakerConfig
 from shardwise.assignment.utilization import AssignmentConfig
-from shardwise.coordinator.features import FeaturesConfig
-from shardwise.coordinator.migration import MigrationConfig
-from shardwise.coordinator.shard_sync import InitialPosition
-from shardwise.coordinator.worker import CoordinationConfig, WorkerConfig
-from shardwise.coordinator.worker_metrics import WorkerMetricsConfig
+from shardwise.backends.config import BackendConfig
 from shardwise.errors import ConfigurationError
+from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.lifecycle.consumer import ConsumerConfig
+from shardwise.versions.features import FeaturesConfig
+from shardwise.versions.migration import MigrationConfig
+from shardwise.worker.worker import CoordinationConfig, WorkerConfig
+from shardwise.worker_metrics.metrics import WorkerMetricsConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,32 +62,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = ["BackendConfig", "build_config", "load_config_file", "parse_override"]
-
-Backend = Literal["local", "aws"]
-
-
-@dataclass(frozen=True, slots=True)
-class BackendConfig:
-    """Where leases and records live. ``local``: one SQLite file; ``aws``: DynamoDB + Kinesis via boto3."""
-
-    backend: Backend = "local"
-    db: str = "shardwise.db"
-    region: str | None = None
-    endpoint_url: str | None = None
-    kinesis_endpoint_url: str | None = None
-    dynamodb_endpoint_url: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.backend not in ("local", "aws"):
-            raise ConfigurationError(f"backend must be 'local' or 'aws', got {self.backend!r}")
-
-    @property
-    def kinesis_endpoint(self) -> str | None:
-        return self.kinesis_endpoint_url or self.endpoint_url
-
-    @property
-    def dynamodb_endpoint(self) -> str | None:
-        return self.dynamodb_endpoint_url or self.endpoint_url
 
 
 _SECTIONS: dict[str, type[Any]] = {

@@ -20,14 +20,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shardwise.coordinator.layouts import open_coordinator_tables
-from shardwise.coordinator.leader_lock import lock_from_record
-from shardwise.coordinator.model import LEADER_KEY
+from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
+from shardwise.backends.sqlite.stream import LocalStreamStore
 from shardwise.errors import ConfigurationError
 from shardwise.hashkeys import MAX_HASH_KEY
-from shardwise.leases.sqlite import SQLiteLeaseStore
+from shardwise.leadership.lock import LEADER_KEY, lock_from_record
 from shardwise.processor import BaseRecordProcessor, InitializationInput, ProcessRecordsInput
-from shardwise.retrieval.local import LocalStreamStore
 
 __all__ = ["DemoOptions", "DemoProcessor", "DemoSummary", "run_demo"]
 

@@ -20,14 +20,14 @@ from botocore.stub import Stubber
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shardwise.assignment.model import WorkerMetricStats, metrics_from_attributes
+from shardwise.backends.aws.items import DynamoDBItemTable, open_dynamodb_item_tables
+from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.checkpoint.sequence import TRIM_HORIZON
-from shardwise.coordinator.dynamodb_items import DynamoDBItemTable, open_dynamodb_item_tables
-from shardwise.coordinator.items import ABSENT, ItemRecord, ItemTable, ItemWrite, Layout, Namespace
-from shardwise.coordinator.model import WorkerMetricStats, metrics_from_attributes
 from shardwise.errors import ConfigurationError, DependencyError, ResourceNotFoundError, ThrottlingError
-from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
+from shardwise.tables.items import ABSENT, ItemRecord, ItemTable, ItemWrite, Layout, Namespace
 from support.backends import ItemBackend
 
 if TYPE_CHECKING:

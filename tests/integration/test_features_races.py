@@ -31,11 +31,11 @@ from typing import Any
 
 import pytest
 
-from shardwise.coordinator.feature_store import FEATURES_KEY
-from shardwise.coordinator.features import LEASE_ASSIGNMENT, LEASE_DISCOVERY, levels_from_client_version
-from shardwise.coordinator.layouts import open_coordinator_tables
-from shardwise.coordinator.migration_state import ClientVersion, MigrationStore
-from shardwise.leases.sqlite import SQLiteLeaseStore
+from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
+from shardwise.versions.feature_store import FEATURES_KEY
+from shardwise.versions.features import LEASE_ASSIGNMENT, LEASE_DISCOVERY, levels_from_client_version
+from shardwise.versions.migration_state import ClientVersion, MigrationStore
 
 APPLICATION = "features-race-app"
 PROCESSES = 50
@@ -52,7 +52,7 @@ LOST_RACE = "the finalized features changed while this update was being validate
 #: of a process's start-up time, are done before the gate).
 GATED_CLI = """
 import os, sys, time
-import shardwise.backends, shardwise.coordinator.layouts
+import shardwise.backends, shardwise.backends.layouts
 from shardwise.cli.main import cli
 gate = sys.argv[1]
 deadline = time.monotonic() + 120

@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
-from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER
-from shardwise.coordinator.migration_state import ClientVersion
+from shardwise.versions.migration import METRIC_2X_WORKER, METRIC_3X_WORKER
+from shardwise.versions.migration_state import ClientVersion
 from support.fleet import Backend, Fleet, StreamAdmin, taker_interval_s
 from support.scenario import ClientVersionScenario, FreshStreams
 from support.traffic import ShardTicker

@@ -41,8 +41,8 @@ from typing import Any
 import boto3
 import pytest
 
-from shardwise.coordinator.leader import deterministic_leaders
-from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
+from shardwise.leadership.deterministic import deterministic_leaders
+from shardwise.versions.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
 from support.javakcl import Interop, interop_fixture
 from support.kcl2x import (
     FAILOVER_MS,

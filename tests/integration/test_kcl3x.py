@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 
 from integration.processors import Lifecycle, connect_results, read_lifecycle
-from shardwise.coordinator.layouts import CoordinatorTables, open_coordinator_tables
-from shardwise.coordinator.model import LEADER_KEY
+from shardwise.backends.layouts import CoordinatorTables, open_coordinator_tables
+from shardwise.leadership.lock import LEADER_KEY
 from shardwise.leases.model import Lease
 from support.fleet import Fleet, StreamAdmin
 from support.scenario import FreshStreams, RecordScenario

@@ -107,7 +107,7 @@ def _local_target(tmp_path: Path, stream: str, application: str) -> Target:
 
 
 def _aws_target(kinesis_url: str, dynamodb_url: str, stream: str, application: str) -> Target:
-    from shardwise.retrieval.kinesis import KinesisAdmin, KinesisStream
+    from shardwise.backends.aws.kinesis import KinesisAdmin, KinesisStream
 
     admin = KinesisAdmin(KinesisStream(stream, endpoint_url=kinesis_url, region_name=REGION))
     admin.create(SHARDS, timeout_s=30)
@@ -143,7 +143,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     try:
         yield target
     finally:
-        from shardwise.retrieval.kinesis import KinesisAdmin, KinesisStream
+        from shardwise.backends.aws.kinesis import KinesisAdmin, KinesisStream
 
         with contextlib.suppress(Exception):  # keeps the session's kinesis-local small and fast
             KinesisAdmin(KinesisStream(stream, endpoint_url=kinesis.endpoint_url, region_name=REGION)).delete()

@@ -39,9 +39,9 @@ from pathlib import Path
 import pytest
 
 from shardwise.admin.migrate import MODIFIED_BY_ROLLBACK, MODIFIED_BY_ROLLFORWARD
-from shardwise.coordinator.migration import METRIC_2X_WORKER, METRIC_3X_WORKER
-from shardwise.coordinator.migration_state import ClientVersion
 from shardwise.leases.store import OwnerIndex
+from shardwise.versions.migration import METRIC_2X_WORKER, METRIC_3X_WORKER
+from shardwise.versions.migration_state import ClientVersion
 from support.fleet import Backend, Fleet, FleetError, StreamAdmin, taker_interval_s
 from support.scenario import ClientVersionScenario, FreshStreams
 from support.traffic import ShardTicker
@@ -102,7 +102,7 @@ PROCESSOR = "processors:RecordingProcessor"
 
 _ELECTION_LINE = re.compile(r"elected shard-sync leaders: .* \(this worker (\S+): (leader|follower)\)")
 _LEADER_BUG = (
-    "known bug: shardwise.coordinator.leader.DeterministicShuffleLeaderDecider elects again only 300 s after its "
+    "known bug: shardwise.leadership.deterministic.DeterministicShuffleLeaderDecider elects again only 300 s after its "
     "first election (KCL: 60 s after it, then every 5 min). A worker restarted with compatible-with-2x elects "
     "at its start, before it holds a lease, so it never counts itself; after a rolling restart no worker is "
     "the deterministic leader, and no readiness monitor acts, for 5 minutes"

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shardwise.coordinator.items import ItemTable, Layout
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
+from shardwise.tables.items import ItemTable, Layout
 
 _counter = itertools.count()
 
@@ -28,7 +28,7 @@ class LeaseBackend:
 
 
 def sqlite_backend(tmp_path: Path) -> LeaseBackend:
-    from shardwise.leases.sqlite import SQLiteLeaseStore
+    from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 
     path = tmp_path / "leases.db"
     table = f"app{next(_counter)}"
@@ -60,7 +60,7 @@ def sqlite_backend(tmp_path: Path) -> LeaseBackend:
 def dynamodb_backend(endpoint_url: str) -> LeaseBackend:
     import boto3
 
-    from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+    from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 
     table = f"contract-app-{next(_counter)}"
     raw_client = boto3.client("dynamodb", endpoint_url=endpoint_url, region_name="us-east-1")
@@ -103,8 +103,8 @@ class ItemBackend:
 
 
 def sqlite_item_backend(tmp_path: Path) -> ItemBackend:
-    from shardwise.coordinator.sqlite_items import open_sqlite_item_tables
-    from shardwise.leases.sqlite import SQLiteLeaseStore
+    from shardwise.backends.sqlite.items import open_sqlite_item_tables
+    from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 
     path = tmp_path / "items.db"
     table = f"app{next(_counter)}"
@@ -117,8 +117,8 @@ def sqlite_item_backend(tmp_path: Path) -> ItemBackend:
 
 
 def dynamodb_item_backend(endpoint_url: str, layout: Layout) -> ItemBackend:
-    from shardwise.coordinator.dynamodb_items import open_dynamodb_item_tables
-    from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+    from shardwise.backends.aws.items import open_dynamodb_item_tables
+    from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 
     table = f"items-app-{next(_counter)}"
 
@@ -152,7 +152,7 @@ class StreamBackend:
 
 
 def local_stream_backend(tmp_path: Path) -> StreamBackend:
-    from shardwise.retrieval.local import LocalStreamStore
+    from shardwise.backends.sqlite.stream import LocalStreamStore
 
     store = LocalStreamStore(tmp_path / "streams.db")
 
@@ -176,7 +176,7 @@ def local_stream_backend(tmp_path: Path) -> StreamBackend:
 def kinesis_backend(endpoint_url: str) -> StreamBackend:
     import boto3
 
-    from shardwise.retrieval.kinesis import KinesisStream
+    from shardwise.backends.aws.kinesis import KinesisStream
 
     client = boto3.client("kinesis", endpoint_url=endpoint_url, region_name="us-east-1")
 

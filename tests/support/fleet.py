@@ -1,7 +1,7 @@
 """A fleet of ``shardwise run`` worker subprocesses for the integration tests.
 
 * :class:`Backend` says where leases and records live: ``local`` (one SQLite file holding both the lease table
-  and a :class:`~shardwise.retrieval.local.LocalStreamStore` stream) or ``aws`` (DynamoDB and Kinesis at
+  and a :class:`~shardwise.backends.sqlite.stream.LocalStreamStore` stream) or ``aws`` (DynamoDB and Kinesis at
   stand-in endpoints on 127.0.0.1). It gives the worker's command-line flags, a lease store to observe the
   lease table and a :class:`StreamAdmin` to create, fill and reshard the stream.
 * :class:`Fleet` starts workers (``python -m shardwise run``; one log file per worker), SIGKILLs them by PID
@@ -175,11 +175,11 @@ class Backend:
 
     def lease_store(self, application: str) -> LeaseStore:
         if self.kind == "local":
-            from shardwise.leases.sqlite import SQLiteLeaseStore
+            from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 
             assert self.db is not None
             return SQLiteLeaseStore(self.db, application)
-        from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+        from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 
         return DynamoDBLeaseStore(
             DynamoDBLeaseStoreConfig(table_name=application, table_poll_interval_s=0.05, consistent_reads=True),
@@ -193,7 +193,7 @@ class Backend:
         return self._kinesis_admin(stream)
 
     def _local_admin(self, stream: str) -> StreamAdmin:
-        from shardwise.retrieval.local import LocalStreamStore
+        from shardwise.backends.sqlite.stream import LocalStreamStore
 
         assert self.db is not None
         store = LocalStreamStore(self.db)
@@ -212,7 +212,7 @@ class Backend:
         )
 
     def _kinesis_admin(self, stream: str) -> StreamAdmin:
-        from shardwise.retrieval.kinesis import KinesisAdmin, KinesisStream
+        from shardwise.backends.aws.kinesis import KinesisAdmin, KinesisStream
 
         source = KinesisStream(stream, endpoint_url=self.kinesis_endpoint_url, region_name=self.region)
         admin = KinesisAdmin(source)

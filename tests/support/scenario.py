@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, read_processed
-from shardwise.coordinator.layouts import open_coordinator_tables
-from shardwise.coordinator.migration import OPERATION
-from shardwise.coordinator.migration_state import ClientVersion, MigrationState, MigrationStore
+from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.versions.migration import OPERATION
+from shardwise.versions.migration_state import ClientVersion, MigrationState, MigrationStore
 from support.fleet import Backend, Fleet, StreamAdmin
 from support.traffic import keys_per_shard, some
 

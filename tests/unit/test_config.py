@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override
-from shardwise.coordinator.shard_sync import InitialPosition, InitialPositionKind
 from shardwise.errors import ConfigurationError
+from shardwise.leasing.shard_sync import InitialPosition, InitialPositionKind
 
 FULL_TOML = """
 application_name = "orders"

@@ -5,7 +5,7 @@ The operations and their wording follow Kafka's ``kafka-features`` tool (KIP-584
 * :func:`describe` — per feature, the levels the live fleet supports (the intersection of every live worker's
   advertised range; this release's own range when no worker advertises), the finalized level and the epoch;
 * :func:`update` — ``upgrade`` / ``downgrade`` / ``disable`` one or more features, or every feature to a
-  release's defaults, all-or-nothing, validated in Kafka's order (:func:`~shardwise.coordinator.features.
+  release's defaults, all-or-nothing, validated in Kafka's order (:func:`~shardwise.versions.features.
   validate_updates`), optionally as a dry run; written with one conditional transaction on the epoch read;
 * :func:`version_mapping` and :func:`feature_dependencies` — offline, from the registry.
 
@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from shardwise.config import BackendConfig
-from shardwise.coordinator.feature_store import (
+from shardwise.backends.config import BackendConfig
+from shardwise.errors import ConfigurationError, ShardwiseError
+from shardwise.tables.items import Layout
+from shardwise.versions.feature_store import (
     DEFAULT_ACTIVE_WINDOW_S,
     FeatureChange,
     FeatureStore,
     FinalizedFeatures,
 )
-from shardwise.coordinator.features import (
+from shardwise.versions.features import (
     CURRENT_RELEASE,
     MAX_LEVEL,
     REGISTRY,
@@ -49,8 +51,6 @@ from shardwise.coordinator.features import (
     validate_updates,
     workers_out_of_range,
 )
-from shardwise.coordinator.items import Layout
-from shardwise.errors import ConfigurationError, ShardwiseError
 
 __all__ = [
     "DescribeResult",
@@ -303,7 +303,7 @@ class _Opened:
 
 def _open(target: FeaturesTarget, backend: BackendConfig, layout: Layout | None = None) -> _Opened:
     from shardwise.backends import open_lease_store  # noqa: PLC0415
-    from shardwise.coordinator.layouts import open_coordinator_tables  # noqa: PLC0415
+    from shardwise.backends.layouts import open_coordinator_tables  # noqa: PLC0415
 
     if backend.backend == "local":
         if target.coordinator_table_name or target.worker_metrics_table_name:

@@ -37,11 +37,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
-from shardwise.config import BackendConfig
-from shardwise.coordinator.items import ABSENT, ItemTable, Layout
-from shardwise.coordinator.migration_state import HISTORY_LIMIT, MIGRATION_KEY, ClientVersion
+from shardwise.backends.config import BackendConfig
 from shardwise.errors import ConfigurationError, ResourceNotFoundError, ShardwiseError
 from shardwise.leases.store import LeaseStore, OwnerIndex
+from shardwise.tables.items import ABSENT, ItemTable, Layout
+from shardwise.versions.migration_state import HISTORY_LIMIT, MIGRATION_KEY, ClientVersion
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -73,7 +73,7 @@ Origin = Literal["tool", "shardwise"]
 StepOutcome = Literal["deleted", "absent", "would-delete", "failed", "skipped", "not-applicable"]
 WaitOutcome = Literal["done", "timed-out", "failed", "not-waited", "dry-run"]
 
-#: KCL 3.x's owner index on the lease table (same as ``shardwise.leases.dynamodb.OWNER_INDEX_NAME``; repeated
+#: KCL 3.x's owner index on the lease table (same as ``shardwise.backends.aws.leases.OWNER_INDEX_NAME``; repeated
 #: here so that this module imports without boto3).
 GSI_NAME = "LeaseOwnerToLeaseKeyIndex"
 MODIFIED_BY_ROLLBACK = "KclMigrationTool-rollback"
@@ -683,8 +683,8 @@ def _open(target: MigrationTarget, backend: BackendConfig, client: DynamoDBClien
             return _App(
                 "local", "single-table", False, lease_table, lease_table, lease_table, None, None, None, db_path=db
             )
-        from shardwise.coordinator.layouts import open_coordinator_tables  # noqa: PLC0415
-        from shardwise.leases.sqlite import SQLiteLeaseStore  # noqa: PLC0415
+        from shardwise.backends.layouts import open_coordinator_tables  # noqa: PLC0415
+        from shardwise.backends.sqlite.leases import SQLiteLeaseStore  # noqa: PLC0415
 
         store = SQLiteLeaseStore(db, lease_table)
         tables = open_coordinator_tables(store, target.application_name or lease_table)
@@ -701,8 +701,8 @@ def _open(target: MigrationTarget, backend: BackendConfig, client: DynamoDBClien
             db_path=db,
         )
     try:
-        from shardwise.coordinator.dynamodb_items import DynamoDBItemTable, detect_layout  # noqa: PLC0415
-        from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig  # noqa: PLC0415
+        from shardwise.backends.aws.items import DynamoDBItemTable, detect_layout  # noqa: PLC0415
+        from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover - only without boto3
         raise ConfigurationError(f"the aws backend needs boto3: pip install 'shardwise[aws]' ({exc})") from exc
     client = client if client is not None else _dynamodb_client(backend)

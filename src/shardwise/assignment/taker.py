@@ -13,7 +13,7 @@ no timestamp in a lease; a lease is alive while its ``leaseCounter`` keeps movin
 
 Time is passed in as integer monotonic nanoseconds and randomness as a :class:`random.Random`; inputs are sorted
 by lease key before shuffling, so a decision depends only on the snapshot and the generator's state. Nothing
-here performs I/O or logs: :class:`shardwise.coordinator.taker.LeaseTaker` is the shell that applies decisions
+here performs I/O or logs: :class:`shardwise.leasing.taker.LeaseTaker` is the shell that applies decisions
 with conditional writes and logs them.
 """
 

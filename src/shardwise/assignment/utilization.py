@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from shardwise.coordinator.model import MISSED, THROUGHPUT, WorkerMetricStats
+from shardwise.assignment.model import MISSED, THROUGHPUT, WorkerMetricStats
 from shardwise.errors import ConfigurationError
 from shardwise.leases.model import Lease
 

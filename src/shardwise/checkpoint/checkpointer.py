@@ -10,13 +10,20 @@ the lease this worker holds: once the lease is lost, checkpointing raises :class
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from shardwise.checkpoint.sequence import SHARD_END, ExtendedSequenceNumber, parse_sequence_number
 from shardwise.errors import InvalidCheckpointError
-from shardwise.retrieval.model import Record
 
-__all__ = ["CheckpointWriter", "Checkpointer", "PreparedCheckpointer"]
+__all__ = ["CheckpointWriter", "Checkpointer", "Positioned", "PreparedCheckpointer"]
+
+
+@runtime_checkable
+class Positioned(Protocol):
+    """Anything with a position in its shard: a delivered :class:`~shardwise.retrieval.model.Record`."""
+
+    @property
+    def extended_sequence_number(self) -> ExtendedSequenceNumber: ...
 
 
 class CheckpointWriter(Protocol):
@@ -36,8 +43,8 @@ class CheckpointWriter(Protocol):
     ) -> None: ...
 
 
-def _position(sequence_number: str | Record, sub_sequence_number: int | None) -> ExtendedSequenceNumber:
-    if isinstance(sequence_number, Record):
+def _position(sequence_number: str | Positioned, sub_sequence_number: int | None) -> ExtendedSequenceNumber:
+    if not isinstance(sequence_number, str) and isinstance(sequence_number, Positioned):
         if sub_sequence_number is not None:
             raise InvalidCheckpointError("pass either a Record or a sequence number with a sub-sequence number")
         return sequence_number.extended_sequence_number
@@ -95,7 +102,7 @@ class Checkpointer:
             self._largest_permitted = max(delivered, self._last)
 
     def _validated(
-        self, sequence_number: str | Record | None, sub_sequence_number: int | None
+        self, sequence_number: str | Positioned | None, sub_sequence_number: int | None
     ) -> ExtendedSequenceNumber:
         if sequence_number is None:
             if sub_sequence_number is not None:
@@ -110,7 +117,9 @@ class Checkpointer:
             )
         return target
 
-    def checkpoint(self, sequence_number: str | Record | None = None, sub_sequence_number: int | None = None) -> None:
+    def checkpoint(
+        self, sequence_number: str | Positioned | None = None, sub_sequence_number: int | None = None
+    ) -> None:
         """Record progress up to and including ``sequence_number`` (default: everything delivered so far).
 
         Raises :class:`InvalidCheckpointError` for a position outside [last checkpoint, largest delivered] and
@@ -126,7 +135,7 @@ class Checkpointer:
 
     def prepare_checkpoint(
         self,
-        sequence_number: str | Record | None = None,
+        sequence_number: str | Positioned | None = None,
         sub_sequence_number: int | None = None,
         *,
         application_state: bytes | None = None,

@@ -17,19 +17,18 @@ from typing import Any
 import click
 
 from shardwise.backends import open_lease_store, open_stream_source
+from shardwise.backends.layouts import open_coordinator_tables
 from shardwise.cli._options import DB_OPTION, apply_options
 from shardwise.cli._output import echo_table
 from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override
-from shardwise.coordinator.layouts import open_coordinator_tables
-from shardwise.coordinator.leader_lock import lock_from_record
-from shardwise.coordinator.model import LEADER_KEY
-from shardwise.coordinator.worker import Worker
-from shardwise.coordinator.worker_metrics import classify_workers
 from shardwise.errors import ConfigurationError, ShardwiseError
+from shardwise.leadership.lock import LEADER_KEY, lock_from_record
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 from shardwise.metrics import LogMetricsSink, MetricsSink
 from shardwise.processor import RecordProcessorFactory
+from shardwise.worker.worker import Worker
+from shardwise.worker_metrics.metrics import classify_workers
 
 __all__ = ["leases", "load_factory", "open_lease_store", "open_stream_source", "run"]
 

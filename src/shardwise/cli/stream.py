@@ -19,10 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
-from shardwise.cli._output import echo_table
-from shardwise.errors import ShardwiseError
-from shardwise.hashkeys import parse_hash_key
-from shardwise.retrieval.local import (
+from shardwise.backends.sqlite.stream import (
     MAX_GET_RECORDS_LIMIT,
     LocalStreamStore,
     PutEntry,
@@ -30,6 +27,9 @@ from shardwise.retrieval.local import (
     StreamDescription,
     check_stream_name,
 )
+from shardwise.cli._output import echo_table
+from shardwise.errors import ShardwiseError
+from shardwise.hashkeys import parse_hash_key
 from shardwise.retrieval.model import ChildShard, Record, Shard, StartingPosition
 
 __all__ = ["DEFAULT_DB", "stream"]

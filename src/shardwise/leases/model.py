@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.hashkeys import HashKeyRange
 
-__all__ = ["RESERVED_KEYS", "Lease"]
+__all__ = ["RESERVED_KEYS", "HeldLease", "Lease"]
 
 #: Keys of coordinator items that may share a lease table with leases (KCL 3.5 single-table layout and the
 #: lock client). Items with these keys are never leases, whatever attributes they carry.
@@ -95,3 +95,13 @@ class Lease:
     def with_changes(self, **changes: object) -> Lease:
         """A copy with the given fields replaced (``dataclasses.replace``, validated again)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease:
+    """A lease as this worker holds it: the lease, the acquisition's token (a random id per acquisition, never
+    persisted) and when this worker last renewed it (its own monotonic clock, nanoseconds)."""
+
+    lease: Lease
+    token: str
+    last_renewal_ns: int

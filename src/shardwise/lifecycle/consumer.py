@@ -21,10 +21,10 @@ from datetime import datetime
 
 from shardwise.checkpoint.checkpointer import Checkpointer
 from shardwise.checkpoint.sequence import SHARD_END, ExtendedSequenceNumber, SentinelCheckpoint
-from shardwise.coordinator.renewer import LeaseRenewer
 from shardwise.errors import ConfigurationError, LeaseLostError, ShardwiseError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
+from shardwise.lifecycle.holder import LeaseHolder
 from shardwise.lifecycle.states import ConsumerEvent, ConsumerState, ShutdownReason, transition
 from shardwise.processor import (
     InitializationInput,
@@ -100,7 +100,7 @@ class ShardConsumer:
         processor: RecordProcessor,
         source: StreamSource,
         store: LeaseStore,
-        renewer: LeaseRenewer,
+        renewer: LeaseHolder,
         create_child_leases: ChildLeaseCreator,
         config: ConsumerConfig,
         clock_ns: Callable[[], int] = time.monotonic_ns,

@@ -19,21 +19,21 @@ import pytest
 from click.testing import CliRunner, Result
 
 from shardwise.admin import features as admin
+from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.layouts import CoordinatorTables, open_coordinator_tables
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.cli.main import cli
 from shardwise.config import BackendConfig
-from shardwise.coordinator.feature_store import FEATURES_KEY, FeatureStore
-from shardwise.coordinator.features import (
+from shardwise.leases.store import LeaseStore
+from shardwise.versions.feature_store import FEATURES_KEY, FeatureStore
+from shardwise.versions.features import (
     LEASE_ASSIGNMENT,
     LEASE_DISCOVERY,
     TABLE_LAYOUT,
     SupportedRange,
     worker_supported_ranges,
 )
-from shardwise.coordinator.layouts import CoordinatorTables, open_coordinator_tables
-from shardwise.coordinator.migration_state import ClientVersion, MigrationStore
-from shardwise.leases.dynamodb import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
-from shardwise.leases.sqlite import SQLiteLeaseStore
-from shardwise.leases.store import LeaseStore
+from shardwise.versions.migration_state import ClientVersion, MigrationStore
 
 REGION = "us-east-1"
 ALL_FAILED = "The update failed for all features since the following feature had an error: "

@@ -24,17 +24,17 @@ from click.testing import CliRunner, Result
 
 from shardwise.admin import migrate as admin
 from shardwise.admin.migrate import MigrationResult, MigrationTarget
+from shardwise.backends.aws.items import DynamoDBItemTable
+from shardwise.backends.aws.leases import OWNER_INDEX_NAME, DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.backends.sqlite.items import SQLiteItemTable
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON
 from shardwise.cli.main import cli
 from shardwise.config import BackendConfig
-from shardwise.coordinator.dynamodb_items import DynamoDBItemTable
-from shardwise.coordinator.items import ItemTable, Layout
-from shardwise.coordinator.layouts import open_coordinator_tables
-from shardwise.coordinator.sqlite_items import SQLiteItemTable
-from shardwise.leases.dynamodb import OWNER_INDEX_NAME, DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.leases.model import Lease
-from shardwise.leases.sqlite import SQLiteLeaseStore
 from shardwise.leases.store import LeaseStore
+from shardwise.tables.items import ItemTable, Layout
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient

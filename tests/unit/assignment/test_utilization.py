@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from shardwise.assignment.model import CPU, THROUGHPUT, WorkerMetricStats
 from shardwise.assignment.utilization import (
     AssignmentConfig,
     AssignmentDecision,
@@ -23,7 +24,6 @@ from shardwise.assignment.utilization import (
     worker_metric_value,
 )
 from shardwise.checkpoint.sequence import SHARD_END, TRIM_HORIZON
-from shardwise.coordinator.model import CPU, THROUGHPUT, WorkerMetricStats
 from shardwise.errors import ConfigurationError
 from shardwise.leases.model import Lease
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.checkpointer import Checkpointer
 from shardwise.checkpoint.sequence import SHARD_END, TRIM_HORIZON, ExtendedSequenceNumber
-from shardwise.coordinator.renewer import LeaseRenewer
 from shardwise.errors import CheckpointError, InvalidCheckpointError, LeaseLostError
 from shardwise.leases.model import Lease
-from shardwise.leases.sqlite import SQLiteLeaseStore
+from shardwise.leasing.renewer import LeaseRenewer
 from shardwise.retrieval.model import Record
 
 KEY = "shardId-000000000000"

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import SHARD_END, TRIM_HORIZON, ExtendedSequenceNumber
 from shardwise.cli.main import cli
 from shardwise.cli.run import load_factory
 from shardwise.errors import ConfigurationError
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange
 from shardwise.leases.model import Lease
-from shardwise.leases.sqlite import SQLiteLeaseStore
 from shardwise.processor import BaseRecordProcessor
 
 P, C1, C2, X = (f"shardId-00000000000{i}" for i in range(4))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from shardwise.backends.sqlite.stream import LocalStreamStore, shard_id_for_index
 from shardwise.cli.stream import stream
 from shardwise.hashkeys import hash_key_for
-from shardwise.retrieval.local import LocalStreamStore, shard_id_for_index
 from shardwise.retrieval.model import StartingPosition
 
 S = [shard_id_for_index(i) for i in range(8)]

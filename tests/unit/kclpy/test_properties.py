@@ -19,7 +19,6 @@ from click.testing import CliRunner, Result
 from shardwise.cli import run as run_module
 from shardwise.cli.main import cli
 from shardwise.config import build_config, merged
-from shardwise.coordinator.shard_sync import InitialPositionKind
 from shardwise.errors import ConfigurationError
 from shardwise.kclpy.properties import (
     IGNORED_KEYS,
@@ -30,6 +29,7 @@ from shardwise.kclpy.properties import (
     parse_properties,
     parse_properties_lines,
 )
+from shardwise.leasing.shard_sync import InitialPositionKind
 
 # -- the Java .properties syntax ---------------------------------------------------------------------------------
 

@@ -12,11 +12,11 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
+from shardwise.backends.aws.leases import OWNER_INDEX_NAME, DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON
 from shardwise.errors import DependencyError, ResourceNotFoundError, ThrottlingError
-from shardwise.leases.dynamodb import OWNER_INDEX_NAME, DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.leases.model import Lease
-from shardwise.leases.sqlite import SQLiteLeaseStore
 from shardwise.leases.store import LeaseStore, OwnerIndex
 
 if TYPE_CHECKING:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from shardwise.backends.sqlite.leases import SQLiteLeaseStore
+from shardwise.backends.sqlite.stream import LocalStream, LocalStreamStore, shard_id_for_index
 from shardwise.checkpoint.sequence import (
     AT_TIMESTAMP,
     LATEST,
@@ -19,11 +21,10 @@ from shardwise.checkpoint.sequence import (
     TRIM_HORIZON,
     ExtendedSequenceNumber,
 )
-from shardwise.coordinator.renewer import LeaseRenewer
-from shardwise.coordinator.shard_sync import InitialPosition, ShardSyncer
 from shardwise.errors import ConfigurationError
 from shardwise.leases.model import Lease
-from shardwise.leases.sqlite import SQLiteLeaseStore
+from shardwise.leasing.renewer import LeaseRenewer
+from shardwise.leasing.shard_sync import InitialPosition, ShardSyncer
 from shardwise.lifecycle.consumer import ConsumerConfig, ShardConsumer, starting_position
 from shardwise.lifecycle.states import ConsumerState, ShutdownReason
 from shardwise.processor import (
@@ -36,7 +37,6 @@ from shardwise.processor import (
     ShutdownRequestedInput,
 )
 from shardwise.retrieval.kpl import aggregate
-from shardwise.retrieval.local import LocalStream, LocalStreamStore, shard_id_for_index
 from shardwise.retrieval.model import (
     ChildShard,
     GetRecordsResult,

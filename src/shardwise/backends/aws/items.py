@@ -1,0 +1,699 @@
+"""``DynamoDBItemTable``: coordinator items in DynamoDB, in either of KCL 3.x's layouts (kcl-protocol.md §3, §5.1).
+
+* **single-table** (KCL 3.5): items live in the lease table keyed by ``leaseKey``; puts and upserts write
+  ``entityType`` (``LEADER``, ``CLIENT_VERSION_MIGRATION``, ``TABLE_MIGRATION`` by coordinator key,
+  ``WORKER_METRIC_STATS`` for worker metrics). Reads see only items of their namespace — by ``entityType``,
+  or, for coordinator items written without one, by their well-known key — and every write is conditioned on
+  the namespace too, so no operation ever lands on a lease or on an item of the other namespace.
+* **legacy** (KCL 3.0–3.4): coordinator items in ``<app>-CoordinatorState`` keyed ``key``, worker metrics in
+  ``<app>-WorkerMetricStats`` keyed ``wid``; no ``entityType`` is written. ``create_if_not_exists`` creates
+  these tables as KCL does (on-demand, then waits until ACTIVE).
+
+Values go through boto3's ``TypeSerializer`` / ``TypeDeserializer`` (floats as exact decimals on the way in;
+numbers back as ``int`` when integral, else ``float``; binary back as ``bytes``). Gets and scans are strongly
+consistent; scans are paginated; every item operation asks for ``ReturnConsumedCapacity="TOTAL"`` and adds it
+to a :class:`~shardwise.backends.aws.leases.CapacityMeter` — the lease store's own when the items live in the
+lease table. Errors are translated exactly as the lease store translates them.
+
+``transact`` sends one ``TransactWriteItems`` request of the same puts and updates ``put_if_absent`` and
+``update`` send (with the same conditions); a cancellation for a failed condition is a lost race (``False``).
+
+:func:`open_dynamodb_item_tables` picks the layout as KCL 3.5 does.
+"""
+
+from __future__ import annotations
+
+import decimal
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, cast
+
+from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shardwise.backends.aws.leases import (
+    CapacityMeter,
+    ConditionFailed,
+    DynamoDBLeaseStore,
+    TableErrors,
+    check_table_name,
+)
+from shardwise.errors import ConfigurationError, InvalidStateError, MalformedItemError, ResourceNotFoundError
+from shardwise.leases.items import ATTR_ENTITY_TYPE, ATTR_LEASE_KEY
+from shardwise.tables.items import ABSENT, ItemRecord, ItemWrite, Layout, Namespace
+from shardwise.tables.rules import (
+    COORDINATOR_ENTITY_TYPES,
+    ENTITY_TYPE_WORKER_METRIC_STATS,
+    by_key,
+    check_attribute_names,
+    check_item_key,
+    check_map_key,
+    check_namespace,
+    check_transaction,
+    check_update,
+    check_upsert,
+    entity_type_for,
+    in_namespace,
+    not_in_namespace_error,
+    set_kind,
+    storable_number,
+    unstorable_type_error,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import (
+        AttributeValueTypeDef,
+        DeleteItemInputTypeDef,
+        PutTypeDef,
+        ScanInputTypeDef,
+        TransactWriteItemTypeDef,
+        UpdateItemInputTypeDef,
+        UpdateTypeDef,
+    )
+
+__all__ = [
+    "LEGACY_COORDINATOR_KEY",
+    "LEGACY_WORKER_METRICS_KEY",
+    "TABLE_MIGRATION_COMPLETE",
+    "DynamoDBItemTable",
+    "detect_layout",
+    "from_attribute_value",
+    "open_dynamodb_item_tables",
+    "to_attribute_value",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Key attribute of the legacy ``<app>-CoordinatorState`` table.
+LEGACY_COORDINATOR_KEY = "key"
+#: Key attribute of the legacy ``<app>-WorkerMetricStats`` table.
+LEGACY_WORKER_METRICS_KEY = "wid"
+#: ``tm`` of the ``TableMigration3.5`` item once KCL 3.5 moved everything into the lease table.
+TABLE_MIGRATION_COMPLETE = "TABLE_MIGRATION_STATUS_COMPLETE"
+_TABLE_MIGRATION_KEY = "TableMigration3.5"
+
+_USABLE_STATUSES = frozenset({"ACTIVE", "UPDATING"})
+_DEAD_STATUSES = frozenset({"DELETING", "ARCHIVING", "ARCHIVED", "INACCESSIBLE_ENCRYPTION_CREDENTIALS"})
+_LAYOUTS: tuple[Layout, ...] = ("single-table", "legacy")
+
+# Cancellation reason of a transaction item whose condition failed (TransactionCanceledException).
+_TRANSACTION_CANCELED = "TransactionCanceledException"
+_CONDITION_FAILED_REASON = "ConditionalCheckFailed"
+
+_SERIALIZER = TypeSerializer()
+_DESERIALIZER = TypeDeserializer()
+
+Item = dict[str, "AttributeValueTypeDef"]
+
+
+# ------------------------------------------------------------------------------------------- value mapping
+
+
+def _prepare(value: object) -> object:
+    """``value`` in the form ``TypeSerializer`` takes (floats as exact decimals), checked as the SQLite backend
+    checks it: finite numbers, no empty or mixed sets, string map keys."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float | Decimal):
+        return storable_number(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, Mapping):
+        return {check_map_key(name): _prepare(member) for name, member in value.items()}
+    if isinstance(value, list | tuple):
+        return [_prepare(member) for member in value]
+    if isinstance(value, set | frozenset):
+        kind = set_kind(value)
+        if kind == "S":
+            return set(value)
+        if kind == "N":
+            return {storable_number(member) for member in value}
+        return {bytes(member) for member in value}
+    raise unstorable_type_error(value)
+
+
+def to_attribute_value(value: object) -> AttributeValueTypeDef:
+    """The DynamoDB attribute value of a Python value (see the ``ItemTable`` value mapping)."""
+    return _SERIALIZER.serialize(_prepare(value))
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Binary):
+        raw = getattr(value, "value", None)  # the stubs do not declare Binary.value
+        if not isinstance(raw, bytes | bytearray):
+            raise TypeError(f"unexpected binary value {raw!r}")
+        return bytes(raw)
+    if isinstance(value, list):
+        return [_plain(member) for member in value]
+    if isinstance(value, dict):
+        return {name: _plain(member) for name, member in value.items()}
+    if isinstance(value, set):
+        return {_plain(member) for member in value}
+    return value
+
+
+def from_attribute_value(value: AttributeValueTypeDef) -> Any:
+    """The Python value of a DynamoDB attribute value (numbers as ``int`` when integral, else ``float``)."""
+    return _plain(_DESERIALIZER.deserialize(cast("Any", value)))
+
+
+# ----------------------------------------------------------------------------------------------- expressions
+
+
+class _Expression:
+    """Update and condition clauses with numbered placeholders (attribute names may hold any character)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.values: dict[str, AttributeValueTypeDef] = {}
+        self._placeholders: dict[str, str] = {}
+        self.set_clauses: list[str] = []
+        self.remove_clauses: list[str] = []
+        self.conditions: list[str] = []
+
+    def name(self, attribute: str) -> str:
+        placeholder = self._placeholders.get(attribute)
+        if placeholder is None:
+            placeholder = f"#n{len(self._placeholders)}"
+            self._placeholders[attribute] = placeholder
+            self.names[placeholder] = attribute
+        return placeholder
+
+    def value(self, value: AttributeValueTypeDef) -> str:
+        placeholder = f":v{len(self.values)}"
+        self.values[placeholder] = value
+        return placeholder
+
+    def set(self, attribute: str, value: AttributeValueTypeDef) -> None:
+        self.set_clauses.append(f"{self.name(attribute)} = {self.value(value)}")
+
+    def remove(self, attribute: str) -> None:
+        self.remove_clauses.append(self.name(attribute))
+
+    def require(self, condition: str) -> None:
+        self.conditions.append(condition)
+
+    def require_expected(self, expect: Mapping[str, Any]) -> None:
+        for attribute, wanted in expect.items():
+            if wanted is ABSENT:
+                self.require(f"attribute_not_exists({self.name(attribute)})")
+            else:
+                self.require(f"{self.name(attribute)} = {self.value(to_attribute_value(wanted))}")
+
+    @property
+    def update_expression(self) -> str:
+        clauses = []
+        if self.set_clauses:
+            clauses.append("SET " + ", ".join(self.set_clauses))
+        if self.remove_clauses:
+            clauses.append("REMOVE " + ", ".join(self.remove_clauses))
+        return " ".join(clauses)
+
+    @property
+    def condition_expression(self) -> str:
+        return " AND ".join(f"({condition})" for condition in self.conditions)
+
+
+# ------------------------------------------------------------------------------------------------- the table
+
+
+class DynamoDBItemTable:
+    """One namespace of coordinator items in a DynamoDB table, in the single-table or the legacy layout.
+
+    ``client`` is a boto3 DynamoDB client (usually the lease store's); ``capacity_meter`` receives the
+    consumed capacity (a new meter if not given — pass the lease store's for the single-table layout).
+    """
+
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table_name: str,
+        *,
+        layout: Layout,
+        namespace: Namespace,
+        capacity_meter: CapacityMeter | None = None,
+        table_creation_timeout_s: float = 600.0,
+        table_poll_interval_s: float = 1.0,
+    ) -> None:
+        if layout not in _LAYOUTS:
+            raise ConfigurationError(f"layout must be one of {', '.join(_LAYOUTS)}, got {layout!r}")
+        check_namespace(namespace)
+        timings: tuple[tuple[str, object], ...] = (
+            ("table_creation_timeout_s", table_creation_timeout_s),
+            ("table_poll_interval_s", table_poll_interval_s),
+        )
+        for setting, seconds in timings:
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+                raise ConfigurationError(f"{setting} must be a number of seconds > 0, got {seconds!r}")
+        self._client = client
+        self._table = check_table_name(table_name)
+        self._layout: Layout = layout
+        self._namespace: Namespace = namespace
+        self._capacity = capacity_meter if capacity_meter is not None else CapacityMeter()
+        self._creation_timeout_s = float(table_creation_timeout_s)
+        self._poll_interval_s = float(table_poll_interval_s)
+        if layout == "single-table":
+            self._key_attribute = ATTR_LEASE_KEY
+            subject = f"lease table {table_name!r}"
+            hint = "create the lease table first, or check the table name, region and endpoint"
+        else:
+            self._key_attribute = LEGACY_COORDINATOR_KEY if namespace == "coordinator" else LEGACY_WORKER_METRICS_KEY
+            kind = "coordinator state table" if namespace == "coordinator" else "worker metrics table"
+            subject = f"{kind} {table_name!r}"
+            hint = "create it with create_if_not_exists(), or check the table name, region and endpoint"
+        self._errors = TableErrors(subject, hint)
+
+    def __repr__(self) -> str:
+        return f"DynamoDBItemTable(table_name={self._table!r}, layout={self._layout!r}, namespace={self._namespace!r})"
+
+    # -- properties ------------------------------------------------------------------------------------
+
+    @property
+    def table_name(self) -> str:
+        return self._table
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    @property
+    def namespace(self) -> Namespace:
+        return self._namespace
+
+    @property
+    def key_attribute(self) -> str:
+        """``leaseKey`` (single-table), ``key`` (legacy coordinator) or ``wid`` (legacy worker metrics)."""
+        return self._key_attribute
+
+    @property
+    def capacity_meter(self) -> CapacityMeter:
+        return self._capacity
+
+    @property
+    def consumed_capacity(self) -> tuple[float, float]:
+        """Read and write capacity units recorded by this table's meter (shared with the lease store in the
+        single-table layout)."""
+        return self._capacity.totals
+
+    @property
+    def _single_table(self) -> bool:
+        return self._layout == "single-table"
+
+    # -- table -----------------------------------------------------------------------------------------
+
+    def table_status(self) -> str | None:
+        """The table's ``TableStatus`` from ``DescribeTable``, or ``None`` if it does not exist."""
+        try:
+            response = self._client.describe_table(TableName=self._table)
+        except ClientError as exc:
+            if TableErrors.code(exc) == "ResourceNotFoundException":
+                return None
+            raise self._errors.client_error("DescribeTable", exc) from exc
+        except BotoCoreError as exc:
+            raise self._errors.botocore_error("DescribeTable", exc) from exc
+        return response["Table"].get("TableStatus", "UNKNOWN")
+
+    def exists(self) -> bool:
+        return self.table_status() in _USABLE_STATUSES
+
+    def create_if_not_exists(self) -> bool:
+        """Legacy layout: create the table as KCL ≤ 3.4 does (``key``/``wid`` HASH S, on-demand) if it does
+        not exist, and wait until it is ACTIVE. True iff this call created it. Single-table: a no-op (the lease
+        store creates the lease table)."""
+        if self._single_table:
+            return False
+        deadline = time.monotonic() + self._creation_timeout_s
+        created = self.table_status() is None and self._create_table()
+        self._wait_until_usable(deadline)
+        return created
+
+    def _create_table(self) -> bool:
+        try:
+            self._client.create_table(
+                TableName=self._table,
+                AttributeDefinitions=[{"AttributeName": self._key_attribute, "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": self._key_attribute, "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except ClientError as exc:
+            if TableErrors.code(exc) == "ResourceInUseException":
+                logger.info("%s is already being created or exists", self._errors.subject)
+                return False
+            raise self._errors.client_error("CreateTable", exc) from exc
+        except BotoCoreError as exc:
+            raise self._errors.botocore_error("CreateTable", exc) from exc
+        logger.info("created %s (PAY_PER_REQUEST)", self._errors.subject)
+        return True
+
+    def _wait_until_usable(self, deadline: float) -> None:
+        while True:
+            status = self.table_status()
+            if status in _USABLE_STATUSES:
+                return
+            if status in _DEAD_STATUSES:
+                raise InvalidStateError(
+                    f"{self._errors.subject} is {status} and will not become ACTIVE: wait for the operation to "
+                    "finish or use another table"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise InvalidStateError(
+                    f"{self._errors.subject} is {status or 'not visible'}, not ACTIVE, after "
+                    f"{self._creation_timeout_s:g}s: check the table in the DynamoDB console"
+                )
+            time.sleep(min(self._poll_interval_s, remaining))
+
+    # -- items -----------------------------------------------------------------------------------------
+
+    def _key(self, key: str) -> Item:
+        return {self._key_attribute: {"S": key}}
+
+    def _record(self, item: Mapping[str, AttributeValueTypeDef]) -> ItemRecord | None:
+        """The record of a raw item, or ``None`` if it is not an item of this namespace."""
+        raw_key = item.get(self._key_attribute, {}).get("S")
+        raw_entity = item.get(ATTR_ENTITY_TYPE, {}).get("S")
+        if not isinstance(raw_key, str):
+            return None
+        if self._single_table and not in_namespace(self._namespace, raw_key, raw_entity):
+            return None
+        attributes: dict[str, Any] = {}
+        for name, value in item.items():
+            if name in (self._key_attribute, ATTR_ENTITY_TYPE):
+                continue
+            try:
+                attributes[name] = from_attribute_value(value)
+            except (TypeError, ValueError, decimal.DecimalException) as exc:
+                raise MalformedItemError(raw_key, f"attribute {name!r} cannot be read: {exc}") from exc
+        return ItemRecord(raw_key, attributes, raw_entity)
+
+    def _check_key(self, key: str) -> None:
+        check_item_key(self._namespace, key, single_table=self._single_table)
+
+    def _namespace_condition(self, expression: _Expression, key: str) -> str | None:
+        """Single-table: the condition "the item with this key belongs to this namespace" (``None`` for the
+        legacy layout, whose tables hold one namespace each)."""
+        if not self._single_table:
+            return None
+        entity = expression.name(ATTR_ENTITY_TYPE)
+        value = expression.value({"S": entity_type_for(self._namespace, key)})
+        if self._namespace == "worker-metrics":
+            return f"{entity} = {value}"
+        return f"attribute_not_exists({entity}) OR {entity} = {value}"
+
+    def _require_existing(self, expression: _Expression, key: str, expect: Mapping[str, Any] | None) -> None:
+        """Condition ``expression`` on the item existing in this namespace with every ``expect`` value."""
+        expression.require(f"attribute_exists({expression.name(self._key_attribute)})")
+        namespace = self._namespace_condition(expression, key)
+        if namespace is not None:
+            expression.require(namespace)
+        if expect:
+            check_attribute_names(expect, "expect")
+            expression.require_expected(expect)
+
+    def get(self, key: str) -> ItemRecord | None:
+        with self._errors.translating("GetItem"):
+            response = self._client.get_item(
+                TableName=self._table, Key=self._key(key), ConsistentRead=True, ReturnConsumedCapacity="TOTAL"
+            )
+        self._capacity.record(response.get("ConsumedCapacity"), write=False)
+        item = response.get("Item")
+        return None if item is None else self._record(item)
+
+    def scan(self) -> list[ItemRecord]:
+        return by_key(self._record(item) for item in self._scan())
+
+    @property
+    def shares_lease_table(self) -> bool:
+        """Single-table layout: these items come back from a scan of the lease table."""
+        return self._single_table
+
+    def records_from(self, raw_items: Iterable[Mapping[str, AttributeValueTypeDef]]) -> list[ItemRecord]:
+        """The records of this namespace among raw items of the table (read by someone else's scan)."""
+        return by_key(self._record(item) for item in raw_items)
+
+    def _scan(self) -> Iterator[Mapping[str, AttributeValueTypeDef]]:
+        request: ScanInputTypeDef = {
+            "TableName": self._table,
+            "ConsistentRead": True,
+            "ReturnConsumedCapacity": "TOTAL",
+        }
+        if self._single_table:
+            # Server-side filter (no capacity saved, less transfer); _record filters again exactly.
+            expression = _Expression()
+            entity = expression.name(ATTR_ENTITY_TYPE)
+            if self._namespace == "worker-metrics":
+                request["FilterExpression"] = f"{entity} = {expression.value({'S': ENTITY_TYPE_WORKER_METRIC_STATS})}"
+            else:
+                types = ", ".join(expression.value({"S": t}) for t in COORDINATOR_ENTITY_TYPES.values())
+                keys = ", ".join(expression.value({"S": k}) for k in COORDINATOR_ENTITY_TYPES)
+                key = expression.name(self._key_attribute)
+                request["FilterExpression"] = (
+                    f"{entity} IN ({types}) OR (attribute_not_exists({entity}) AND {key} IN ({keys}))"
+                )
+            request["ExpressionAttributeNames"] = expression.names
+            request["ExpressionAttributeValues"] = expression.values
+        while True:
+            with self._errors.translating("Scan"):
+                page = self._client.scan(**request)
+            self._capacity.record(page.get("ConsumedCapacity"), write=False)
+            yield from page.get("Items", [])
+            last_key = page.get("LastEvaluatedKey")
+            if not last_key:
+                return
+            request["ExclusiveStartKey"] = last_key
+
+    def _put_request(self, key: str, attributes: Mapping[str, Any], what: str) -> PutTypeDef:
+        """The put of a new item (with ``entityType`` in the single-table layout), on condition that no item has
+        this key — ``put_if_absent``'s request, and a create in a transaction."""
+        self._check_key(key)
+        check_attribute_names(attributes, what)
+        item: Item = {name: to_attribute_value(value) for name, value in attributes.items()}
+        item.update(self._key(key))
+        if self._single_table:
+            item[ATTR_ENTITY_TYPE] = {"S": entity_type_for(self._namespace, key)}
+        return {
+            "TableName": self._table,
+            "Item": item,
+            "ConditionExpression": "attribute_not_exists(#k)",
+            "ExpressionAttributeNames": {"#k": self._key_attribute},
+        }
+
+    def _update_request(
+        self,
+        key: str,
+        set_attributes: Mapping[str, Any],
+        remove_attributes: Iterable[str],
+        expect: Mapping[str, Any] | None,
+    ) -> UpdateTypeDef:
+        """The update of an existing item of this namespace on condition that every ``expect`` holds —
+        ``update``'s request, and an update in a transaction."""
+        self._check_key(key)
+        removed = check_update(set_attributes, remove_attributes)
+        expression = _Expression()
+        for name, value in set_attributes.items():
+            expression.set(name, to_attribute_value(value))
+        for name in removed:
+            expression.remove(name)
+        self._require_existing(expression, key, expect)
+        request: UpdateTypeDef = {
+            "TableName": self._table,
+            "Key": self._key(key),
+            "UpdateExpression": expression.update_expression,
+            "ConditionExpression": expression.condition_expression,
+            "ExpressionAttributeNames": expression.names,
+        }
+        if expression.values:
+            request["ExpressionAttributeValues"] = expression.values
+        return request
+
+    def put_if_absent(self, key: str, attributes: Mapping[str, Any]) -> bool:
+        request = self._put_request(key, attributes, "put_if_absent")
+        try:
+            with self._errors.translating("PutItem", conditional=True):
+                response = self._client.put_item(**request, ReturnConsumedCapacity="TOTAL")
+        except ConditionFailed:
+            return False
+        self._capacity.record(response.get("ConsumedCapacity"), write=True)
+        return True
+
+    def update(
+        self,
+        key: str,
+        *,
+        set_attributes: Mapping[str, Any],
+        remove_attributes: Iterable[str] = (),
+        expect: Mapping[str, Any] | None = None,
+    ) -> ItemRecord | None:
+        request = self._update_request(key, set_attributes, remove_attributes, expect)
+        try:
+            with self._errors.translating("UpdateItem", conditional=True):
+                response = self._client.update_item(**request, ReturnValues="ALL_NEW", ReturnConsumedCapacity="TOTAL")
+        except ConditionFailed:
+            return None
+        self._capacity.record(response.get("ConsumedCapacity"), write=True)
+        return self._record(response.get("Attributes", {}))
+
+    def transact(self, writes: Sequence[ItemWrite]) -> bool:
+        """One ``TransactWriteItems`` request: each create is ``put_if_absent``'s put, each update ``update``'s
+        update, with their conditions. A cancellation because a condition failed is a lost race (``False``);
+        any other error is translated as the other operations translate theirs."""
+        items: list[TransactWriteItemTypeDef] = []
+        for write in check_transaction(writes):
+            if write.create:
+                items.append({"Put": self._put_request(write.key, write.set_attributes, "transact")})
+            else:
+                update = self._update_request(write.key, write.set_attributes, write.remove_attributes, write.expect)
+                items.append({"Update": update})
+        try:
+            response = self._client.transact_write_items(TransactItems=items, ReturnConsumedCapacity="TOTAL")
+        except ClientError as exc:
+            if TableErrors.code(exc) == _TRANSACTION_CANCELED and _CONDITION_FAILED_REASON in _reason_codes(exc):
+                return False
+            raise self._errors.client_error("TransactWriteItems", exc) from exc
+        except BotoCoreError as exc:
+            raise self._errors.botocore_error("TransactWriteItems", exc) from exc
+        for consumed in response.get("ConsumedCapacity", []):
+            self._capacity.record(consumed, write=True)
+        return True
+
+    def upsert(self, key: str, attributes: Mapping[str, Any]) -> None:
+        """Set these attributes, creating the item if needed. In the single-table layout the write also sets
+        ``entityType`` and refuses (``ConfigurationError``) to touch an item of another kind under this key."""
+        self._check_key(key)
+        check_upsert(attributes)
+        expression = _Expression()
+        for name, value in attributes.items():
+            expression.set(name, to_attribute_value(value))
+        params: UpdateItemInputTypeDef = {
+            "TableName": self._table,
+            "Key": self._key(key),
+            "ReturnConsumedCapacity": "TOTAL",
+        }
+        namespace = self._namespace_condition(expression, key)
+        if namespace is not None:
+            expression.set(ATTR_ENTITY_TYPE, {"S": entity_type_for(self._namespace, key)})
+            expression.require(f"attribute_not_exists({expression.name(self._key_attribute)}) OR ({namespace})")
+            params["ConditionExpression"] = expression.condition_expression
+        params["UpdateExpression"] = expression.update_expression
+        params["ExpressionAttributeNames"] = expression.names
+        params["ExpressionAttributeValues"] = expression.values
+        try:
+            with self._errors.translating("UpdateItem", conditional=True):
+                response = self._client.update_item(**params)
+        except ConditionFailed:
+            raise not_in_namespace_error(key, self._errors.subject, self._namespace) from None
+        self._capacity.record(response.get("ConsumedCapacity"), write=True)
+
+    def delete(self, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
+        self._check_key(key)
+        expression = _Expression()
+        self._require_existing(expression, key, expect)
+        params: DeleteItemInputTypeDef = {
+            "TableName": self._table,
+            "Key": self._key(key),
+            "ConditionExpression": expression.condition_expression,
+            "ExpressionAttributeNames": expression.names,
+            "ReturnConsumedCapacity": "TOTAL",
+        }
+        if expression.values:
+            params["ExpressionAttributeValues"] = expression.values
+        try:
+            with self._errors.translating("DeleteItem", conditional=True):
+                response = self._client.delete_item(**params)
+        except ConditionFailed:
+            return False
+        self._capacity.record(response.get("ConsumedCapacity"), write=True)
+        return True
+
+
+def _reason_codes(exc: ClientError) -> list[str]:
+    """The ``Code`` of each cancellation reason of a ``TransactionCanceledException`` (``"None"`` for the items
+    that did not cancel it)."""
+    reasons: object = exc.response.get("CancellationReasons")
+    if not isinstance(reasons, list):
+        return []
+    return [str(reason.get("Code", "None")) for reason in reasons if isinstance(reason, Mapping)]
+
+
+# ------------------------------------------------------------------------------------------------ opening
+
+
+def detect_layout(lease_store: DynamoDBLeaseStore, coordinator_table_name: str) -> Layout:
+    """The layout KCL 3.5 would use for this application (kcl-protocol.md §3.4).
+
+    Legacy while the ``<app>-CoordinatorState`` table exists (``DescribeTable``), unless the table migration
+    finished — KCL 3.5 then writes ``TableMigration3.5`` with ``tm = TABLE_MIGRATION_STATUS_COMPLETE`` into
+    the lease table and uses it alone; single-table when there is no legacy table (new applications).
+    """
+    legacy = DynamoDBItemTable(lease_store.client, coordinator_table_name, layout="legacy", namespace="coordinator")
+    if legacy.table_status() is None:
+        return "single-table"
+    single = DynamoDBItemTable(
+        lease_store.client,
+        lease_store.table_name,
+        layout="single-table",
+        namespace="coordinator",
+        capacity_meter=lease_store.capacity_meter,
+    )
+    try:
+        migration = single.get(_TABLE_MIGRATION_KEY)
+    except ResourceNotFoundError:
+        return "legacy"
+    if migration is not None and migration.attributes.get("tm") == TABLE_MIGRATION_COMPLETE:
+        return "single-table"
+    return "legacy"
+
+
+def open_dynamodb_item_tables(
+    lease_store: DynamoDBLeaseStore,
+    application_name: str,
+    *,
+    coordinator_table_name: str | None = None,
+    worker_metrics_table_name: str | None = None,
+    layout: Layout | None = None,
+) -> tuple[DynamoDBItemTable, DynamoDBItemTable, Layout]:
+    """The coordinator and worker-metrics item tables of an application, and their layout.
+
+    ``layout=None`` detects it with :func:`detect_layout`; pass ``"single-table"`` or ``"legacy"`` to force one.
+    The legacy tables default to ``<application_name>-CoordinatorState`` and
+    ``<application_name>-WorkerMetricStats``. Single-table item tables share the lease store's client and
+    capacity meter; legacy ones share its client and count their own capacity.
+    """
+    if not application_name:
+        raise ConfigurationError("application_name must not be empty (KCL names the coordinator tables after it)")
+    coordinator_name = check_table_name(
+        coordinator_table_name if coordinator_table_name is not None else f"{application_name}-CoordinatorState",
+        "coordinator_table_name",
+    )
+    metrics_name = check_table_name(
+        worker_metrics_table_name if worker_metrics_table_name is not None else f"{application_name}-WorkerMetricStats",
+        "worker_metrics_table_name",
+    )
+    if layout is None:
+        layout = detect_layout(lease_store, coordinator_name)
+        logger.info("application %r: coordinator items use the %s layout", application_name, layout)
+    elif layout not in _LAYOUTS:
+        raise ConfigurationError(f"layout must be one of {', '.join(_LAYOUTS)}, got {layout!r}")
+    config = lease_store.config
+    client = lease_store.client
+    shared_meter = lease_store.capacity_meter if layout == "single-table" else None
+
+    def table(name: str, namespace: Namespace) -> DynamoDBItemTable:
+        return DynamoDBItemTable(
+            client,
+            name,
+            layout=layout,
+            namespace=namespace,
+            capacity_meter=shared_meter,
+            table_creation_timeout_s=config.table_creation_timeout_s,
+            table_poll_interval_s=config.table_poll_interval_s,
+        )
+
+    if layout == "single-table":
+        return table(lease_store.table_name, "coordinator"), table(lease_store.table_name, "worker-metrics"), layout
+    return table(coordinator_name, "coordinator"), table(metrics_name, "worker-metrics"), layout

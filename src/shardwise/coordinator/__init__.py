@@ -1,1 +1,0 @@
-"""Coordination: worker loops, leader election, migration and feature versions."""

@@ -1,0 +1,248 @@
+"""The lease renewer: keeps the leases this worker holds alive, and is the only writer of their counters.
+
+Every ``failover/3 − epsilon`` it renews each held lease (``leaseCounter = c`` → ``c + 1``). A lease is held
+under a *token* — a random id per acquisition, never persisted — so that a shard consumer started for an
+earlier acquisition cannot checkpoint a lease that was lost and taken again. Checkpoints go through the
+renewer too (``write_checkpoint``), serialized with renewals per lease, because both are conditional on the
+counter that only this worker moves while it holds the lease.
+
+A renewal that fails its condition is re-read once: if the table shows this worker still owns the lease with
+exactly the counter the renewal would have written (a retried write that did succeed), the renewal counts as
+done; if it shows a graceful handoff started by the KCL 3.x leader (``checkpointOwner`` = this worker,
+``leaseOwner`` = the next owner), the renewer adopts it, keeps renewing, and tells the worker (``on_handoff``)
+so the shard consumer can shut down gracefully and then transfer the lease (:meth:`complete_handoff`);
+otherwise the lease is lost. A lease that could not be renewed for ``failover_time`` on this worker's
+monotonic clock is dropped as lost without asking the table (someone else may already have taken it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from shardwise.checkpoint.sequence import ExtendedSequenceNumber
+from shardwise.errors import DependencyError, LeaseLostError
+from shardwise.leases.model import HeldLease, Lease
+from shardwise.leases.store import LeaseStore
+
+__all__ = ["HeldLease", "LeaseRenewer", "RenewalResult"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalResult:
+    renewed: tuple[str, ...]
+    lost: tuple[str, ...]
+
+
+class LeaseRenewer:
+    def __init__(
+        self,
+        store: LeaseStore,
+        worker_id: str,
+        *,
+        failover_time_ms: int,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        throughput_kbps: Callable[[str], float | None] | None = None,
+        on_handoff: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._worker_id = worker_id
+        self._failover_ns = failover_time_ms * 1_000_000
+        self._clock_ns = clock_ns
+        self._throughput_kbps = throughput_kbps
+        self._on_handoff = on_handoff
+        self._held: dict[str, HeldLease] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._map_lock = threading.Lock()
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._map_lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def add_leases(self, leases: Iterable[Lease]) -> dict[str, str]:
+        """Start holding freshly acquired leases; returns the new token of each."""
+        now = self._clock_ns()
+        tokens: dict[str, str] = {}
+        with self._map_lock:
+            for lease in leases:
+                token = uuid.uuid4().hex
+                self._held[lease.lease_key] = HeldLease(lease, token, now)
+                tokens[lease.lease_key] = token
+        return tokens
+
+    def held(self) -> dict[str, HeldLease]:
+        """A snapshot of the held leases (not yet expired on this worker's clock)."""
+        with self._map_lock:
+            return dict(self._held)
+
+    def get(self, lease_key: str) -> HeldLease | None:
+        with self._map_lock:
+            return self._held.get(lease_key)
+
+    def holds(self, lease_key: str, token: str) -> bool:
+        held = self.get(lease_key)
+        return held is not None and held.token == token
+
+    def drop(self, lease_key: str, token: str | None = None) -> HeldLease | None:
+        """Stop holding a lease (lost, or released by the caller). With ``token``, only that acquisition."""
+        with self._map_lock:
+            held = self._held.get(lease_key)
+            if held is None or (token is not None and held.token != token):
+                return None
+            return self._held.pop(lease_key)
+
+    def renew_all(self) -> RenewalResult:
+        renewed: list[str] = []
+        lost: list[str] = []
+        for key in sorted(self.held()):
+            outcome = self._renew_one(key)
+            if outcome is True:
+                renewed.append(key)
+            elif outcome is False:
+                lost.append(key)
+        if lost:
+            logger.warning("worker %s lost leases %s", self._worker_id, ", ".join(lost))
+        return RenewalResult(tuple(renewed), tuple(lost))
+
+    def _renew_one(self, key: str) -> bool | None:
+        """True renewed, False lost, None not renewed this time (transient failure, still within failover)."""
+        with self._lock_for(key):
+            held = self.get(key)
+            if held is None:
+                return None
+            now = self._clock_ns()
+            if now - held.last_renewal_ns > self._failover_ns:
+                logger.info("lease %s expired on this worker's clock before it could be renewed", key)
+                self.drop(key)
+                return False
+            kbps = self._throughput_kbps(key) if self._throughput_kbps is not None else None
+            handoff_to: str | None = None
+            try:
+                renewed = self._store.renew_lease(held.lease, throughput_kbps=kbps)
+                if renewed is None:
+                    current = self._store.get_lease(key)
+                    renewed = self._spurious_failure_check(held.lease, current)
+                    if renewed is None and self._is_handoff_from_me(current):
+                        assert current is not None
+                        # Adopt the leader's handoff (owner = next, checkpointOwner = me) and renew on.
+                        renewed = self._store.renew_lease(current, throughput_kbps=kbps)
+                        handoff_to = current.lease_owner if renewed is not None else None
+            except DependencyError as exc:
+                logger.warning("could not renew lease %s (will retry until it expires): %s", key, exc)
+                return None
+            if renewed is None:
+                self.drop(key)
+                return False
+            self._replace(key, held.token, renewed, now)
+        if handoff_to is not None:
+            logger.info("lease %s is being handed off to %s; shutting its consumer down gracefully", key, handoff_to)
+            if self._on_handoff is not None:
+                self._on_handoff(key, handoff_to)
+        return True
+
+    def _is_handoff_from_me(self, current: Lease | None) -> bool:
+        return (
+            current is not None
+            and current.checkpoint_owner == self._worker_id
+            and current.lease_owner is not None
+            and current.lease_owner != self._worker_id
+        )
+
+    def _spurious_failure_check(self, lease: Lease, current: Lease | None) -> Lease | None:
+        if (
+            current is not None
+            and current.lease_owner == self._worker_id
+            and current.lease_counter == lease.lease_counter + 1
+        ):
+            return current
+        return None
+
+    def _replace(self, key: str, token: str, lease: Lease, renewed_at_ns: int) -> None:
+        with self._map_lock:
+            held = self._held.get(key)
+            if held is not None and held.token == token:
+                self._held[key] = HeldLease(lease, token, renewed_at_ns)
+
+    def write_checkpoint(
+        self,
+        lease_key: str,
+        token: str,
+        checkpoint: ExtendedSequenceNumber,
+        *,
+        pending: ExtendedSequenceNumber | None,
+        pending_state: bytes | None,
+    ) -> None:
+        """Conditionally write a checkpoint (or a pending one) on a held lease; see ``CheckpointWriter``."""
+        with self._lock_for(lease_key):
+            held = self.get(lease_key)
+            if held is None or held.token != token:
+                raise LeaseLostError(
+                    f"Can't update checkpoint - instance doesn't hold the lease for this shard ({lease_key})"
+                )
+            committing = pending is None
+            updated_lease = held.lease.with_changes(
+                checkpoint=checkpoint,
+                pending_checkpoint=pending,
+                pending_checkpoint_state=pending_state if pending is not None else None,
+                owner_switches_since_checkpoint=0 if committing else held.lease.owner_switches_since_checkpoint,
+            )
+            result = self._store.update_lease(updated_lease)
+            if result is None:
+                self.drop(lease_key)
+                raise LeaseLostError(
+                    f"Can't update checkpoint - instance doesn't hold the lease for this shard ({lease_key}): "
+                    "another worker changed it"
+                )
+            # Keep our view of the owners (as KCL's authoritative lease does): a handoff the leader started meanwhile
+            # must still fail the next renewal's "checkpointOwner absent" condition, or it would never be noticed.
+            mine = result.with_changes(lease_owner=held.lease.lease_owner, checkpoint_owner=held.lease.checkpoint_owner)
+            self._replace(lease_key, token, mine, self._clock_ns())
+
+    def complete_handoff(self, lease_key: str, token: str) -> bool:
+        """Finish a graceful handoff: give the lease to the owner the leader chose (``assign_lease`` clears
+        ``checkpointOwner``) and stop holding it. True if the transfer was written."""
+        with self._lock_for(lease_key):
+            held = self.get(lease_key)
+            if held is None or held.token != token:
+                return False
+            self.drop(lease_key)
+            next_owner = held.lease.lease_owner
+            if held.lease.checkpoint_owner != self._worker_id or next_owner is None:
+                return False
+            try:
+                return self._store.assign_lease(held.lease, next_owner) is not None
+            except DependencyError as exc:
+                logger.warning(
+                    "could not transfer lease %s to %s (the leader will reassign it after the handoff timeout): %s",
+                    lease_key,
+                    next_owner,
+                    exc,
+                )
+                return False
+
+    def in_handoff(self, lease_key: str) -> bool:
+        held = self.get(lease_key)
+        return held is not None and held.lease.checkpoint_owner == self._worker_id
+
+    def release(self, lease_key: str, token: str) -> bool:
+        """Give a held lease back (evict it) so another worker can take it at once. True if released."""
+        with self._lock_for(lease_key):
+            held = self.get(lease_key)
+            if held is None or held.token != token:
+                return False
+            self.drop(lease_key)
+            try:
+                return self._store.evict_lease(held.lease) is not None
+            except DependencyError as exc:
+                logger.warning("could not release lease %s (it will expire instead): %s", lease_key, exc)
+                return False

@@ -1,0 +1,2 @@
+"""Coordinator and worker-metrics item tables: the ``ItemTable`` port, the table layouts, and the item rules every
+backend applies."""
