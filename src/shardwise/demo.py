@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.backends import open_coordinator_tables
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.backends.sqlite.stream import LocalStreamStore
 from shardwise.errors import ConfigurationError

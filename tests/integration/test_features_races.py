@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.backends import open_coordinator_tables
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.versions.feature_store import FEATURES_KEY
 from shardwise.versions.features import LEASE_ASSIGNMENT, LEASE_DISCOVERY, levels_from_client_version

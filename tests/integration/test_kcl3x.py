@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from integration.processors import Lifecycle, connect_results, read_lifecycle
-from shardwise.backends.layouts import CoordinatorTables, open_coordinator_tables
+from shardwise.backends import CoordinatorTables, open_coordinator_tables
 from shardwise.leadership.lock import LEADER_KEY
 from shardwise.leases.model import Lease
 from support.fleet import Fleet, StreamAdmin

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, read_processed
-from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.backends import open_coordinator_tables
 from shardwise.versions.migration import OPERATION
 from shardwise.versions.migration_state import ClientVersion, MigrationState, MigrationStore
 from support.fleet import Backend, Fleet, StreamAdmin

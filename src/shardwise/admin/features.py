@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from shardwise.backends import open_coordinator_tables, open_lease_store
 from shardwise.backends.config import BackendConfig
 from shardwise.errors import ConfigurationError, ShardwiseError
 from shardwise.tables.items import Layout
@@ -302,9 +303,6 @@ class _Opened:
 
 
 def _open(target: FeaturesTarget, backend: BackendConfig, layout: Layout | None = None) -> _Opened:
-    from shardwise.backends import open_lease_store  # noqa: PLC0415
-    from shardwise.backends.layouts import open_coordinator_tables  # noqa: PLC0415
-
     if backend.backend == "local":
         if target.coordinator_table_name or target.worker_metrics_table_name:
             raise ConfigurationError(

@@ -683,7 +683,7 @@ def _open(target: MigrationTarget, backend: BackendConfig, client: DynamoDBClien
             return _App(
                 "local", "single-table", False, lease_table, lease_table, lease_table, None, None, None, db_path=db
             )
-        from shardwise.backends.layouts import open_coordinator_tables  # noqa: PLC0415
+        from shardwise.backends import open_coordinator_tables  # noqa: PLC0415
         from shardwise.backends.sqlite.leases import SQLiteLeaseStore  # noqa: PLC0415
 
         store = SQLiteLeaseStore(db, lease_table)

@@ -1,41 +1,82 @@
-"""Open the lease store and the stream source a :class:`~shardwise.config.BackendConfig` names.
+"""The backend seam: open a backend from a :class:`~shardwise.backends.config.BackendConfig`, or reach the backend a
+lease store belongs to, and ask it for lease stores, streams and coordinator item tables.
 
-The AWS backend imports boto3 only when it is used (it is the optional ``aws`` extra).
+Only this package imports the concrete backends (``backends/sqlite``, ``backends/aws``); everything above it
+uses the ports (:mod:`shardwise.backends.port`) and the capability flags. The AWS backend imports boto3 only
+when it is used (it is the optional ``aws`` extra).
 """
 
 from __future__ import annotations
 
 from shardwise.backends.config import BackendConfig
+from shardwise.backends.port import Backend, BackendBound, Capabilities
 from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
+from shardwise.tables.items import CoordinatorTables, Layout
 
-__all__ = ["open_lease_store", "open_stream_source"]
+__all__ = [
+    "Backend",
+    "BackendBound",
+    "BackendConfig",
+    "Capabilities",
+    "CoordinatorTables",
+    "backend_of",
+    "open_backend",
+    "open_coordinator_tables",
+    "open_lease_store",
+    "open_stream_source",
+]
 
 
-def open_lease_store(backend: BackendConfig, table_name: str) -> LeaseStore:
-    if backend.backend == "local":
-        from shardwise.backends.sqlite.leases import SQLiteLeaseStore  # noqa: PLC0415
+def open_backend(config: BackendConfig) -> Backend:
+    """The backend ``config`` names: the embedded SQLite file, or DynamoDB + Kinesis."""
+    if config.backend == "local":
+        from shardwise.backends.sqlite.backend import SQLiteBackend  # noqa: PLC0415
 
-        return SQLiteLeaseStore(backend.db, table_name)
+        return SQLiteBackend(config.db)
     try:
-        from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig  # noqa: PLC0415
+        from shardwise.backends.aws.backend import AwsBackend  # noqa: PLC0415
+        from shardwise.backends.aws.client import dynamodb_client  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigurationError(f"the aws backend needs boto3: pip install 'shardwise[aws]' ({exc})") from exc
-    return DynamoDBLeaseStore(
-        DynamoDBLeaseStoreConfig(table_name=table_name),
-        endpoint_url=backend.dynamodb_endpoint,
-        region_name=backend.region,
+    return AwsBackend(
+        dynamodb_client(endpoint_url=config.dynamodb_endpoint, region_name=config.region),
+        region_name=config.region,
+        kinesis_endpoint_url=config.kinesis_endpoint,
     )
 
 
-def open_stream_source(backend: BackendConfig, stream_name: str) -> StreamSource:
-    if backend.backend == "local":
-        from shardwise.backends.sqlite.stream import LocalStreamStore  # noqa: PLC0415
+def backend_of(store: LeaseStore) -> Backend:
+    """The backend a lease store belongs to; a store that does not say is a configuration error."""
+    if isinstance(store, BackendBound):
+        return store.backend
+    raise ConfigurationError(
+        f"{type(store).__name__} does not name its backend: open lease stores through shardwise.backends"
+    )
 
-        return LocalStreamStore(backend.db).stream(stream_name)
-    try:
-        from shardwise.backends.aws.kinesis import KinesisStream  # noqa: PLC0415
-    except ImportError as exc:
-        raise ConfigurationError(f"the aws backend needs boto3: pip install 'shardwise[aws]' ({exc})") from exc
-    return KinesisStream(stream_name, endpoint_url=backend.kinesis_endpoint, region_name=backend.region)
+
+def open_lease_store(backend: BackendConfig, table_name: str) -> LeaseStore:
+    return open_backend(backend).open_lease_store(table_name)
+
+
+def open_stream_source(backend: BackendConfig, stream_name: str) -> StreamSource:
+    return open_backend(backend).open_stream(stream_name)
+
+
+def open_coordinator_tables(
+    store: LeaseStore,
+    application_name: str,
+    *,
+    layout: Layout | None = None,
+    coordinator_table_name: str | None = None,
+    worker_metrics_table_name: str | None = None,
+) -> CoordinatorTables:
+    """The coordinator and worker-metrics item tables next to ``store``, in the layout its backend finds."""
+    return backend_of(store).open_coordinator_tables(
+        store,
+        application_name,
+        layout=layout,
+        coordinator_table_name=coordinator_table_name,
+        worker_metrics_table_name=worker_metrics_table_name,
+    )

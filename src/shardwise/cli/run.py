@@ -16,8 +16,7 @@ from typing import Any
 
 import click
 
-from shardwise.backends import open_lease_store, open_stream_source
-from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.backends import open_coordinator_tables, open_lease_store, open_stream_source
 from shardwise.cli._options import DB_OPTION, apply_options
 from shardwise.cli._output import echo_table
 from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override

@@ -26,7 +26,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["ABSENT", "Absent", "ItemRecord", "ItemTable", "ItemWrite", "Layout", "Namespace", "SharesLeaseTable"]
+__all__ = [
+    "ABSENT",
+    "Absent",
+    "CoordinatorTables",
+    "ItemRecord",
+    "ItemTable",
+    "ItemWrite",
+    "Layout",
+    "Namespace",
+    "SharesLeaseTable",
+]
 
 Layout = Literal["single-table", "legacy"]
 Namespace = Literal["coordinator", "worker-metrics"]
@@ -159,3 +169,12 @@ class SharesLeaseTable(Protocol):
     def shares_lease_table(self) -> bool: ...
 
     def records_from(self, raw_items: Iterable[Mapping[str, Any]]) -> list[ItemRecord]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorTables:
+    """The item tables of one application: coordinator items, worker metrics, and the layout they are in."""
+
+    coordinator: ItemTable
+    worker_metrics: ItemTable
+    layout: Layout

@@ -54,7 +54,7 @@ from typing import Literal
 
 from shardwise.assignment.taker import TakerConfig
 from shardwise.assignment.utilization import AssignmentConfig
-from shardwise.backends.layouts import CoordinatorTables, open_coordinator_tables
+from shardwise.backends import BackendBound, CoordinatorTables, open_coordinator_tables
 from shardwise.errors import (
     ConfigurationError,
     DependencyError,
@@ -683,9 +683,7 @@ class Worker:
             or tables.layout != "single-table"
         ):
             return False
-        from shardwise.backends.sqlite.leases import SQLiteLeaseStore  # noqa: PLC0415
-
-        if isinstance(self._store, SQLiteLeaseStore):
+        if not self._kcl_2x_peers():
             return False
         return tables.coordinator.get(MIGRATION_KEY) is None
 
@@ -933,13 +931,14 @@ class Worker:
     def _may_advertise(self) -> bool:
         """Only fleets that know KCL 3.x items get worker records: a pure 2.x worker on DynamoDB writes nothing but
         leases, so KCL 2.x workers can share its lease table."""
-        from shardwise.backends.sqlite.leases import SQLiteLeaseStore  # noqa: PLC0415
-
         return (
-            self.config.client_version_config is not None
-            or self._mode == "utilization-3x"
-            or isinstance(self._store, SQLiteLeaseStore)
+            self.config.client_version_config is not None or self._mode == "utilization-3x" or not self._kcl_2x_peers()
         )
+
+    def _kcl_2x_peers(self) -> bool:
+        """Whether KCL 2.x workers may share this lease table (assumed for a store that does not name its
+        backend)."""
+        return not isinstance(self._store, BackendBound) or self._store.backend.capabilities.kcl_2x_peers
 
     def _advertise(self) -> None:
         """Write this worker's supported ranges on its worker record (never creates a table for it: after a

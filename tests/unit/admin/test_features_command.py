@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from shardwise.admin import features as admin
+from shardwise.backends import CoordinatorTables, open_coordinator_tables
 from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
-from shardwise.backends.layouts import CoordinatorTables, open_coordinator_tables
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.cli.main import cli
 from shardwise.config import BackendConfig

@@ -24,9 +24,9 @@ from click.testing import CliRunner, Result
 
 from shardwise.admin import migrate as admin
 from shardwise.admin.migrate import MigrationResult, MigrationTarget
+from shardwise.backends import open_coordinator_tables
 from shardwise.backends.aws.items import DynamoDBItemTable
 from shardwise.backends.aws.leases import OWNER_INDEX_NAME, DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
-from shardwise.backends.layouts import open_coordinator_tables
 from shardwise.backends.sqlite.items import SQLiteItemTable
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON

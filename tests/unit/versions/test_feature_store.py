@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shardwise.backends.layouts import open_coordinator_tables
+from shardwise.backends import open_coordinator_tables
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.versions.feature_store import (
     FEATURES_KEY,

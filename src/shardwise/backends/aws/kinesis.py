@@ -37,12 +37,11 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 try:
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError, NoRegionError, ParamValidationError
+    from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("shardwise.backends.aws.kinesis needs boto3: pip install 'shardwise[aws]'") from exc
 
+from shardwise.backends.aws.client import kinesis_client
 from shardwise.errors import (
     ConfigurationError,
     DependencyError,
@@ -67,18 +66,10 @@ from shardwise.retrieval.model import (
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
 
-__all__ = ["DEFAULT_CLIENT_CONFIG", "KinesisAdmin", "KinesisStream", "PutResult"]
+__all__ = ["KinesisAdmin", "KinesisStream", "PutResult"]
 
 logger = logging.getLogger(__name__)
 
-#: The botocore configuration of clients built by :class:`KinesisStream` itself: the SDK's *standard* retry
-#: mode (3 attempts, with throttling-aware backoff) and bounded connect/read timeouts. KCL uses a 30 s request
-#: timeout for Kinesis; GetRecords answers well within that.
-DEFAULT_CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 3},
-    connect_timeout=5,
-    read_timeout=30,
-)
 
 _MAX_GET_RECORDS_LIMIT = 10_000
 _MAX_LIST_SHARDS_PAGE = 10_000
@@ -108,7 +99,8 @@ class KinesisStream:
 
     Identify the stream by name, by ARN, or both (requests then use the ARN, messages the name). Without an
     injected ``client``, one is built from boto3's normal credential/region chain with ``endpoint_url`` and
-    ``region_name`` (default: the ARN's region, if an ARN is given) and :data:`DEFAULT_CLIENT_CONFIG`.
+    ``region_name`` (default: the ARN's region, if an ARN is given) and
+    :data:`shardwise.backends.aws.client.KINESIS_CLIENT_CONFIG`.
     ``page_size`` is ListShards' ``MaxResults`` (1 to 10 000).
     """
 
@@ -143,17 +135,9 @@ class KinesisStream:
         self._client = client
 
     def _build_client(self, endpoint_url: str | None, region_name: str | None) -> KinesisClient:
-        try:
-            return boto3.session.Session().client(
-                "kinesis", endpoint_url=endpoint_url, region_name=region_name, config=DEFAULT_CLIENT_CONFIG
-            )
-        except NoRegionError as exc:
-            raise ConfigurationError(
-                f"no AWS region for stream {self._stream_name!r}: pass region_name, a stream_arn, "
-                "or set AWS_REGION / a profile region"
-            ) from exc
-        except BotoCoreError as exc:
-            raise ConfigurationError(f"cannot create a Kinesis client: {exc}") from exc
+        return kinesis_client(
+            endpoint_url=endpoint_url, region_name=region_name, for_what=f"stream {self._stream_name!r}"
+        )
 
     def __repr__(self) -> str:
         return f"KinesisStream({self._stream_arn or self._stream_name!r})"

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-import boto3
-from botocore.config import Config as BotocoreConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shardwise.backends.aws.backend import AwsBackend
+from shardwise.backends.aws.client import dynamodb_client
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.errors import (
     ConfigurationError,
@@ -348,7 +348,9 @@ class DynamoDBLeaseStore:
                 "pass either client or endpoint_url/region_name, not both: configure the client you pass instead"
             )
         self._config = config
-        self._client = client if client is not None else _default_client(endpoint_url, region_name)
+        self._client = (
+            client if client is not None else dynamodb_client(endpoint_url=endpoint_url, region_name=region_name)
+        )
         self._lock = threading.Lock()
         self._capacity = CapacityMeter()
         self._errors = TableErrors(
@@ -369,6 +371,11 @@ class DynamoDBLeaseStore:
     @property
     def config(self) -> DynamoDBLeaseStoreConfig:
         return self._config
+
+    @property
+    def backend(self) -> AwsBackend:
+        """The AWS backend this store's client reaches (the seam's :class:`BackendBound`)."""
+        return AwsBackend(self._client, region_name=self._client.meta.region_name)
 
     @property
     def client(self) -> DynamoDBClient:
@@ -847,17 +854,3 @@ class DynamoDBLeaseStore:
 
     def _translate_botocore_error(self, operation: str, exc: BotoCoreError) -> Exception:
         return self._errors.botocore_error(operation, exc)
-
-
-def _default_client(endpoint_url: str | None, region_name: str | None) -> DynamoDBClient:
-    """A DynamoDB client from boto3's default chain, with standard retries (10 attempts)."""
-    retries = BotocoreConfig(retries={"mode": "standard", "max_attempts": 10})
-    try:
-        return boto3.session.Session().client(
-            "dynamodb", endpoint_url=endpoint_url, region_name=region_name, config=retries
-        )
-    except BotoCoreError as exc:
-        raise ConfigurationError(
-            f"cannot create a DynamoDB client: {exc}; set region_name (or AWS_REGION) and credentials, "
-            "or pass a configured client"
-        ) from exc

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from shardwise.backends.sqlite.backend import SQLiteBackend
 from shardwise.backends.sqlite.connection import SQLiteDatabase
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.errors import ConfigurationError, MalformedItemError, ResourceNotFoundError
@@ -136,6 +137,11 @@ class SQLiteLeaseStore:
     def database(self) -> SQLiteDatabase:
         """The database this store uses (shared with the coordinator item tables of the application)."""
         return self._db
+
+    @property
+    def backend(self) -> SQLiteBackend:
+        """The embedded backend of this store's database file (the seam's :class:`BackendBound`)."""
+        return SQLiteBackend(database=self._db)
 
     def close(self) -> None:
         self._db.close()
