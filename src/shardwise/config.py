@@ -54,7 +54,7 @@ from shardwise.lifecycle.consumer import ConsumerConfig
 from shardwise.versions.features import FeaturesConfig
 from shardwise.versions.migration import MigrationConfig
 from shardwise.worker.worker import CoordinationConfig, WorkerConfig
-from shardwise.worker_metrics.metrics import WorkerMetricsConfig
+from shardwise.worker_metrics import WorkerMetricsConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -52,7 +52,7 @@ from shardwise.versions.migration import (
 )
 from shardwise.versions.migration_state import ClientVersion, MigrationState, MigrationStore
 from shardwise.worker.worker import CoordinationConfig, Worker, WorkerConfig
-from shardwise.worker_metrics.metrics import WorkerMetricsConfig
+from shardwise.worker_metrics import WorkerMetricsConfig
 
 MS = 1_000_000
 UPGRADE = ClientVersion.UPGRADE_FROM_2X

@@ -18,7 +18,7 @@ from shardwise.assignment.model import CPU, MISSED, WorkerMetricStats, metrics_f
 from shardwise.errors import ConfigurationError, DependencyError
 from shardwise.metrics import InMemoryMetricsSink
 from shardwise.tables.items import ABSENT, ItemRecord, ItemTable, ItemWrite, Layout, Namespace
-from shardwise.worker_metrics.metrics import (
+from shardwise.worker_metrics import (
     EKS_TOKEN_FILE,
     RAW_SAMPLES,
     CgroupV1Cpu,
@@ -359,7 +359,7 @@ def test_select_nothing_readable_gives_none(tmp_path: Path) -> None:
 def test_select_plain_host_balances_on_throughput(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Host-wide CPU cannot tell several workers of one host apart: only used when configured.
     write(tmp_path, "proc/stat", proc_stat(1, 0, 1, 10, 0))
-    with caplog.at_level(logging.INFO, logger="shardwise.worker_metrics.metrics"):
+    with caplog.at_level(logging.INFO, logger="shardwise.worker_metrics.cpu"):
         assert select(tmp_path) is None
     assert "proc-stat" in caplog.text
     source = select(tmp_path, config=WorkerMetricsConfig(cpu_source="proc-stat"))
@@ -415,7 +415,7 @@ def test_select_eks_follows_kcl_whatever_the_limit(tmp_path: Path) -> None:
 def test_select_eks_with_unreadable_cgroup_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write(tmp_path, "proc/stat", proc_stat(1, 0, 1, 10, 0))
     write(tmp_path, EKS_TOKEN_FILE, "token")
-    with caplog.at_level(logging.WARNING, logger="shardwise.worker_metrics.metrics"):
+    with caplog.at_level(logging.WARNING, logger="shardwise.worker_metrics.cpu"):
         assert select(tmp_path) is None
     assert "EKS" in caplog.text
 
@@ -426,7 +426,7 @@ def test_select_ecs_does_not_call_the_endpoint_and_falls_back(
 ) -> None:
     env = {variable: "http://169.254.170.2/v4/abc"}
     write(tmp_path, "proc/stat", proc_stat(1, 0, 1, 10, 0))
-    with caplog.at_level(logging.INFO, logger="shardwise.worker_metrics.metrics"):
+    with caplog.at_level(logging.INFO, logger="shardwise.worker_metrics.cpu"):
         assert select(tmp_path, env) is None
     assert "task-metadata" in caplog.text
     make_v2(tmp_path, cpu_max="150000 100000", cpuset=None)
@@ -501,7 +501,7 @@ def test_collector_averages_since_the_last_report_and_skips_missed(caplog: pytes
     source = ScriptedSource([10.0, 20.0, None, OSError("gone"), 30.0, 40.0])
     assert isinstance(source, UtilizationSource)
     collector = WorkerMetricsCollector(source, WorkerMetricsConfig(), Clock())
-    with caplog.at_level(logging.WARNING, logger="shardwise.worker_metrics.metrics"):
+    with caplog.at_level(logging.WARNING, logger="shardwise.worker_metrics.collector"):
         assert [collector.capture() for _ in range(5)] == [10.0, 20.0, None, None, 30.0]
     assert collector.missed_captures == 2
     assert "gone" not in caplog.text  # only the first of a streak is a warning
@@ -689,7 +689,7 @@ def test_classify_workers() -> None:
 
 
 def test_active_workers_and_malformed_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="shardwise.worker_metrics.metrics"):
+    with caplog.at_level(logging.WARNING, logger="shardwise.worker_metrics.fleet"):
         active, stale = active_workers(fleet_table(), NOW, WorkerMetricsConfig())
     assert [s.worker_id for s in active] == ["active", "active-edge", "recovered", "throughput-only"]
     assert active[0] == WorkerMetricStats("active", NOW - 5, {"C": (10.0,)}, {"C": (100.0,)})
@@ -718,7 +718,7 @@ def test_clean_up_stale_is_conditioned_on_lut(caplog: pytest.LogCaptureFixture) 
     table.items["stale-2"]["lut"] = NOW  # the worker came back after the scan
     del table.items["stale-gone"]
     table.fail_delete_keys.add("stale-broken")
-    with caplog.at_level(logging.WARNING, logger="shardwise.worker_metrics.metrics"):
+    with caplog.at_level(logging.WARNING, logger="shardwise.worker_metrics.fleet"):
         assert clean_up_stale(table, list(stale)) == 2
     assert "stale-broken" in caplog.text
     assert "stale" not in table.items
