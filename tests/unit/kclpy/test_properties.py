@@ -20,9 +20,8 @@ from shardwise.cli import run as run_module
 from shardwise.cli.main import cli
 from shardwise.config import build_config, merged
 from shardwise.errors import ConfigurationError
+from shardwise.kclpy.keys import IGNORED_KEYS, MAPPED_KEYS
 from shardwise.kclpy.properties import (
-    IGNORED_KEYS,
-    MAPPED_KEYS,
     KclpyProperties,
     load_properties,
     map_properties,
