@@ -1,6 +1,7 @@
 """Run unmodified amazon-kclpy record processors on shardwise's worker: no Java, no MultiLangDaemon.
 
-* :mod:`shardwise.kclpy.properties` reads the daemon's ``.properties`` file into shardwise's configuration;
+* :mod:`shardwise.kclpy.properties` reads the daemon's ``.properties`` file (:mod:`~shardwise.kclpy.syntax`)
+  into shardwise's configuration, by the key table of :mod:`~shardwise.kclpy.keys`;
 * :mod:`shardwise.kclpy.adapter` wraps a kclpy processor (v1, v2 or v3 API) into a shardwise processor, with
   amazon-kclpy's input objects, checkpointer signature and ``CheckpointError`` names;
 * :mod:`shardwise.kclpy.shim` lets ``from amazon_kclpy import kcl`` import without amazon-kclpy installed
