@@ -37,7 +37,7 @@ from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore, SharedTableScan
 from shardwise.metrics.sink import MetricsSink, NullMetricsSink, timed
 from shardwise.tables.items import ItemTable, SharesLeaseTable
-from shardwise.worker_metrics.metrics import (
+from shardwise.worker_metrics import (
     WorkerMetricsConfig,
     WorkerMetricsSnapshot,
     classify_worker_records,

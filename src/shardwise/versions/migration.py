@@ -44,7 +44,7 @@ from shardwise.tables.items import ItemRecord, ItemTable, SharesLeaseTable
 from shardwise.versions.feature_store import FEATURES_KEY, FeatureStore, holds_assignment
 from shardwise.versions.features import LEASE_ASSIGNMENT
 from shardwise.versions.migration_state import ClientVersion, MigrationState, MigrationStore
-from shardwise.worker_metrics.metrics import (
+from shardwise.worker_metrics import (
     WorkerMetricsConfig,
     classify_worker_records,
 )

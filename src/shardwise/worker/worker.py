@@ -95,7 +95,7 @@ from shardwise.versions.migration import (
     StateBehaviour,
 )
 from shardwise.versions.migration_state import MIGRATION_KEY, ClientVersion, MigrationStore
-from shardwise.worker_metrics.metrics import (
+from shardwise.worker_metrics import (
     LeaseThroughputRecorder,
     WorkerMetricsCollector,
     WorkerMetricsConfig,
