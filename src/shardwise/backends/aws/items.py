@@ -11,10 +11,10 @@
 
 Values go through :func:`~shardwise.backends.aws.expressions.to_attribute_value` and back (floats as exact
 decimals on the way in; numbers back as ``int`` when integral, else ``float``; binary back as ``bytes``), and
-requests are built with the lease store's expression builder. Gets and scans are strongly consistent; scans
+requests are built with the expression builder the lease store uses. Gets and scans are strongly consistent; scans
 are paginated; every item operation asks for ``ReturnConsumedCapacity="TOTAL"`` and adds it to a
 :class:`~shardwise.backends.aws.table.CapacityMeter` — the lease store's own when the items live in the lease
-table. Errors are translated exactly as the lease store translates them.
+table. Errors are translated exactly as the lease store translates them (:mod:`shardwise.backends.aws.errors`).
 
 ``transact`` sends one ``TransactWriteItems`` request of the same puts and updates ``put_if_absent`` and
 ``update`` send (with the same conditions); a cancellation for a failed condition is a lost race (``False``).
