@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from shardwise.assignment.model import WorkerMetricStats, metrics_from_attributes
 from shardwise.backends.aws.items import DynamoDBItemTable, open_dynamodb_item_tables
-from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.aws.lease_table import DynamoDBLeaseStoreConfig
+from shardwise.backends.aws.leases import DynamoDBLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON
 from shardwise.errors import ConfigurationError, DependencyError, ResourceNotFoundError, ThrottlingError
 from shardwise.leases.model import Lease

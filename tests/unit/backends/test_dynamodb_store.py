@@ -15,7 +15,8 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
-from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.aws.lease_table import DynamoDBLeaseStoreConfig
+from shardwise.backends.aws.leases import DynamoDBLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON, ExtendedSequenceNumber
 from shardwise.errors import (
     ConfigurationError,

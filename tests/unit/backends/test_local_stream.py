@@ -19,13 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardwise.backends.sqlite.connection import SQLiteDatabase
-from shardwise.backends.sqlite.stream import (
-    SEQ_BASE,
-    LocalStream,
-    LocalStreamStore,
-    even_hash_key_ranges,
-    shard_id_for_index,
-)
+from shardwise.backends.sqlite.stream import LocalStream, LocalStreamStore, even_hash_key_ranges
+from shardwise.backends.sqlite.stream_tables import SEQ_BASE, shard_id_for_index
 from shardwise.errors import (
     ConfigurationError,
     DependencyError,

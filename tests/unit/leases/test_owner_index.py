@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
 
-from shardwise.backends.aws.leases import OWNER_INDEX_NAME, DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
+from shardwise.backends.aws.lease_table import OWNER_INDEX_NAME, DynamoDBLeaseStoreConfig
+from shardwise.backends.aws.leases import DynamoDBLeaseStore
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON
 from shardwise.errors import DependencyError, ResourceNotFoundError, ThrottlingError
@@ -165,9 +166,9 @@ def test_query_is_paginated_and_eventually_consistent() -> None:
     expected = {
         "TableName": "app",
         "IndexName": OWNER_INDEX_NAME,
-        "KeyConditionExpression": ANY,
-        "ExpressionAttributeNames": ANY,
-        "ExpressionAttributeValues": {":owner": {"S": "worker-a"}},
+        "KeyConditionExpression": "#n0 = :v0",
+        "ExpressionAttributeNames": {"#n0": "leaseOwner"},
+        "ExpressionAttributeValues": {":v0": {"S": "worker-a"}},
         "ConsistentRead": False,
         "ReturnConsumedCapacity": "TOTAL",
     }

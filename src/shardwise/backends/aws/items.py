@@ -9,11 +9,12 @@
   ``<app>-WorkerMetricStats`` keyed ``wid``; no ``entityType`` is written. ``create_if_not_exists`` creates
   these tables as KCL does (on-demand, then waits until ACTIVE).
 
-Values go through boto3's ``TypeSerializer`` / ``TypeDeserializer`` (floats as exact decimals on the way in;
-numbers back as ``int`` when integral, else ``float``; binary back as ``bytes``). Gets and scans are strongly
-consistent; scans are paginated; every item operation asks for ``ReturnConsumedCapacity="TOTAL"`` and adds it
-to a :class:`~shardwise.backends.aws.leases.CapacityMeter` — the lease store's own when the items live in the
-lease table. Errors are translated exactly as the lease store translates them.
+Values go through :func:`~shardwise.backends.aws.expressions.to_attribute_value` and back (floats as exact
+decimals on the way in; numbers back as ``int`` when integral, else ``float``; binary back as ``bytes``), and
+requests are built with the expression builder the lease store uses. Gets and scans are strongly consistent; scans
+are paginated; every item operation asks for ``ReturnConsumedCapacity="TOTAL"`` and adds it to a
+:class:`~shardwise.backends.aws.table.CapacityMeter` — the lease store's own when the items live in the lease
+table. Errors are translated exactly as the lease store translates them (:mod:`shardwise.backends.aws.errors`).
 
 ``transact`` sends one ``TransactWriteItems`` request of the same puts and updates ``put_if_absent`` and
 ``update`` send (with the same conditions); a cancellation for a failed condition is a lost race (``False``).
@@ -27,20 +28,15 @@ import decimal
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shardwise.backends.aws.leases import (
-    CapacityMeter,
-    ConditionFailed,
-    DynamoDBLeaseStore,
-    TableErrors,
-    check_table_name,
-)
-from shardwise.errors import ConfigurationError, InvalidStateError, MalformedItemError, ResourceNotFoundError
+from shardwise.backends.aws.errors import ConditionFailed, TableErrors, cancellation_reason_codes, error_code
+from shardwise.backends.aws.expressions import Expression, from_attribute_value, to_attribute_value
+from shardwise.backends.aws.leases import DynamoDBLeaseStore
+from shardwise.backends.aws.table import CapacityMeter, TableLifecycle, check_table_name
+from shardwise.errors import ConfigurationError, MalformedItemError, ResourceNotFoundError
 from shardwise.leases.items import ATTR_ENTITY_TYPE, ATTR_LEASE_KEY
 from shardwise.tables.items import ABSENT, ItemRecord, ItemWrite, Layout, Namespace
 from shardwise.tables.rules import (
@@ -49,7 +45,6 @@ from shardwise.tables.rules import (
     by_key,
     check_attribute_names,
     check_item_key,
-    check_map_key,
     check_namespace,
     check_transaction,
     check_update,
@@ -57,9 +52,6 @@ from shardwise.tables.rules import (
     entity_type_for,
     in_namespace,
     not_in_namespace_error,
-    set_kind,
-    storable_number,
-    unstorable_type_error,
 )
 
 if TYPE_CHECKING:
@@ -80,9 +72,7 @@ __all__ = [
     "TABLE_MIGRATION_COMPLETE",
     "DynamoDBItemTable",
     "detect_layout",
-    "from_attribute_value",
     "open_dynamodb_item_tables",
-    "to_attribute_value",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,128 +85,13 @@ LEGACY_WORKER_METRICS_KEY = "wid"
 TABLE_MIGRATION_COMPLETE = "TABLE_MIGRATION_STATUS_COMPLETE"
 _TABLE_MIGRATION_KEY = "TableMigration3.5"
 
-_USABLE_STATUSES = frozenset({"ACTIVE", "UPDATING"})
-_DEAD_STATUSES = frozenset({"DELETING", "ARCHIVING", "ARCHIVED", "INACCESSIBLE_ENCRYPTION_CREDENTIALS"})
 _LAYOUTS: tuple[Layout, ...] = ("single-table", "legacy")
 
 # Cancellation reason of a transaction item whose condition failed (TransactionCanceledException).
 _TRANSACTION_CANCELED = "TransactionCanceledException"
 _CONDITION_FAILED_REASON = "ConditionalCheckFailed"
 
-_SERIALIZER = TypeSerializer()
-_DESERIALIZER = TypeDeserializer()
-
 Item = dict[str, "AttributeValueTypeDef"]
-
-
-# ------------------------------------------------------------------------------------------- value mapping
-
-
-def _prepare(value: object) -> object:
-    """``value`` in the form ``TypeSerializer`` takes (floats as exact decimals), checked as the SQLite backend
-    checks it: finite numbers, no empty or mixed sets, string map keys."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int | float | Decimal):
-        return storable_number(value)
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    if isinstance(value, Mapping):
-        return {check_map_key(name): _prepare(member) for name, member in value.items()}
-    if isinstance(value, list | tuple):
-        return [_prepare(member) for member in value]
-    if isinstance(value, set | frozenset):
-        kind = set_kind(value)
-        if kind == "S":
-            return set(value)
-        if kind == "N":
-            return {storable_number(member) for member in value}
-        return {bytes(member) for member in value}
-    raise unstorable_type_error(value)
-
-
-def to_attribute_value(value: object) -> AttributeValueTypeDef:
-    """The DynamoDB attribute value of a Python value (see the ``ItemTable`` value mapping)."""
-    return _SERIALIZER.serialize(_prepare(value))
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, Binary):
-        raw = getattr(value, "value", None)  # the stubs do not declare Binary.value
-        if not isinstance(raw, bytes | bytearray):
-            raise TypeError(f"unexpected binary value {raw!r}")
-        return bytes(raw)
-    if isinstance(value, list):
-        return [_plain(member) for member in value]
-    if isinstance(value, dict):
-        return {name: _plain(member) for name, member in value.items()}
-    if isinstance(value, set):
-        return {_plain(member) for member in value}
-    return value
-
-
-def from_attribute_value(value: AttributeValueTypeDef) -> Any:
-    """The Python value of a DynamoDB attribute value (numbers as ``int`` when integral, else ``float``)."""
-    return _plain(_DESERIALIZER.deserialize(cast("Any", value)))
-
-
-# ----------------------------------------------------------------------------------------------- expressions
-
-
-class _Expression:
-    """Update and condition clauses with numbered placeholders (attribute names may hold any character)."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self.values: dict[str, AttributeValueTypeDef] = {}
-        self._placeholders: dict[str, str] = {}
-        self.set_clauses: list[str] = []
-        self.remove_clauses: list[str] = []
-        self.conditions: list[str] = []
-
-    def name(self, attribute: str) -> str:
-        placeholder = self._placeholders.get(attribute)
-        if placeholder is None:
-            placeholder = f"#n{len(self._placeholders)}"
-            self._placeholders[attribute] = placeholder
-            self.names[placeholder] = attribute
-        return placeholder
-
-    def value(self, value: AttributeValueTypeDef) -> str:
-        placeholder = f":v{len(self.values)}"
-        self.values[placeholder] = value
-        return placeholder
-
-    def set(self, attribute: str, value: AttributeValueTypeDef) -> None:
-        self.set_clauses.append(f"{self.name(attribute)} = {self.value(value)}")
-
-    def remove(self, attribute: str) -> None:
-        self.remove_clauses.append(self.name(attribute))
-
-    def require(self, condition: str) -> None:
-        self.conditions.append(condition)
-
-    def require_expected(self, expect: Mapping[str, Any]) -> None:
-        for attribute, wanted in expect.items():
-            if wanted is ABSENT:
-                self.require(f"attribute_not_exists({self.name(attribute)})")
-            else:
-                self.require(f"{self.name(attribute)} = {self.value(to_attribute_value(wanted))}")
-
-    @property
-    def update_expression(self) -> str:
-        clauses = []
-        if self.set_clauses:
-            clauses.append("SET " + ", ".join(self.set_clauses))
-        if self.remove_clauses:
-            clauses.append("REMOVE " + ", ".join(self.remove_clauses))
-        return " ".join(clauses)
-
-    @property
-    def condition_expression(self) -> str:
-        return " AND ".join(f"({condition})" for condition in self.conditions)
 
 
 # ------------------------------------------------------------------------------------------------- the table
@@ -255,8 +130,6 @@ class DynamoDBItemTable:
         self._layout: Layout = layout
         self._namespace: Namespace = namespace
         self._capacity = capacity_meter if capacity_meter is not None else CapacityMeter()
-        self._creation_timeout_s = float(table_creation_timeout_s)
-        self._poll_interval_s = float(table_poll_interval_s)
         if layout == "single-table":
             self._key_attribute = ATTR_LEASE_KEY
             subject = f"lease table {table_name!r}"
@@ -267,6 +140,13 @@ class DynamoDBItemTable:
             subject = f"{kind} {table_name!r}"
             hint = "create it with create_if_not_exists(), or check the table name, region and endpoint"
         self._errors = TableErrors(subject, hint)
+        self._lifecycle = TableLifecycle(
+            client,
+            self._table,
+            self._errors,
+            creation_timeout_s=float(table_creation_timeout_s),
+            poll_interval_s=float(table_poll_interval_s),
+        )
 
     def __repr__(self) -> str:
         return f"DynamoDBItemTable(table_name={self._table!r}, layout={self._layout!r}, namespace={self._namespace!r})"
@@ -308,18 +188,10 @@ class DynamoDBItemTable:
 
     def table_status(self) -> str | None:
         """The table's ``TableStatus`` from ``DescribeTable``, or ``None`` if it does not exist."""
-        try:
-            response = self._client.describe_table(TableName=self._table)
-        except ClientError as exc:
-            if TableErrors.code(exc) == "ResourceNotFoundException":
-                return None
-            raise self._errors.client_error("DescribeTable", exc) from exc
-        except BotoCoreError as exc:
-            raise self._errors.botocore_error("DescribeTable", exc) from exc
-        return response["Table"].get("TableStatus", "UNKNOWN")
+        return self._lifecycle.status()
 
     def exists(self) -> bool:
-        return self.table_status() in _USABLE_STATUSES
+        return self._lifecycle.usable()
 
     def create_if_not_exists(self) -> bool:
         """Legacy layout: create the table as KCL ≤ 3.4 does (``key``/``wid`` HASH S, on-demand) if it does
@@ -327,46 +199,17 @@ class DynamoDBItemTable:
         store creates the lease table)."""
         if self._single_table:
             return False
-        deadline = time.monotonic() + self._creation_timeout_s
-        created = self.table_status() is None and self._create_table()
-        self._wait_until_usable(deadline)
+        deadline = time.monotonic() + self._lifecycle.creation_timeout_s
+        created = self.table_status() is None and self._lifecycle.create(
+            {
+                "TableName": self._table,
+                "AttributeDefinitions": [{"AttributeName": self._key_attribute, "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": self._key_attribute, "KeyType": "HASH"}],
+                "BillingMode": "PAY_PER_REQUEST",
+            }
+        )
+        self._lifecycle.wait_until_usable(deadline)
         return created
-
-    def _create_table(self) -> bool:
-        try:
-            self._client.create_table(
-                TableName=self._table,
-                AttributeDefinitions=[{"AttributeName": self._key_attribute, "AttributeType": "S"}],
-                KeySchema=[{"AttributeName": self._key_attribute, "KeyType": "HASH"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
-        except ClientError as exc:
-            if TableErrors.code(exc) == "ResourceInUseException":
-                logger.info("%s is already being created or exists", self._errors.subject)
-                return False
-            raise self._errors.client_error("CreateTable", exc) from exc
-        except BotoCoreError as exc:
-            raise self._errors.botocore_error("CreateTable", exc) from exc
-        logger.info("created %s (PAY_PER_REQUEST)", self._errors.subject)
-        return True
-
-    def _wait_until_usable(self, deadline: float) -> None:
-        while True:
-            status = self.table_status()
-            if status in _USABLE_STATUSES:
-                return
-            if status in _DEAD_STATUSES:
-                raise InvalidStateError(
-                    f"{self._errors.subject} is {status} and will not become ACTIVE: wait for the operation to "
-                    "finish or use another table"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise InvalidStateError(
-                    f"{self._errors.subject} is {status or 'not visible'}, not ACTIVE, after "
-                    f"{self._creation_timeout_s:g}s: check the table in the DynamoDB console"
-                )
-            time.sleep(min(self._poll_interval_s, remaining))
 
     # -- items -----------------------------------------------------------------------------------------
 
@@ -394,7 +237,7 @@ class DynamoDBItemTable:
     def _check_key(self, key: str) -> None:
         check_item_key(self._namespace, key, single_table=self._single_table)
 
-    def _namespace_condition(self, expression: _Expression, key: str) -> str | None:
+    def _namespace_condition(self, expression: Expression, key: str) -> str | None:
         """Single-table: the condition "the item with this key belongs to this namespace" (``None`` for the
         legacy layout, whose tables hold one namespace each)."""
         if not self._single_table:
@@ -405,15 +248,16 @@ class DynamoDBItemTable:
             return f"{entity} = {value}"
         return f"attribute_not_exists({entity}) OR {entity} = {value}"
 
-    def _require_existing(self, expression: _Expression, key: str, expect: Mapping[str, Any] | None) -> None:
+    def _require_existing(self, expression: Expression, key: str, expect: Mapping[str, Any] | None) -> None:
         """Condition ``expression`` on the item existing in this namespace with every ``expect`` value."""
-        expression.require(f"attribute_exists({expression.name(self._key_attribute)})")
+        expression.require_exists(self._key_attribute)
         namespace = self._namespace_condition(expression, key)
         if namespace is not None:
             expression.require(namespace)
         if expect:
             check_attribute_names(expect, "expect")
-            expression.require_expected(expect)
+            for attribute, wanted in expect.items():
+                expression.require_equal_or_absent(attribute, None if wanted is ABSENT else to_attribute_value(wanted))
 
     def get(self, key: str) -> ItemRecord | None:
         with self._errors.translating("GetItem"):
@@ -444,17 +288,16 @@ class DynamoDBItemTable:
         }
         if self._single_table:
             # Server-side filter (no capacity saved, less transfer); _record filters again exactly.
-            expression = _Expression()
-            entity = expression.name(ATTR_ENTITY_TYPE)
+            expression = Expression()
             if self._namespace == "worker-metrics":
-                request["FilterExpression"] = f"{entity} = {expression.value({'S': ENTITY_TYPE_WORKER_METRIC_STATS})}"
+                expression.require_equal(ATTR_ENTITY_TYPE, {"S": ENTITY_TYPE_WORKER_METRIC_STATS})
             else:
+                entity = expression.name(ATTR_ENTITY_TYPE)
                 types = ", ".join(expression.value({"S": t}) for t in COORDINATOR_ENTITY_TYPES.values())
                 keys = ", ".join(expression.value({"S": k}) for k in COORDINATOR_ENTITY_TYPES)
                 key = expression.name(self._key_attribute)
-                request["FilterExpression"] = (
-                    f"{entity} IN ({types}) OR (attribute_not_exists({entity}) AND {key} IN ({keys}))"
-                )
+                expression.require(f"{entity} IN ({types}) OR (attribute_not_exists({entity}) AND {key} IN ({keys}))")
+            request["FilterExpression"] = expression.condition_expression
             request["ExpressionAttributeNames"] = expression.names
             request["ExpressionAttributeValues"] = expression.values
         while True:
@@ -476,11 +319,13 @@ class DynamoDBItemTable:
         item.update(self._key(key))
         if self._single_table:
             item[ATTR_ENTITY_TYPE] = {"S": entity_type_for(self._namespace, key)}
+        absent = Expression()
+        absent.require_absent(self._key_attribute)
         return {
             "TableName": self._table,
             "Item": item,
-            "ConditionExpression": "attribute_not_exists(#k)",
-            "ExpressionAttributeNames": {"#k": self._key_attribute},
+            "ConditionExpression": absent.condition_expression,
+            "ExpressionAttributeNames": absent.names,
         }
 
     def _update_request(
@@ -494,7 +339,7 @@ class DynamoDBItemTable:
         ``update``'s request, and an update in a transaction."""
         self._check_key(key)
         removed = check_update(set_attributes, remove_attributes)
-        expression = _Expression()
+        expression = Expression()
         for name, value in set_attributes.items():
             expression.set(name, to_attribute_value(value))
         for name in removed:
@@ -552,7 +397,7 @@ class DynamoDBItemTable:
         try:
             response = self._client.transact_write_items(TransactItems=items, ReturnConsumedCapacity="TOTAL")
         except ClientError as exc:
-            if TableErrors.code(exc) == _TRANSACTION_CANCELED and _CONDITION_FAILED_REASON in _reason_codes(exc):
+            if error_code(exc) == _TRANSACTION_CANCELED and _CONDITION_FAILED_REASON in cancellation_reason_codes(exc):
                 return False
             raise self._errors.client_error("TransactWriteItems", exc) from exc
         except BotoCoreError as exc:
@@ -566,7 +411,7 @@ class DynamoDBItemTable:
         ``entityType`` and refuses (``ConfigurationError``) to touch an item of another kind under this key."""
         self._check_key(key)
         check_upsert(attributes)
-        expression = _Expression()
+        expression = Expression()
         for name, value in attributes.items():
             expression.set(name, to_attribute_value(value))
         params: UpdateItemInputTypeDef = {
@@ -591,7 +436,7 @@ class DynamoDBItemTable:
 
     def delete(self, key: str, *, expect: Mapping[str, Any] | None = None) -> bool:
         self._check_key(key)
-        expression = _Expression()
+        expression = Expression()
         self._require_existing(expression, key, expect)
         params: DeleteItemInputTypeDef = {
             "TableName": self._table,
@@ -609,15 +454,6 @@ class DynamoDBItemTable:
             return False
         self._capacity.record(response.get("ConsumedCapacity"), write=True)
         return True
-
-
-def _reason_codes(exc: ClientError) -> list[str]:
-    """The ``Code`` of each cancellation reason of a ``TransactionCanceledException`` (``"None"`` for the items
-    that did not cancel it)."""
-    reasons: object = exc.response.get("CancellationReasons")
-    if not isinstance(reasons, list):
-        return []
-    return [str(reason.get("Code", "None")) for reason in reasons if isinstance(reason, Mapping)]
 
 
 # ------------------------------------------------------------------------------------------------ opening

@@ -8,8 +8,8 @@ Two classes share one client and one error boundary:
   benchmarks and the demo CLI need: create / wait until ACTIVE / delete, ``put_record(s)``, ``split_shard``,
   ``merge_shards``. Keeping these off ``KinesisStream`` keeps the port implementation exactly the port.
 
-Every botocore exception is translated at this boundary (see :func:`_translate`), so callers only ever see
-:mod:`shardwise.errors` types:
+Every botocore exception is translated at this boundary (see :func:`_translate`; the code and message are read
+as :mod:`shardwise.backends.aws.errors` reads DynamoDB's), so callers only ever see :mod:`shardwise.errors` types:
 
 =========================================================================  ===================================
 Kinesis error code                                                          shardwise error
@@ -42,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("shardwise.backends.aws.kinesis needs boto3: pip install 'shardwise[aws]'") from exc
 
 from shardwise.backends.aws.client import kinesis_client
+from shardwise.backends.aws.errors import error_code, error_message
 from shardwise.errors import (
     ConfigurationError,
     DependencyError,
@@ -432,9 +433,8 @@ def _parse_stream_arn(arn: str) -> tuple[str, str]:
 
 def _translate(exc: ClientError, operation: str, stream_name: str, shard_id: str | None) -> ShardwiseError:
     """The shardwise error for a Kinesis ``ClientError``; the message names the operation and stream."""
-    error: Mapping[str, Any] = exc.response.get("Error", {})
-    code = str(error.get("Code", "Unknown"))
-    detail = str(error.get("Message", "")) or str(exc)
+    code = error_code(exc, "Unknown")
+    detail = error_message(exc)
     where = f"stream {stream_name!r}" + (f" shard {shard_id!r}" if shard_id else "")
     message = f"Kinesis {operation} on {where}: {code}: {detail}"
     if code == "ExpiredIteratorException":

@@ -2,40 +2,28 @@
 
 Items are read and written attribute-for-attribute as KCL does (:mod:`shardwise.leases.items`), and every
 mutation carries the condition KCL's ``DynamoDBLeaseRefresher`` uses (kcl-protocol.md §2.3), written as
-condition expressions. A failed condition is a lost race and returns ``None``; backend faults are translated
-into :mod:`shardwise.errors` at this boundary:
-
-* ``ProvisionedThroughputExceededException``, ``ThrottlingException``, ``RequestLimitExceeded``
-  → :class:`~shardwise.errors.ThrottlingError` (after botocore's own retries);
-* ``ResourceNotFoundException`` → :class:`~shardwise.errors.ResourceNotFoundError`;
-* any other service error, and connection or protocol errors → :class:`~shardwise.errors.DependencyError`.
+condition expressions (:mod:`shardwise.backends.aws.expressions`). A failed condition is a lost race and
+returns ``None``; backend faults are translated into :mod:`shardwise.errors` at this boundary
+(:mod:`shardwise.backends.aws.errors`). The table itself — its settings, creation and owner index — is
+:mod:`shardwise.backends.aws.lease_table`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, cast
-
-from botocore.exceptions import BotoCoreError, ClientError
+from typing import TYPE_CHECKING, Any
 
 from shardwise.backends.aws.backend import AwsBackend
 from shardwise.backends.aws.client import dynamodb_client
+from shardwise.backends.aws.errors import ConditionFailed, TableErrors
+from shardwise.backends.aws.expressions import Expression
+from shardwise.backends.aws.lease_table import OWNER_INDEX_NAME, DynamoDBLeaseStoreConfig, LeaseTable
+from shardwise.backends.aws.table import CapacityMeter, check_table_name
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
-from shardwise.errors import (
-    ConfigurationError,
-    DependencyError,
-    InvalidStateError,
-    MalformedItemError,
-    ResourceNotFoundError,
-    ThrottlingError,
-)
+from shardwise.errors import ConfigurationError, MalformedItemError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.items import (
     ATTR_CHECKPOINT,
@@ -65,16 +53,10 @@ from shardwise.leases.model import RESERVED_KEYS, Lease
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
-    from mypy_boto3_dynamodb.type_defs import (
-        AttributeValueTypeDef,
-        CreateTableInputTypeDef,
-        GlobalSecondaryIndexUpdateTypeDef,
-        QueryInputTypeDef,
-        ScanInputTypeDef,
-        TableDescriptionTypeDef,
-        UpdateItemInputTypeDef,
-    )
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, ScanInputTypeDef, UpdateItemInputTypeDef
 
+# The store's own name, and the names callers have always imported from here although they now live with
+# the table (lease_table, table) and the error boundary (errors).
 __all__ = [
     "OWNER_INDEX_NAME",
     "CapacityMeter",
@@ -87,244 +69,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BillingMode = Literal["PAY_PER_REQUEST", "PROVISIONED"]
-
-_TABLE_NAME = re.compile(r"[A-Za-z0-9_.\-]{3,255}")
-_MAX_TAGS = 50
-_THROTTLING_CODES = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"})
-_CONDITION_FAILED = "ConditionalCheckFailedException"
-_USABLE_STATUSES = frozenset({"ACTIVE", "UPDATING"})
-# Statuses from which a table never becomes ACTIVE on its own; waiting for them is pointless.
-_DEAD_STATUSES = frozenset({"DELETING", "ARCHIVING", "ARCHIVED", "INACCESSIBLE_ENCRYPTION_CREDENTIALS"})
 _ONE: AttributeValueTypeDef = {"N": "1"}
-
-#: KCL 3.x's owner index on the lease table (kcl-protocol.md §2.1).
-OWNER_INDEX_NAME = "LeaseOwnerToLeaseKeyIndex"
-
-
-def check_table_name(table_name: object, setting: str = "table_name") -> str:
-    """``table_name`` if it is a valid DynamoDB table name, else a ``ConfigurationError`` naming ``setting``."""
-    if not isinstance(table_name, str) or not _TABLE_NAME.fullmatch(table_name):
-        raise ConfigurationError(
-            f"{setting} {table_name!r} is not a valid DynamoDB table name: use 3 to 255 characters "
-            "from A-Z, a-z, 0-9, '_', '-' and '.'"
-        )
-    return table_name
-
-
-@dataclass(frozen=True)
-class DynamoDBLeaseStoreConfig:
-    """Settings of one DynamoDB lease table. Defaults are KCL's (``LeaseManagementConfig``).
-
-    ``consistent_reads`` applies to ``GetItem`` and ``Scan``; ``write_entity_type`` adds ``entityType: LEASE``
-    to created leases as KCL 3.5 does (KCL ≤ 3.4 and 2.x ignore it).
-    """
-
-    table_name: str
-    billing_mode: BillingMode = "PAY_PER_REQUEST"
-    read_capacity_units: int = 10
-    write_capacity_units: int = 10
-    tags: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    point_in_time_recovery: bool = False
-    deletion_protection: bool = False
-    consistent_reads: bool = False
-    table_creation_timeout_s: float = 600.0
-    table_poll_interval_s: float = 1.0
-    write_entity_type: bool = True
-
-    def __post_init__(self) -> None:
-        check_table_name(self.table_name)
-        if self.billing_mode not in ("PAY_PER_REQUEST", "PROVISIONED"):
-            raise ConfigurationError(
-                f"billing_mode {self.billing_mode!r} is not supported: use 'PAY_PER_REQUEST' or 'PROVISIONED'"
-            )
-        for name in ("read_capacity_units", "write_capacity_units"):
-            units = getattr(self, name)
-            if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-                raise ConfigurationError(f"{name} must be a whole number >= 1, got {units!r}")
-        self._check_tags()
-        for name in (
-            "point_in_time_recovery",
-            "deletion_protection",
-            "consistent_reads",
-            "write_entity_type",
-        ):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("table_creation_timeout_s", "table_poll_interval_s"):
-            seconds = getattr(self, name)
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-                raise ConfigurationError(f"{name} must be a number of seconds > 0, got {seconds!r}")
-
-    def _check_tags(self) -> None:
-        tags: object = self.tags
-        if not isinstance(tags, Mapping):
-            raise ConfigurationError(f"tags must be a mapping of tag key to value, got {type(tags).__name__}")
-        if len(tags) > _MAX_TAGS:
-            raise ConfigurationError(f"tags has {len(tags)} entries; DynamoDB allows at most {_MAX_TAGS}")
-        for key, value in tags.items():
-            if not isinstance(key, str) or not 1 <= len(key) <= 128 or key.startswith("aws:"):
-                raise ConfigurationError(
-                    f"tag key {key!r} is invalid: use 1 to 128 characters not starting with 'aws:'"
-                )
-            if not isinstance(value, str) or len(value) > 256:
-                raise ConfigurationError(f"tag {key!r} has an invalid value: use a string of at most 256 characters")
-        # Freeze a private copy so later changes to the caller's dict cannot alter the config.
-        object.__setattr__(self, "tags", MappingProxyType(dict(tags)))
-
-
-class ConditionFailed(Exception):
-    """Raised inside a :meth:`TableErrors.translating` block whose conditional request lost its race."""
-
-
-class CapacityMeter:
-    """A thread-safe tally of the read and write capacity units one worker consumed (``ReturnConsumedCapacity``).
-
-    The lease store owns one; the coordinator item tables that live in the lease table share it, so a worker's
-    consumption of that table is summed in one place.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._read_units = 0.0
-        self._write_units = 0.0
-
-    def record(self, consumed: Mapping[str, object] | None, *, write: bool) -> None:
-        """Add a response's ``ConsumedCapacity`` (``TOTAL``); a response without one adds nothing."""
-        units = consumed.get("CapacityUnits") if consumed else None
-        if not isinstance(units, int | float):
-            return
-        with self._lock:
-            if write:
-                self._write_units += units
-            else:
-                self._read_units += units
-
-    @property
-    def totals(self) -> tuple[float, float]:
-        """Read and write capacity units recorded so far."""
-        with self._lock:
-            return (self._read_units, self._write_units)
-
-
-@dataclass(frozen=True)
-class TableErrors:
-    """Translation of botocore errors for one table into :mod:`shardwise.errors` (see the module docstring).
-
-    ``subject`` names the table in messages (``"lease table 'app'"``); ``missing_hint`` is the fix suggested
-    when the table does not exist.
-    """
-
-    subject: str
-    missing_hint: str
-
-    @staticmethod
-    def code(exc: ClientError) -> str:
-        return _error_code(exc)
-
-    @contextlib.contextmanager
-    def translating(self, operation: str, *, conditional: bool = False) -> Iterator[None]:
-        """Translate botocore errors raised inside; a failed condition raises :class:`ConditionFailed` when
-        ``conditional``."""
-        try:
-            yield
-        except ClientError as exc:
-            if conditional and _error_code(exc) == _CONDITION_FAILED:
-                raise ConditionFailed from None
-            raise self.client_error(operation, exc) from exc
-        except BotoCoreError as exc:
-            raise self.botocore_error(operation, exc) from exc
-
-    def client_error(self, operation: str, exc: ClientError) -> Exception:
-        code = _error_code(exc)
-        message = _error_message(exc)
-        if code in _THROTTLING_CODES:
-            return ThrottlingError(f"DynamoDB {operation} on {self.subject} was throttled ({code}): {message}")
-        if code == "ResourceNotFoundException":
-            return self.missing(operation)
-        return DependencyError(f"DynamoDB {operation} on {self.subject} failed ({code or 'unknown error'}): {message}")
-
-    def missing(self, operation: str) -> ResourceNotFoundError:
-        """The error for "the table does not exist", as ``ResourceNotFoundException`` is translated."""
-        return ResourceNotFoundError(f"{self.subject} does not exist (DynamoDB {operation}): {self.missing_hint}")
-
-    def botocore_error(self, operation: str, exc: BotoCoreError) -> Exception:
-        return DependencyError(f"DynamoDB {operation} on {self.subject} failed: {exc}")
-
-
-class _Request:
-    """Collects an update and its condition as expressions with placeholder names and values."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self.values: dict[str, AttributeValueTypeDef] = {}
-        self._set: list[str] = []
-        self._remove: list[str] = []
-        self._add: list[str] = []
-        self._conditions: list[str] = []
-
-    def _name(self, attribute: str) -> str:
-        placeholder = f"#{attribute}"
-        self.names[placeholder] = attribute
-        return placeholder
-
-    def _value(self, value: AttributeValueTypeDef) -> str:
-        placeholder = f":v{len(self.values)}"
-        self.values[placeholder] = value
-        return placeholder
-
-    def set(self, attribute: str, value: AttributeValueTypeDef) -> None:
-        self._set.append(f"{self._name(attribute)} = {self._value(value)}")
-
-    def remove(self, attribute: str) -> None:
-        self._remove.append(self._name(attribute))
-
-    def add(self, attribute: str, value: AttributeValueTypeDef) -> None:
-        self._add.append(f"{self._name(attribute)} {self._value(value)}")
-
-    def require_equal(self, attribute: str, value: AttributeValueTypeDef) -> None:
-        self._conditions.append(f"{self._name(attribute)} = {self._value(value)}")
-
-    def require_exists(self, attribute: str) -> None:
-        self._conditions.append(f"attribute_exists({self._name(attribute)})")
-
-    def require_absent(self, attribute: str) -> None:
-        self._conditions.append(f"attribute_not_exists({self._name(attribute)})")
-
-    def require_lease_entity(self) -> None:
-        """The item has no ``entityType`` or ``entityType`` is ``LEASE``."""
-        name = self._name(ATTR_ENTITY_TYPE)
-        self._conditions.append(f"(attribute_not_exists({name}) OR {name} = {self._value({'S': ENTITY_TYPE_LEASE})})")
-
-    def require_string_or_absent(self, attribute: str, value: str | None) -> None:
-        """``attribute == value``, or ``attribute`` does not exist when ``value`` is ``None``."""
-        if value is None:
-            self.require_absent(attribute)
-        else:
-            self.require_equal(attribute, {"S": value})
-
-    @property
-    def update_expression(self) -> str:
-        clauses = []
-        if self._set:
-            clauses.append("SET " + ", ".join(self._set))
-        if self._remove:
-            clauses.append("REMOVE " + ", ".join(self._remove))
-        if self._add:
-            clauses.append("ADD " + ", ".join(self._add))
-        return " ".join(clauses)
-
-    @property
-    def condition_expression(self) -> str:
-        return " AND ".join(self._conditions)
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _error_message(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
 
 
 class DynamoDBLeaseStore:
@@ -357,6 +102,7 @@ class DynamoDBLeaseStore:
             f"lease table {config.table_name!r}",
             "create it with create_table_if_not_exists(), or check the table name, region and endpoint",
         )
+        self._table = LeaseTable(self._client, config, self._errors, self._capacity)
         self._reported: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
@@ -393,7 +139,7 @@ class DynamoDBLeaseStore:
         plus those of coordinator item tables sharing its :attr:`capacity_meter`)."""
         return self._capacity.totals
 
-    # ------------------------------------------------------------------------------------------------ table
+    # ------------------------------------------------------------------------------- table and owner index
 
     def create_table_if_not_exists(self) -> bool:
         """Create the table as KCL does if it does not exist, wait until it is ACTIVE and, if this call
@@ -402,200 +148,30 @@ class DynamoDBLeaseStore:
         Raises :class:`~shardwise.errors.InvalidStateError` if the table is not ACTIVE within
         ``table_creation_timeout_s``.
         """
-        deadline = time.monotonic() + self._config.table_creation_timeout_s
-        created = self._table_status() is None and self._create_table()
-        self._wait_until_usable(deadline)
-        if created and self._config.point_in_time_recovery:
-            self._enable_point_in_time_recovery(deadline)
-        return created
+        return self._table.create_if_not_exists()
 
     def table_exists(self) -> bool:
-        return self._table_status() in _USABLE_STATUSES
-
-    def _create_table(self) -> bool:
-        config = self._config
-        request: CreateTableInputTypeDef = {
-            "TableName": config.table_name,
-            "AttributeDefinitions": [{"AttributeName": ATTR_LEASE_KEY, "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": ATTR_LEASE_KEY, "KeyType": "HASH"}],
-            "BillingMode": config.billing_mode,
-            "DeletionProtectionEnabled": config.deletion_protection,
-        }
-        if config.billing_mode == "PROVISIONED":
-            request["ProvisionedThroughput"] = {
-                "ReadCapacityUnits": config.read_capacity_units,
-                "WriteCapacityUnits": config.write_capacity_units,
-            }
-        if config.tags:
-            request["Tags"] = [{"Key": key, "Value": value} for key, value in config.tags.items()]
-        try:
-            self._client.create_table(**request)
-        except ClientError as exc:
-            if _error_code(exc) == "ResourceInUseException":
-                logger.info("lease table %r is already being created or exists", config.table_name)
-                return False
-            raise self._translate_client_error("CreateTable", exc) from exc
-        except BotoCoreError as exc:
-            raise self._translate_botocore_error("CreateTable", exc) from exc
-        logger.info("created lease table %r (%s)", config.table_name, config.billing_mode)
-        return True
-
-    def _table_status(self) -> str | None:
-        """The table's status, or ``None`` if it does not exist."""
-        table = self._describe_table()
-        return None if table is None else table.get("TableStatus", "UNKNOWN")
-
-    def _describe_table(self) -> TableDescriptionTypeDef | None:
-        """The table's description, or ``None`` if it does not exist."""
-        try:
-            response = self._client.describe_table(TableName=self.table_name)
-        except ClientError as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
-                return None
-            raise self._translate_client_error("DescribeTable", exc) from exc
-        except BotoCoreError as exc:
-            raise self._translate_botocore_error("DescribeTable", exc) from exc
-        return response["Table"]
-
-    def _wait_until_usable(self, deadline: float) -> None:
-        while True:
-            status = self._table_status()
-            if status in _USABLE_STATUSES:
-                return
-            if status in _DEAD_STATUSES:
-                raise InvalidStateError(
-                    f"lease table {self.table_name!r} is {status} and will not become ACTIVE: "
-                    "wait for the operation to finish or use another table"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise InvalidStateError(
-                    f"lease table {self.table_name!r} is {status or 'not visible'}, not ACTIVE, after "
-                    f"{self._config.table_creation_timeout_s:g}s: check the table in the DynamoDB console "
-                    "or raise table_creation_timeout_s"
-                )
-            time.sleep(min(self._config.table_poll_interval_s, remaining))
-
-    def _enable_point_in_time_recovery(self, deadline: float) -> None:
-        while True:
-            try:
-                self._client.update_continuous_backups(
-                    TableName=self.table_name,
-                    PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
-                )
-            except ClientError as exc:
-                # Continuous backups can be briefly unavailable right after the table becomes ACTIVE.
-                if _error_code(exc) == "ContinuousBackupsUnavailableException" and time.monotonic() < deadline:
-                    time.sleep(self._config.table_poll_interval_s)
-                    continue
-                raise self._translate_client_error("UpdateContinuousBackups", exc) from exc
-            except BotoCoreError as exc:
-                raise self._translate_botocore_error("UpdateContinuousBackups", exc) from exc
-            logger.info("enabled point-in-time recovery on lease table %r", self.table_name)
-            return
-
-    # ------------------------------------------------------------------------------------------ owner index
+        return self._table.exists()
 
     def owner_index_status(self) -> str | None:
-        """The ``IndexStatus`` of ``LeaseOwnerToLeaseKeyIndex`` from ``DescribeTable``, or ``None`` if the
-        index does not exist. Raises :class:`~shardwise.errors.ResourceNotFoundError` if the table does not."""
-        table = self._describe_table()
-        if table is None:
-            raise self._errors.missing("DescribeTable")
-        for index in table.get("GlobalSecondaryIndexes", []):
-            if index.get("IndexName") == OWNER_INDEX_NAME:
-                return index.get("IndexStatus", "UNKNOWN")
-        return None
+        """The ``IndexStatus`` of ``LeaseOwnerToLeaseKeyIndex``, or ``None`` if the index does not exist
+        (:meth:`LeaseTable.owner_index_status <shardwise.backends.aws.lease_table.LeaseTable.owner_index_status>`)."""
+        return self._table.owner_index_status()
 
     def create_owner_index(self) -> bool:
-        """Start creating ``LeaseOwnerToLeaseKeyIndex`` (``leaseOwner`` HASH, ``leaseKey`` RANGE, KEYS_ONLY) as
-        KCL does: on-demand when the table is on-demand, else with the table's current read/write capacity.
-
-        Does not wait. False if the index already exists or is being created (``ResourceInUseException``, or
-        a validation error saying it already exists) — several workers may race to create it.
-        """
-        table = self._describe_table()
-        if table is None:
-            raise self._errors.missing("DescribeTable")
-        if any(index.get("IndexName") == OWNER_INDEX_NAME for index in table.get("GlobalSecondaryIndexes", [])):
-            return False
-        create: dict[str, object] = {
-            "IndexName": OWNER_INDEX_NAME,
-            "KeySchema": [
-                {"AttributeName": ATTR_LEASE_OWNER, "KeyType": "HASH"},
-                {"AttributeName": ATTR_LEASE_KEY, "KeyType": "RANGE"},
-            ],
-            "Projection": {"ProjectionType": "KEYS_ONLY"},
-        }
-        billing_mode = table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
-        if billing_mode != "PAY_PER_REQUEST":
-            throughput = table.get("ProvisionedThroughput", {})
-            create["ProvisionedThroughput"] = {
-                "ReadCapacityUnits": throughput.get("ReadCapacityUnits", self._config.read_capacity_units),
-                "WriteCapacityUnits": throughput.get("WriteCapacityUnits", self._config.write_capacity_units),
-            }
-        update = cast("GlobalSecondaryIndexUpdateTypeDef", {"Create": create})
-        try:
-            self._client.update_table(
-                TableName=self.table_name,
-                AttributeDefinitions=[
-                    {"AttributeName": ATTR_LEASE_OWNER, "AttributeType": "S"},
-                    {"AttributeName": ATTR_LEASE_KEY, "AttributeType": "S"},
-                ],
-                GlobalSecondaryIndexUpdates=[update],
-            )
-        except ClientError as exc:
-            if _error_code(exc) == "ResourceInUseException" or "already exists" in _error_message(exc).lower():
-                logger.info("owner index of lease table %r already exists or is being changed", self.table_name)
-                return False
-            raise self._translate_client_error("UpdateTable", exc) from exc
-        except BotoCoreError as exc:
-            raise self._translate_botocore_error("UpdateTable", exc) from exc
-        logger.info("creating %s on lease table %r (%s)", OWNER_INDEX_NAME, self.table_name, billing_mode)
-        return True
+        """Start creating ``LeaseOwnerToLeaseKeyIndex`` as KCL does; False if it exists or is being created
+        (:meth:`LeaseTable.create_owner_index <shardwise.backends.aws.lease_table.LeaseTable.create_owner_index>`)."""
+        return self._table.create_owner_index()
 
     def delete_owner_index(self) -> bool:
         """Start deleting ``LeaseOwnerToLeaseKeyIndex`` if it exists (does not wait). False if it does not
         exist, or the table is busy with another change (``ResourceInUseException``)."""
-        if self.owner_index_status() is None:
-            return False
-        try:
-            self._client.update_table(
-                TableName=self.table_name,
-                GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": OWNER_INDEX_NAME}}],
-            )
-        except ClientError as exc:
-            if _error_code(exc) in ("ResourceInUseException", "ResourceNotFoundException"):
-                logger.info("owner index of lease table %r is gone or being changed", self.table_name)
-                return False
-            raise self._translate_client_error("UpdateTable", exc) from exc
-        except BotoCoreError as exc:
-            raise self._translate_botocore_error("UpdateTable", exc) from exc
-        logger.info("deleting %s on lease table %r", OWNER_INDEX_NAME, self.table_name)
-        return True
+        return self._table.delete_owner_index()
 
     def list_lease_keys_for_owner(self, owner: str) -> list[str]:
         """Keys of the leases whose ``leaseOwner`` is ``owner``, in key order: a paginated, eventually
         consistent ``Query`` on ``LeaseOwnerToLeaseKeyIndex`` (as KCL's lease discoverer does)."""
-        request: QueryInputTypeDef = {
-            "TableName": self.table_name,
-            "IndexName": OWNER_INDEX_NAME,
-            "KeyConditionExpression": "#owner = :owner",
-            "ExpressionAttributeNames": {"#owner": ATTR_LEASE_OWNER},
-            "ExpressionAttributeValues": {":owner": {"S": owner}},
-            "ConsistentRead": False,
-            "ReturnConsumedCapacity": "TOTAL",
-        }
-        keys: list[str] = []
-        while True:
-            with self._translating("Query"):
-                page = self._client.query(**request)
-            self._record_capacity(page.get("ConsumedCapacity"), write=False)
-            keys.extend(key for item in page.get("Items", []) if (key := item.get(ATTR_LEASE_KEY, {}).get("S")))
-            last_key = page.get("LastEvaluatedKey")
-            if not last_key:
-                return keys
-            request["ExclusiveStartKey"] = last_key
+        return self._table.list_lease_keys_for_owner(owner)
 
     # ---------------------------------------------------------------------------------------------- reading
 
@@ -678,13 +254,15 @@ class DynamoDBLeaseStore:
         if lease.lease_key in RESERVED_KEYS:
             raise ValueError(f"{lease.lease_key!r} is a reserved coordinator key and cannot be a lease key")
         item = lease_to_item(lease, entity_type=self._config.write_entity_type)
+        absent = Expression()
+        absent.require_absent(ATTR_LEASE_KEY)
         try:
             with self._translating("PutItem", conditional=True):
                 response = self._client.put_item(
                     TableName=self.table_name,
                     Item=item,
-                    ConditionExpression="attribute_not_exists(#leaseKey)",
-                    ExpressionAttributeNames={"#leaseKey": ATTR_LEASE_KEY},
+                    ConditionExpression=absent.condition_expression,
+                    ExpressionAttributeNames=absent.names,
                     ReturnConsumedCapacity="TOTAL",
                 )
         except ConditionFailed:
@@ -693,7 +271,7 @@ class DynamoDBLeaseStore:
         return lease_from_item(item)
 
     def renew_lease(self, lease: Lease, *, throughput_kbps: float | None = None) -> Lease | None:
-        request = _Request()
+        request = Expression()
         request.require_equal(ATTR_LEASE_COUNTER, number_value(lease.lease_counter))
         if lease.checkpoint_owner is None:
             request.require_absent(ATTR_CHECKPOINT_OWNER)
@@ -703,7 +281,7 @@ class DynamoDBLeaseStore:
         return self._update(lease.lease_key, request)
 
     def take_lease(self, lease: Lease, owner: str) -> Lease | None:
-        request = _Request()
+        request = Expression()
         request.require_equal(ATTR_LEASE_COUNTER, number_value(lease.lease_counter))
         request.set(ATTR_LEASE_COUNTER, number_value(lease.lease_counter + 1))
         request.set(ATTR_LEASE_OWNER, {"S": owner})
@@ -733,7 +311,7 @@ class DynamoDBLeaseStore:
         if lease.lease_owner is None:
             # Nobody to hand off from: the condition "owner == observed owner" cannot name an owner.
             return None
-        request = _Request()
+        request = Expression()
         request.require_exists(ATTR_LEASE_KEY)
         request.require_equal(ATTR_LEASE_OWNER, {"S": lease.lease_owner})
         request.require_absent(ATTR_CHECKPOINT_OWNER)
@@ -742,7 +320,7 @@ class DynamoDBLeaseStore:
         return self._update(lease.lease_key, request)
 
     def update_lease(self, lease: Lease) -> Lease | None:
-        request = _Request()
+        request = Expression()
         request.require_equal(ATTR_LEASE_COUNTER, number_value(lease.lease_counter))
         request.set(ATTR_LEASE_COUNTER, number_value(lease.lease_counter + 1))
         request.set(ATTR_CHECKPOINT, {"S": lease.checkpoint.sequence_number})
@@ -774,7 +352,7 @@ class DynamoDBLeaseStore:
         """Write ``childShardIds`` (an empty collection removes the attribute) and/or the hash range."""
         if child_shard_ids is None and hash_key_range is None:
             raise ValueError("update_lease_meta needs child_shard_ids and/or hash_key_range")
-        request = _Request()
+        request = Expression()
         request.require_exists(ATTR_LEASE_KEY)
         if child_shard_ids is not None:
             children = sorted(set(child_shard_ids))
@@ -800,21 +378,24 @@ class DynamoDBLeaseStore:
         return {ATTR_LEASE_KEY: {"S": lease_key}}
 
     @staticmethod
-    def _owners_unchanged(lease: Lease) -> _Request:
+    def _owners_unchanged(lease: Lease) -> Expression:
         """A request conditioned on the item existing with the observed ``leaseOwner`` and
         ``checkpointOwner`` (each absent where ``lease`` has ``None``)."""
-        request = _Request()
+        request = Expression()
         request.require_exists(ATTR_LEASE_KEY)
-        request.require_string_or_absent(ATTR_LEASE_OWNER, lease.lease_owner)
-        request.require_string_or_absent(ATTR_CHECKPOINT_OWNER, lease.checkpoint_owner)
+        for attribute, observed in (
+            (ATTR_LEASE_OWNER, lease.lease_owner),
+            (ATTR_CHECKPOINT_OWNER, lease.checkpoint_owner),
+        ):
+            request.require_equal_or_absent(attribute, None if observed is None else {"S": observed})
         return request
 
     @staticmethod
-    def _set_hash_key_range(request: _Request, hash_key_range: HashKeyRange) -> None:
+    def _set_hash_key_range(request: Expression, hash_key_range: HashKeyRange) -> None:
         request.set(ATTR_STARTING_HASH_KEY, {"S": str(hash_key_range.start)})
         request.set(ATTR_ENDING_HASH_KEY, {"S": str(hash_key_range.end)})
 
-    def _update(self, lease_key: str, request: _Request) -> Lease | None:
+    def _update(self, lease_key: str, request: Expression) -> Lease | None:
         """Run a conditional UpdateItem; the new lease, or ``None`` if the condition did not hold.
 
         Besides the operation's own condition, the item must be a lease (no ``entityType``, or ``LEASE``),
@@ -822,7 +403,8 @@ class DynamoDBLeaseStore:
         """
         if lease_key in RESERVED_KEYS:
             return None
-        request.require_lease_entity()
+        entity = request.name(ATTR_ENTITY_TYPE)
+        request.require(f"attribute_not_exists({entity}) OR {entity} = {request.value({'S': ENTITY_TYPE_LEASE})}")
         params: UpdateItemInputTypeDef = {
             "TableName": self.table_name,
             "Key": self._key(lease_key),
@@ -848,9 +430,3 @@ class DynamoDBLeaseStore:
     def _translating(self, operation: str, *, conditional: bool = False) -> contextlib.AbstractContextManager[None]:
         """Translate botocore errors raised inside into :mod:`shardwise.errors` (or ``ConditionFailed``)."""
         return self._errors.translating(operation, conditional=conditional)
-
-    def _translate_client_error(self, operation: str, exc: ClientError) -> Exception:
-        return self._errors.client_error(operation, exc)
-
-    def _translate_botocore_error(self, operation: str, exc: BotoCoreError) -> Exception:
-        return self._errors.botocore_error(operation, exc)

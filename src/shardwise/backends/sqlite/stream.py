@@ -24,13 +24,11 @@ Behaviour that mirrors Kinesis
   retention disappears (``ListShards`` no longer lists it; its id is not found any more).
 * Shard iterators expire ``iterator_ttl_s`` (300 s, as Kinesis) after they were issued.
 
-Storage (tables are prefixed ``shardwise_stream`` so that the file can be shared with the SQLite lease
-store): ``shardwise_stream_meta`` (the schema version), ``shardwise_streams`` (one row per stream: retention,
-next sequence counter, next shard index), ``shardwise_stream_shards`` (hash range as decimal text, starting
-and ending counters, parents, open/close times) and ``shardwise_stream_records`` (``stream_id, shard_index,
-counter, arrival_ms, partition_key, explicit_hash_key, data``, indexed by ``(stream_id, shard_index,
-counter)`` for reads and ``(stream_id, arrival_ms)`` for trimming). Arrival times are kept non-decreasing per
-stream so that sequence order and arrival order agree.
+Where the parts live: this module holds the store (streams, puts, retention) and :class:`LocalStream`;
+:mod:`~shardwise.backends.sqlite.stream_tables` the tables (prefixed ``shardwise_stream``, so that the file
+can be shared with the SQLite lease store) and their rows; :mod:`~shardwise.backends.sqlite.stream_reads` the
+reads and shard iterators; :mod:`~shardwise.backends.sqlite.resharding` splits and merges. Arrival times are
+kept non-decreasing per stream so that sequence order and arrival order agree.
 
 Errors: unknown stream or shard → :class:`~shardwise.errors.ResourceNotFoundError`; stream exists / shard not
 open → :class:`~shardwise.errors.InvalidStateError`; invalid requests (bad partition key, data too large, bad
@@ -42,42 +40,34 @@ including ``database is locked`` after the busy timeout → :class:`~shardwise.e
 
 from __future__ import annotations
 
-import base64
-import binascii
 import bisect
-import contextlib
-import json
 import logging
 import os
 import re
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from shardwise.backends.sqlite.connection import SQLiteDatabase, translate_errors
-from shardwise.checkpoint.sequence import parse_sequence_number
-from shardwise.errors import (
-    ConfigurationError,
-    ExpiredIteratorError,
-    InvalidArgumentError,
-    InvalidStateError,
-    ResourceNotFoundError,
+from shardwise.backends.sqlite import resharding, stream_reads
+from shardwise.backends.sqlite.connection import SQLiteDatabase
+from shardwise.backends.sqlite.stream_reads import DEFAULT_ITERATOR_TTL_S, MAX_GET_RECORDS_LIMIT
+from shardwise.backends.sqlite.stream_tables import (
+    SCHEMA_VERSION,
+    SEQ_BASE,
+    StreamTables,
+    new_shard,
+    sequence_number,
+    shard_id_for_index,
+    utc,
 )
+from shardwise.errors import ConfigurationError, InvalidArgumentError, InvalidStateError, ResourceNotFoundError
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange, hash_key_for, parse_hash_key
-from shardwise.retrieval.model import (
-    ChildShard,
-    GetRecordsResult,
-    IteratorType,
-    Record,
-    Shard,
-    ShardFilter,
-    ShardFilterType,
-    StartingPosition,
-)
+from shardwise.retrieval.model import GetRecordsResult, Shard, ShardFilter, StartingPosition
 
+# SEQ_BASE, SCHEMA_VERSION, shard_id_for_index (stream_tables), DEFAULT_ITERATOR_TTL_S and MAX_GET_RECORDS_LIMIT
+# (stream_reads) are re-exported: the CLI, the demo and callers import them from here.
 __all__ = [
     "DEFAULT_ITERATOR_TTL_S",
     "MAX_GET_RECORDS_LIMIT",
@@ -97,95 +87,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Sequence numbers are ``SEQ_BASE + counter``: 56 decimal digits, like the ones Kinesis issues.
-SEQ_BASE = 49 * 10**54
-#: Version of the tables below; a file written with another version is refused.
-SCHEMA_VERSION = 1
 #: Kinesis' limits on one record.
 MAX_PARTITION_KEY_LENGTH = 256
 MAX_RECORD_DATA_BYTES = 1024 * 1024
-#: Kinesis' ``Limit`` range for GetRecords.
-MAX_GET_RECORDS_LIMIT = 10_000
-#: Kinesis shard iterators are valid for 5 minutes.
-DEFAULT_ITERATOR_TTL_S = 300.0
 #: Opportunistic trimming runs at most this often per stream (during puts).
 TRIM_INTERVAL_MS = 60_000
 MAX_SHARD_COUNT = 10_000
 MAX_RETENTION_HOURS = 8_760
 
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
-_SHARD_ID = re.compile(r"shardId-(\d{12})")
-_ITERATOR_VERSION = 1
 
 #: One ``put_records`` entry: ``(data, partition_key)`` or ``(data, partition_key, explicit_hash_key)``.
 PutEntry = tuple[bytes, str] | tuple[bytes, str, str | None]
 
-_SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS shardwise_stream_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS shardwise_streams (
-        stream_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        retention_hours INTEGER NOT NULL,
-        created_ms INTEGER NOT NULL,
-        next_counter INTEGER NOT NULL,
-        next_shard_index INTEGER NOT NULL,
-        last_arrival_ms INTEGER NOT NULL,
-        last_trim_ms INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS shardwise_stream_shards (
-        stream_id INTEGER NOT NULL,
-        shard_index INTEGER NOT NULL,
-        starting_hash_key TEXT NOT NULL,
-        ending_hash_key TEXT NOT NULL,
-        starting_counter INTEGER NOT NULL,
-        ending_counter INTEGER,
-        parent_index INTEGER,
-        adjacent_parent_index INTEGER,
-        created_ms INTEGER NOT NULL,
-        closed_ms INTEGER,
-        PRIMARY KEY (stream_id, shard_index)
-    )""",
-    """CREATE TABLE IF NOT EXISTS shardwise_stream_records (
-        stream_id INTEGER NOT NULL,
-        shard_index INTEGER NOT NULL,
-        counter INTEGER NOT NULL,
-        arrival_ms INTEGER NOT NULL,
-        partition_key TEXT NOT NULL,
-        explicit_hash_key TEXT,
-        data BLOB NOT NULL
-    )""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS shardwise_stream_records_by_position "
-    "ON shardwise_stream_records (stream_id, shard_index, counter)",
-    "CREATE INDEX IF NOT EXISTS shardwise_stream_records_by_arrival "
-    "ON shardwise_stream_records (stream_id, arrival_ms)",
-)
-
-_SHARD_COLUMNS = (
-    "shard_index, starting_hash_key, ending_hash_key, starting_counter, ending_counter, parent_index, "
-    "adjacent_parent_index, created_ms, closed_ms"
-)
-_READ_RECORDS = (
-    "SELECT counter, arrival_ms, partition_key, explicit_hash_key, data "
-    "FROM shardwise_stream_records INDEXED BY shardwise_stream_records_by_position "
-    "WHERE stream_id = ? AND shard_index = ? AND counter >= ? AND arrival_ms >= ? "
-    "ORDER BY counter LIMIT ?"
-)
-_NEWEST_RECORD = (
-    "SELECT counter, arrival_ms FROM shardwise_stream_records "
-    "INDEXED BY shardwise_stream_records_by_position "
-    "WHERE stream_id = ? AND shard_index = ? ORDER BY counter DESC LIMIT 1"
-)
-
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def shard_id_for_index(index: int) -> str:
-    """The Kinesis-style id of the shard with this index: ``shardId-`` and 12 digits."""
-    return f"shardId-{index:012d}"
 
 
 def even_hash_key_ranges(shard_count: int) -> list[HashKeyRange]:
@@ -203,32 +119,6 @@ def check_stream_name(name: str) -> None:
     """Raise :class:`InvalidArgumentError` unless ``name`` is a valid Kinesis stream name."""
     if not _STREAM_NAME.fullmatch(name):
         raise InvalidArgumentError(f"invalid stream name {name!r}: use 1 to 128 letters, digits, '_', '.' or '-'")
-
-
-def _sequence_number(counter: int) -> str:
-    return str(SEQ_BASE + counter)
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-def _ms(timestamp: datetime) -> int:
-    return int(timestamp.timestamp() * 1000)
-
-
-def _not_found_stream(name: str, path: object) -> ResourceNotFoundError:
-    return ResourceNotFoundError(
-        f"stream {name!r} does not exist in {path}; create it with LocalStreamStore.create_stream "
-        f"or `shardwise stream create {name} --shards N --db {path}`"
-    )
-
-
-def _not_found_shard(stream: str, shard_id: str) -> ResourceNotFoundError:
-    return ResourceNotFoundError(
-        f"shard {shard_id!r} does not exist in stream {stream!r} (or it was closed longer ago than the "
-        "retention period); list the shards with list_shards or `shardwise stream describe`"
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,94 +144,6 @@ class StreamDescription:
     @property
     def record_count(self) -> int:
         return sum(self.record_counts.values())
-
-
-@dataclass(frozen=True, slots=True)
-class _StreamRow:
-    stream_id: int
-    name: str
-    retention_hours: int
-    created_ms: int
-    next_counter: int
-    next_shard_index: int
-    last_arrival_ms: int
-    last_trim_ms: int
-
-    @property
-    def retention_ms(self) -> int:
-        return self.retention_hours * 3_600_000
-
-
-@dataclass(frozen=True, slots=True)
-class _ShardRow:
-    index: int
-    start: int
-    end: int
-    starting_counter: int
-    ending_counter: int | None
-    parent_index: int | None
-    adjacent_parent_index: int | None
-    created_ms: int
-    closed_ms: int | None
-
-    @property
-    def shard_id(self) -> str:
-        return shard_id_for_index(self.index)
-
-    @property
-    def is_open(self) -> bool:
-        return self.ending_counter is None
-
-    @property
-    def parent_ids(self) -> tuple[str, ...]:
-        return tuple(shard_id_for_index(p) for p in (self.parent_index, self.adjacent_parent_index) if p is not None)
-
-    @property
-    def hash_key_range(self) -> HashKeyRange:
-        return HashKeyRange(self.start, self.end)
-
-    def to_shard(self) -> Shard:
-        return Shard(
-            shard_id=self.shard_id,
-            hash_key_range=self.hash_key_range,
-            starting_sequence_number=_sequence_number(self.starting_counter),
-            ending_sequence_number=None if self.ending_counter is None else _sequence_number(self.ending_counter),
-            parent_shard_id=None if self.parent_index is None else shard_id_for_index(self.parent_index),
-            adjacent_parent_shard_id=None
-            if self.adjacent_parent_index is None
-            else shard_id_for_index(self.adjacent_parent_index),
-        )
-
-    def retained(self, horizon_ms: int) -> bool:
-        return self.closed_ms is None or self.closed_ms >= horizon_ms
-
-
-def _shard_row(row: Sequence[Any]) -> _ShardRow:
-    return _ShardRow(
-        index=int(row[0]),
-        start=int(row[1]),
-        end=int(row[2]),
-        starting_counter=int(row[3]),
-        ending_counter=None if row[4] is None else int(row[4]),
-        parent_index=None if row[5] is None else int(row[5]),
-        adjacent_parent_index=None if row[6] is None else int(row[6]),
-        created_ms=int(row[7]),
-        closed_ms=None if row[8] is None else int(row[8]),
-    )
-
-
-def _new_shard(
-    index: int,
-    hash_range: HashKeyRange,
-    starting_counter: int,
-    created_ms: int,
-    *,
-    parent: int | None = None,
-    adjacent: int | None = None,
-) -> _ShardRow:
-    return _ShardRow(
-        index, hash_range.start, hash_range.end, starting_counter, None, parent, adjacent, created_ms, None
-    )
 
 
 def _validate_entry(position: int, entry: Sequence[object]) -> tuple[bytes, str, str | None, int]:
@@ -382,57 +184,6 @@ def _validate_entry(position: int, entry: Sequence[object]) -> tuple[bytes, str,
     return data, partition_key, explicit, hash_key
 
 
-# -- iterators ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Iterator:
-    stream: str
-    stream_id: int
-    shard_index: int
-    position: int  # the counter of the next record to return (records with counter >= position)
-    issued_ms: int
-
-    def encode(self) -> str:
-        body = json.dumps(
-            {
-                "v": _ITERATOR_VERSION,
-                "s": self.stream,
-                "i": self.stream_id,
-                "k": self.shard_index,
-                "p": self.position,
-                "t": self.issued_ms,
-            },
-            separators=(",", ":"),
-        )
-        return base64.urlsafe_b64encode(body.encode("utf-8")).decode("ascii")
-
-    @classmethod
-    def decode(cls, text: object) -> _Iterator:
-        invalid = InvalidArgumentError(
-            f"invalid shard iterator {str(text)[:80]!r}: not an iterator issued by a local stream; "
-            "get a new one with get_shard_iterator"
-        )
-        if not isinstance(text, str) or not text:
-            raise invalid
-        try:
-            body = json.loads(base64.urlsafe_b64decode(text.encode("ascii")).decode("utf-8"))
-        except (ValueError, binascii.Error, UnicodeError) as exc:
-            raise invalid from exc
-        if not isinstance(body, dict) or body.get("v") != _ITERATOR_VERSION:
-            raise invalid
-        stream = body.get("s")
-        numbers: list[int] = []
-        for key in ("i", "k", "p", "t"):
-            value = body.get(key)
-            if type(value) is not int or value < 0:
-                raise invalid
-            numbers.append(value)
-        if not isinstance(stream, str):
-            raise invalid
-        return cls(stream, numbers[0], numbers[1], numbers[2], numbers[3])
-
-
 # -- the store -----------------------------------------------------------------------------------------
 
 
@@ -460,9 +211,10 @@ class LocalStreamStore:
         self._db = database if database is not None else SQLiteDatabase(path, busy_timeout_s=busy_timeout_s)
         self._busy_timeout_s = self._db.busy_timeout_s
         self._clock = clock
+        self._tables = StreamTables(self._db, clock)
         self.iterator_ttl_s = iterator_ttl_s
         try:
-            self._ensure_schema()
+            self._tables.ensure_schema()
         except BaseException:
             self.close()
             raise
@@ -490,112 +242,6 @@ class LocalStreamStore:
     def __repr__(self) -> str:
         return f"LocalStreamStore({self.path!r})"
 
-    # -- plumbing ----------------------------------------------------------------------------------------
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
-
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every statement inside sees the same snapshot of the file."""
-        conn = self._db.connection()
-        with translate_errors(self._db.path):
-            conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-
-    def _ensure_schema(self) -> None:
-        conn = self._db.connection()
-        with translate_errors(self._db.path):
-            if self._schema_ok(conn):
-                return
-        with self._db.transaction() as conn:
-            if self._schema_ok(conn):
-                return
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO shardwise_stream_meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-        logger.info("created local stream tables (schema version %d) in %s", SCHEMA_VERSION, self.path)
-
-    def _schema_ok(self, conn: sqlite3.Connection) -> bool:
-        """True if the tables exist at this version; False if they must be created; raises otherwise."""
-        tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "shardwise_stream_meta" in tables:
-            row = conn.execute("SELECT value FROM shardwise_stream_meta WHERE key = 'schema_version'").fetchone()
-            if row is None or str(row[0]) != str(SCHEMA_VERSION):
-                found = "no version" if row is None else f"version {row[0]}"
-                raise ConfigurationError(
-                    f"{self.path} holds local streams of an incompatible shardwise version (stream schema "
-                    f"{found}, this version uses {SCHEMA_VERSION}); use the shardwise version that wrote it "
-                    "or point --db at a new file"
-                )
-            return True
-        user_tables = sorted(t for t in tables if not t.startswith("sqlite_"))
-        if user_tables and not any(t.startswith("shardwise_") for t in user_tables):
-            shown = ", ".join(user_tables[:5]) + (", ..." if len(user_tables) > 5 else "")
-            raise ConfigurationError(
-                f"{self.path} is not a shardwise database (it holds other tables: {shown}); "
-                "point --db at a shardwise database or a new file"
-            )
-        return False
-
-    def _stream_row(self, conn: sqlite3.Connection, name: str) -> _StreamRow:
-        row = conn.execute(
-            "SELECT stream_id, name, retention_hours, created_ms, next_counter, next_shard_index, "
-            "last_arrival_ms, last_trim_ms FROM shardwise_streams WHERE name = ?",
-            (name,),
-        ).fetchone()
-        if row is None:
-            raise _not_found_stream(name, self.path)
-        return _StreamRow(
-            stream_id=int(row[0]),
-            name=str(row[1]),
-            retention_hours=int(row[2]),
-            created_ms=int(row[3]),
-            next_counter=int(row[4]),
-            next_shard_index=int(row[5]),
-            last_arrival_ms=int(row[6]),
-            last_trim_ms=int(row[7]),
-        )
-
-    def _shard_rows(self, conn: sqlite3.Connection, stream_id: int, where: str = "", *params: Any) -> list[_ShardRow]:
-        rows = conn.execute(
-            f"SELECT {_SHARD_COLUMNS} FROM shardwise_stream_shards WHERE stream_id = ? {where} ORDER BY shard_index",
-            (stream_id, *params),
-        ).fetchall()
-        return [_shard_row(r) for r in rows]
-
-    def _retained_shard(self, conn: sqlite3.Connection, st: _StreamRow, shard_id: str, now_ms: int) -> _ShardRow:
-        match = _SHARD_ID.fullmatch(shard_id)
-        shards = self._shard_rows(conn, st.stream_id, "AND shard_index = ?", int(match.group(1))) if match else []
-        if not shards or not shards[0].retained(now_ms - st.retention_ms):
-            raise _not_found_shard(st.name, str(shard_id))
-        return shards[0]
-
-    @staticmethod
-    def _insert_shard(conn: sqlite3.Connection, stream_id: int, shard: _ShardRow) -> None:
-        conn.execute(
-            "INSERT INTO shardwise_stream_shards (stream_id, shard_index, starting_hash_key, "
-            "ending_hash_key, starting_counter, parent_index, adjacent_parent_index, created_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                stream_id,
-                shard.index,
-                str(shard.start),
-                str(shard.end),
-                shard.starting_counter,
-                shard.parent_index,
-                shard.adjacent_parent_index,
-                shard.created_ms,
-            ),
-        )
-
     # -- admin ---------------------------------------------------------------------------------------------
 
     def create_stream(self, name: str, shard_count: int, *, retention_hours: int = 24) -> None:
@@ -615,12 +261,12 @@ class LocalStreamStore:
                 f"invalid retention {retention_hours!r} hours for stream {name!r}: use 1 to "
                 f"{MAX_RETENTION_HOURS} hours (Kinesis: 24 to 8760)"
             )
-        with self._db.transaction() as conn:
+        with self._tables.transaction() as conn:
             if conn.execute("SELECT 1 FROM shardwise_streams WHERE name = ?", (name,)).fetchone():
                 raise InvalidStateError(
                     f"stream {name!r} already exists in {self.path}; delete it first or choose another name"
                 )
-            now_ms = self._now_ms()
+            now_ms = self._tables.now_ms()
             cur = conn.execute(
                 "INSERT INTO shardwise_streams (name, retention_hours, created_ms, next_counter, "
                 "next_shard_index, last_arrival_ms, last_trim_ms) VALUES (?, ?, ?, 1, ?, ?, ?)",
@@ -629,13 +275,13 @@ class LocalStreamStore:
             stream_id = cur.lastrowid
             assert stream_id is not None
             for index, hash_range in enumerate(even_hash_key_ranges(shard_count)):
-                self._insert_shard(conn, stream_id, _new_shard(index, hash_range, 1, now_ms))
+                self._tables.insert_shard(conn, stream_id, new_shard(index, hash_range, 1, now_ms))
         logger.info("created stream %s with %d shards in %s", name, shard_count, self.path)
 
     def delete_stream(self, name: str) -> None:
         """Delete a stream, its shards and its records. Iterators into it stop working."""
-        with self._db.transaction() as conn:
-            st = self._stream_row(conn, name)
+        with self._tables.transaction() as conn:
+            st = self._tables.stream_row(conn, name)
             conn.execute("DELETE FROM shardwise_stream_records WHERE stream_id = ?", (st.stream_id,))
             conn.execute("DELETE FROM shardwise_stream_shards WHERE stream_id = ?", (st.stream_id,))
             conn.execute("DELETE FROM shardwise_streams WHERE stream_id = ?", (st.stream_id,))
@@ -643,16 +289,16 @@ class LocalStreamStore:
 
     def list_streams(self) -> list[str]:
         """Names of the streams, sorted."""
-        with self._snapshot() as conn:
+        with self._tables.snapshot() as conn:
             return [str(r[0]) for r in conn.execute("SELECT name FROM shardwise_streams ORDER BY name")]
 
     def describe_stream(self, name: str) -> StreamDescription:
         """A summary of the stream: retained shards and the number of retained records in each."""
-        now_ms = self._now_ms()
-        with self._snapshot() as conn:
-            st = self._stream_row(conn, name)
+        now_ms = self._tables.now_ms()
+        with self._tables.snapshot() as conn:
+            st = self._tables.stream_row(conn, name)
             horizon = now_ms - st.retention_ms
-            shards = [s for s in self._shard_rows(conn, st.stream_id) if s.retained(horizon)]
+            shards = [s for s in self._tables.shard_rows(conn, st.stream_id) if s.retained(horizon)]
             counts = dict(
                 conn.execute(
                     "SELECT shard_index, count(*) FROM shardwise_stream_records "
@@ -663,7 +309,7 @@ class LocalStreamStore:
         return StreamDescription(
             name=st.name,
             retention_hours=st.retention_hours,
-            created=_utc(st.created_ms),
+            created=utc(st.created_ms),
             shards=tuple(s.to_shard() for s in shards),
             open_shard_count=sum(1 for s in shards if s.is_open),
             record_counts={s.shard_id: int(counts.get(s.index, 0)) for s in shards},
@@ -690,13 +336,14 @@ class LocalStreamStore:
         prepared = [_validate_entry(i, entry) for i, entry in enumerate(entries)]
         if not prepared:
             return []
-        with self._db.transaction() as conn:
-            st = self._stream_row(conn, stream)
+        with self._tables.transaction() as conn:
+            st = self._tables.stream_row(conn, stream)
             open_shards = sorted(
-                (s.start, s.end, s.index) for s in self._shard_rows(conn, st.stream_id, "AND ending_counter IS NULL")
+                (s.start, s.end, s.index)
+                for s in self._tables.shard_rows(conn, st.stream_id, "AND ending_counter IS NULL")
             )
             starts = [s[0] for s in open_shards]
-            now_ms = max(self._now_ms(), st.last_arrival_ms)
+            now_ms = max(self._tables.now_ms(), st.last_arrival_ms)
             counter = st.next_counter
             rows: list[tuple[int, int, int, int, str, str | None, bytes]] = []
             results: list[PutResult] = []
@@ -709,7 +356,7 @@ class LocalStreamStore:
                     )
                 index = open_shards[pos][2]
                 rows.append((st.stream_id, index, counter, now_ms, partition_key, explicit, data))
-                results.append(PutResult(shard_id_for_index(index), _sequence_number(counter)))
+                results.append(PutResult(shard_id_for_index(index), sequence_number(counter)))
                 counter += 1
             conn.executemany(
                 "INSERT INTO shardwise_stream_records (stream_id, shard_index, counter, arrival_ms, "
@@ -732,72 +379,13 @@ class LocalStreamStore:
 
     # -- resharding ----------------------------------------------------------------------------------------
 
-    def _close_for_reshard(
-        self, conn: sqlite3.Connection, st: _StreamRow, parents: Sequence[_ShardRow], now_ms: int
-    ) -> tuple[int, int]:
-        """Close ``parents`` with a freshly reserved ending counter; return (children's starting counter,
-        first free shard index)."""
-        ending = st.next_counter
-        for parent in parents:
-            conn.execute(
-                "UPDATE shardwise_stream_shards SET ending_counter = ?, closed_ms = ? "
-                "WHERE stream_id = ? AND shard_index = ?",
-                (ending, now_ms, st.stream_id, parent.index),
-            )
-        return ending + 1, st.next_shard_index
-
-    def _open_shard_for_reshard(
-        self, conn: sqlite3.Connection, st: _StreamRow, shard_id: str, now_ms: int, action: str
-    ) -> _ShardRow:
-        shard = self._retained_shard(conn, st, shard_id, now_ms)
-        if not shard.is_open:
-            raise InvalidStateError(
-                f"cannot {action} shard {shard_id} of stream {st.name!r}: it is closed (it was already split "
-                "or merged); use one of the open shards (list_shards with AT_LATEST)"
-            )
-        return shard
-
     def split_shard(self, stream: str, shard_id: str, new_starting_hash_key: int) -> tuple[Shard, Shard]:
         """Split an open shard at ``new_starting_hash_key`` (Kinesis ``SplitShard``); return the children.
 
         The key must lie strictly inside the parent's range (``start < key <= end``). Child 1 covers
         ``[start, key - 1]``, child 2 ``[key, end]``; both name the parent as ``parent_shard_id``.
         """
-        if type(new_starting_hash_key) is not int:
-            raise InvalidArgumentError(
-                f"new starting hash key must be an integer, got {type(new_starting_hash_key).__name__}"
-            )
-        with self._db.transaction() as conn:
-            st = self._stream_row(conn, stream)
-            now_ms = max(self._now_ms(), st.last_arrival_ms)
-            parent = self._open_shard_for_reshard(conn, st, shard_id, now_ms, "split")
-            if parent.start == parent.end:
-                raise InvalidArgumentError(
-                    f"cannot split {shard_id} of stream {stream!r}: its range holds a single hash key"
-                )
-            if not parent.start < new_starting_hash_key <= parent.end:
-                midpoint = parent.start + (parent.end - parent.start + 1) // 2
-                raise InvalidArgumentError(
-                    f"cannot split {shard_id} of stream {stream!r} at hash key {new_starting_hash_key}: the "
-                    f"new starting hash key must be greater than {parent.start} and at most {parent.end} "
-                    f"(the shard's range), e.g. the midpoint {midpoint}"
-                )
-            start_counter, index = self._close_for_reshard(conn, st, [parent], now_ms)
-            ranges = (
-                HashKeyRange(parent.start, new_starting_hash_key - 1),
-                HashKeyRange(new_starting_hash_key, parent.end),
-            )
-            for i, hash_range in enumerate(ranges):
-                child = _new_shard(index + i, hash_range, start_counter, now_ms, parent=parent.index)
-                self._insert_shard(conn, st.stream_id, child)
-            conn.execute(
-                "UPDATE shardwise_streams SET next_counter = ?, next_shard_index = ?, last_arrival_ms = ? "
-                "WHERE stream_id = ?",
-                (start_counter, index + 2, now_ms, st.stream_id),
-            )
-        logger.info("split shard %s of stream %s at %d", shard_id, stream, new_starting_hash_key)
-        first_child = _new_shard(index, ranges[0], start_counter, now_ms, parent=parent.index)
-        return first_child.to_shard(), child.to_shard()
+        return resharding.split_shard(self._tables, stream, shard_id, new_starting_hash_key)
 
     def merge_shards(self, stream: str, shard_id: str, adjacent_shard_id: str) -> Shard:
         """Merge two open shards with adjacent ranges (either order) into one (Kinesis ``MergeShards``).
@@ -805,30 +393,7 @@ class LocalStreamStore:
         The child covers the union of the ranges, with ``parent_shard_id = shard_id`` and
         ``adjacent_parent_shard_id = adjacent_shard_id``.
         """
-        if shard_id == adjacent_shard_id:
-            raise InvalidArgumentError(f"cannot merge shard {shard_id} with itself; name two adjacent shards")
-        with self._db.transaction() as conn:
-            st = self._stream_row(conn, stream)
-            now_ms = max(self._now_ms(), st.last_arrival_ms)
-            first = self._open_shard_for_reshard(conn, st, shard_id, now_ms, "merge")
-            second = self._open_shard_for_reshard(conn, st, adjacent_shard_id, now_ms, "merge")
-            if not first.hash_key_range.is_adjacent_to(second.hash_key_range):
-                raise InvalidArgumentError(
-                    f"cannot merge {shard_id} [{first.start}, {first.end}] and {adjacent_shard_id} "
-                    f"[{second.start}, {second.end}] of stream {stream!r}: their hash key ranges are not "
-                    "adjacent; merge two open shards whose ranges touch"
-                )
-            start_counter, index = self._close_for_reshard(conn, st, [first, second], now_ms)
-            union = HashKeyRange(min(first.start, second.start), max(first.end, second.end))
-            child = _new_shard(index, union, start_counter, now_ms, parent=first.index, adjacent=second.index)
-            self._insert_shard(conn, st.stream_id, child)
-            conn.execute(
-                "UPDATE shardwise_streams SET next_counter = ?, next_shard_index = ?, last_arrival_ms = ? "
-                "WHERE stream_id = ?",
-                (start_counter, index + 1, now_ms, st.stream_id),
-            )
-        logger.info("merged shards %s and %s of stream %s", shard_id, adjacent_shard_id, stream)
-        return child.to_shard()
+        return resharding.merge_shards(self._tables, stream, shard_id, adjacent_shard_id)
 
     # -- retention -----------------------------------------------------------------------------------------
 
@@ -838,14 +403,14 @@ class LocalStreamStore:
         names = [stream] if stream is not None else self.list_streams()
         deleted = 0
         for name in names:
-            with self._db.transaction() as conn:
+            with self._tables.transaction() as conn:
                 try:
-                    st = self._stream_row(conn, name)
+                    st = self._tables.stream_row(conn, name)
                 except ResourceNotFoundError:
                     if stream is not None:
                         raise
                     continue  # deleted meanwhile
-                now_ms = self._now_ms()
+                now_ms = self._tables.now_ms()
                 horizon = now_ms - st.retention_ms
                 cur = conn.execute(
                     "DELETE FROM shardwise_stream_records WHERE stream_id = ? AND arrival_ms < ?",
@@ -868,160 +433,13 @@ class LocalStreamStore:
     # -- reads (used by LocalStream) -----------------------------------------------------------------------
 
     def _list_shards(self, stream: str, shard_filter: ShardFilter | None) -> list[Shard]:
-        now_ms = self._now_ms()
-        with self._snapshot() as conn:
-            st = self._stream_row(conn, stream)
-            rows = self._shard_rows(conn, st.stream_id)
-        horizon = now_ms - st.retention_ms
-        retained = [s for s in rows if s.retained(horizon)]
-        kind = None if shard_filter is None else shard_filter.type
-        if kind is None or kind is ShardFilterType.FROM_TRIM_HORIZON:
-            chosen = retained
-        elif kind is ShardFilterType.AT_LATEST:
-            chosen = [s for s in retained if s.is_open]
-        elif kind is ShardFilterType.AT_TRIM_HORIZON:
-            present = {s.index for s in retained}
-            chosen = [s for s in retained if not any(p in present for p in (s.parent_index, s.adjacent_parent_index))]
-        elif kind is ShardFilterType.AFTER_SHARD_ID:
-            assert shard_filter is not None
-            assert shard_filter.shard_id is not None
-            after = shard_filter.shard_id
-            chosen = [s for s in retained if s.shard_id > after]
-        else:
-            assert shard_filter is not None
-            assert shard_filter.timestamp is not None
-            ts = max(_ms(shard_filter.timestamp), horizon, st.created_ms)
-            if kind is ShardFilterType.AT_TIMESTAMP:
-                chosen = [s for s in retained if s.created_ms <= ts and (s.closed_ms is None or s.closed_ms >= ts)]
-            else:  # FROM_TIMESTAMP
-                chosen = [s for s in retained if s.closed_ms is None or s.closed_ms >= ts]
-        return [s.to_shard() for s in chosen]
+        return stream_reads.list_shards(self._tables, stream, shard_filter)
 
     def _get_shard_iterator(self, stream: str, shard_id: str, position: StartingPosition) -> str:
-        now_ms = self._now_ms()
-        with self._snapshot() as conn:
-            st = self._stream_row(conn, stream)
-            shard = self._retained_shard(conn, st, shard_id, now_ms)
-            kind = position.type
-            if kind is IteratorType.TRIM_HORIZON:
-                pos = shard.starting_counter
-            elif kind is IteratorType.LATEST:
-                pos = st.next_counter
-            elif kind is IteratorType.AT_TIMESTAMP:
-                assert position.timestamp is not None
-                ts = max(_ms(position.timestamp), now_ms - st.retention_ms)
-                pos = self._first_counter_at(conn, st, shard.index, ts)
-            else:
-                assert position.sequence_number is not None
-                counter = self._counter_in_shard(st, shard, position.sequence_number)
-                pos = counter if kind is IteratorType.AT_SEQUENCE_NUMBER else counter + 1
-        return _Iterator(stream, st.stream_id, shard.index, pos, now_ms).encode()
-
-    @staticmethod
-    def _first_counter_at(conn: sqlite3.Connection, st: _StreamRow, shard_index: int, ts_ms: int) -> int:
-        """The counter of the shard's first record that arrived at or after ``ts_ms`` (else the next counter).
-
-        Arrival times never decrease along a stream's counters, so that record is the one with the smallest
-        counter among the shard's records of the first arrival time at or after ``ts_ms``; both look-ups walk
-        the arrival index from ``ts_ms`` and stop early.
-        """
-        row = conn.execute(
-            "SELECT arrival_ms FROM shardwise_stream_records INDEXED BY shardwise_stream_records_by_arrival "
-            "WHERE stream_id = ? AND arrival_ms >= ? AND shard_index = ? ORDER BY arrival_ms LIMIT 1",
-            (st.stream_id, ts_ms, shard_index),
-        ).fetchone()
-        if row is None:
-            return st.next_counter
-        found = conn.execute(
-            "SELECT min(counter) FROM shardwise_stream_records "
-            "INDEXED BY shardwise_stream_records_by_arrival "
-            "WHERE stream_id = ? AND arrival_ms = ? AND shard_index = ?",
-            (st.stream_id, int(row[0]), shard_index),
-        ).fetchone()
-        return int(found[0])
-
-    @staticmethod
-    def _counter_in_shard(st: _StreamRow, shard: _ShardRow, sequence_number: str) -> int:
-        try:
-            value = parse_sequence_number(sequence_number)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"invalid starting sequence number: {exc}") from exc
-        counter = value - SEQ_BASE
-        if shard.ending_counter is not None:
-            last = shard.ending_counter
-        else:  # open: up to the last number issued so far (the starting number is always accepted)
-            last = max(st.next_counter - 1, shard.starting_counter)
-        if not shard.starting_counter <= counter <= last:
-            raise InvalidArgumentError(
-                f"invalid starting sequence number {sequence_number} for shard {shard.shard_id} of stream "
-                f"{st.name!r}: it does not belong to that shard, whose sequence numbers (so far) run from "
-                f"{_sequence_number(shard.starting_counter)} to {_sequence_number(last)}"
-            )
-        return counter
+        return stream_reads.get_shard_iterator(self._tables, stream, shard_id, position)
 
     def _get_records(self, stream: str, shard_iterator: str, limit: int) -> GetRecordsResult:
-        if type(limit) is not int or not 1 <= limit <= MAX_GET_RECORDS_LIMIT:
-            raise InvalidArgumentError(f"limit must be 1 to {MAX_GET_RECORDS_LIMIT}, got {limit!r}")
-        it = _Iterator.decode(shard_iterator)
-        if it.stream != stream:
-            raise InvalidArgumentError(
-                f"shard iterator belongs to stream {it.stream!r}, not {stream!r}; use that stream's get_records"
-            )
-        now_ms = self._now_ms()
-        ttl_ms = int(self.iterator_ttl_s * 1000)
-        if now_ms - it.issued_ms > ttl_ms:
-            raise ExpiredIteratorError(
-                f"shard iterator for {shard_id_for_index(it.shard_index)} of stream {stream!r} expired "
-                f"{(now_ms - it.issued_ms - ttl_ms) / 1000:.1f} s ago "
-                f"(iterators live {self.iterator_ttl_s:g} s); "
-                "get a new one with AFTER_SEQUENCE_NUMBER of the last record read"
-            )
-        with self._snapshot() as conn:
-            st = self._stream_row(conn, stream)
-            if st.stream_id != it.stream_id:
-                raise ResourceNotFoundError(
-                    f"stream {stream!r} was deleted (and re-created) since this shard iterator was issued; "
-                    "get a new iterator"
-                )
-            shard = self._retained_shard(conn, st, shard_id_for_index(it.shard_index), now_ms)
-            horizon = now_ms - st.retention_ms
-            rows = conn.execute(_READ_RECORDS, (st.stream_id, shard.index, it.position, horizon, limit)).fetchall()
-            exhausted = len(rows) < limit
-            newest: tuple[int, int] | None = None
-            if not exhausted:
-                found = conn.execute(_NEWEST_RECORD, (st.stream_id, shard.index)).fetchone()
-                newest = (int(found[0]), int(found[1]))
-                exhausted = newest[0] <= rows[-1][0]
-            children = (
-                self._shard_rows(
-                    conn,
-                    st.stream_id,
-                    "AND (parent_index = ? OR adjacent_parent_index = ?)",
-                    shard.index,
-                    shard.index,
-                )
-                if exhausted and not shard.is_open
-                else []
-            )
-
-        records: list[Record] = []
-        append = records.append
-        stamps: dict[int, datetime] = {}
-        base = SEQ_BASE
-        for counter, arrival_ms, partition_key, explicit, data in rows:
-            stamp = stamps.get(arrival_ms)
-            if stamp is None:
-                stamp = stamps[arrival_ms] = _utc(arrival_ms)
-            append(Record(data, partition_key, str(base + counter), stamp, 0, explicit, False))
-
-        # How far the last returned record is behind the newest one of the shard; 0 once caught up.
-        behind = max(0, newest[1] - int(rows[-1][1])) if newest is not None and not exhausted else 0
-        if exhausted and not shard.is_open:
-            child_shards = [ChildShard(c.shard_id, c.parent_ids, c.hash_key_range) for c in children]
-            return GetRecordsResult(records, None, behind, child_shards)
-        position = int(rows[-1][0]) + 1 if rows else it.position
-        next_iterator = _Iterator(stream, st.stream_id, shard.index, position, now_ms).encode()
-        return GetRecordsResult(records, next_iterator, behind)
+        return stream_reads.get_records(self._tables, stream, shard_iterator, limit, self.iterator_ttl_s)
 
 
 def _rebuild_store(path: str, busy_timeout_s: float, clock: Callable[[], float], ttl: float) -> LocalStreamStore:

@@ -1,0 +1,109 @@
+"""The AWS backend's error boundary: botocore errors become :mod:`shardwise.errors` here, and nowhere else.
+
+DynamoDB tables (the lease table and the coordinator item tables) translate through :class:`TableErrors`:
+
+* ``ProvisionedThroughputExceededException``, ``ThrottlingException``, ``RequestLimitExceeded``
+  → :class:`~shardwise.errors.ThrottlingError` (after botocore's own retries);
+* ``ResourceNotFoundException`` → :class:`~shardwise.errors.ResourceNotFoundError`;
+* any other service error, and connection or protocol errors → :class:`~shardwise.errors.DependencyError`;
+* a failed condition, where the caller asked for it, → :class:`ConditionFailed`, which the stores catch and
+  turn into their "lost the race" answer (``None`` or ``False``), never into an error.
+
+Kinesis has its own table of codes (:mod:`shardwise.backends.aws.kinesis`); both read a ``ClientError``'s code
+and message with :func:`error_code` and :func:`error_message`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shardwise.errors import DependencyError, ResourceNotFoundError, ThrottlingError
+
+__all__ = [
+    "CONDITION_FAILED",
+    "DYNAMODB_THROTTLING_CODES",
+    "ConditionFailed",
+    "TableErrors",
+    "cancellation_reason_codes",
+    "error_code",
+    "error_message",
+]
+
+#: DynamoDB's throttling error codes (KCL treats them alike: back off and retry later).
+DYNAMODB_THROTTLING_CODES = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+#: The error code of a conditional request whose condition did not hold.
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+def error_code(exc: ClientError, default: str = "") -> str:
+    """The service's error code of ``exc`` (``default`` if the response has none)."""
+    return str(exc.response.get("Error", {}).get("Code", default))
+
+
+def error_message(exc: ClientError) -> str:
+    """The service's error message of ``exc``, or botocore's rendering of the error if it has none."""
+    return str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
+
+
+def cancellation_reason_codes(exc: ClientError) -> list[str]:
+    """The ``Code`` of each cancellation reason of a ``TransactionCanceledException`` (``"None"`` for the items
+    that did not cancel it)."""
+    reasons: object = exc.response.get("CancellationReasons")
+    if not isinstance(reasons, list):
+        return []
+    return [str(reason.get("Code", "None")) for reason in reasons if isinstance(reason, Mapping)]
+
+
+class ConditionFailed(Exception):
+    """Raised inside a :meth:`TableErrors.translating` block whose conditional request lost its race."""
+
+
+@dataclass(frozen=True)
+class TableErrors:
+    """Translation of botocore errors for one table into :mod:`shardwise.errors` (see the module docstring).
+
+    ``subject`` names the table in messages (``"lease table 'app'"``); ``missing_hint`` is the fix suggested
+    when the table does not exist.
+    """
+
+    subject: str
+    missing_hint: str
+
+    @staticmethod
+    def code(exc: ClientError) -> str:
+        return error_code(exc)
+
+    @contextlib.contextmanager
+    def translating(self, operation: str, *, conditional: bool = False) -> Iterator[None]:
+        """Translate botocore errors raised inside; a failed condition raises :class:`ConditionFailed` when
+        ``conditional``."""
+        try:
+            yield
+        except ClientError as exc:
+            if conditional and error_code(exc) == CONDITION_FAILED:
+                raise ConditionFailed from None
+            raise self.client_error(operation, exc) from exc
+        except BotoCoreError as exc:
+            raise self.botocore_error(operation, exc) from exc
+
+    def client_error(self, operation: str, exc: ClientError) -> Exception:
+        code = error_code(exc)
+        message = error_message(exc)
+        if code in DYNAMODB_THROTTLING_CODES:
+            return ThrottlingError(f"DynamoDB {operation} on {self.subject} was throttled ({code}): {message}")
+        if code == "ResourceNotFoundException":
+            return self.missing(operation)
+        return DependencyError(f"DynamoDB {operation} on {self.subject} failed ({code or 'unknown error'}): {message}")
+
+    def missing(self, operation: str) -> ResourceNotFoundError:
+        """The error for "the table does not exist", as ``ResourceNotFoundException`` is translated."""
+        return ResourceNotFoundError(f"{self.subject} does not exist (DynamoDB {operation}): {self.missing_hint}")
+
+    def botocore_error(self, operation: str, exc: BotoCoreError) -> Exception:
+        return DependencyError(f"DynamoDB {operation} on {self.subject} failed: {exc}")
