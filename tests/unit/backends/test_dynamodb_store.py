@@ -15,6 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
+from shardwise.backends.aws.lease_items import Item, lease_from_item, lease_to_item
 from shardwise.backends.aws.lease_table import DynamoDBLeaseStoreConfig
 from shardwise.backends.aws.leases import DynamoDBLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON, ExtendedSequenceNumber
@@ -26,7 +27,6 @@ from shardwise.errors import (
     ThrottlingError,
 )
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange
-from shardwise.leases.items import Item, lease_from_item, lease_to_item
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 

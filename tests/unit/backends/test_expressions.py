@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardwise.backends.aws.expressions import Expression, from_attribute_value, to_attribute_value
+from shardwise.backends.aws.lease_items import lease_to_item
 from shardwise.backends.aws.lease_table import DynamoDBLeaseStoreConfig
 from shardwise.backends.aws.leases import DynamoDBLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON, ExtendedSequenceNumber
 from shardwise.hashkeys import HashKeyRange
-from shardwise.leases.items import lease_to_item
 from shardwise.leases.model import Lease
 
 if TYPE_CHECKING:

@@ -34,10 +34,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shardwise.backends.aws.errors import ConditionFailed, TableErrors, cancellation_reason_codes, error_code
 from shardwise.backends.aws.expressions import Expression, from_attribute_value, to_attribute_value
+from shardwise.backends.aws.lease_items import ATTR_ENTITY_TYPE, ATTR_LEASE_KEY
 from shardwise.backends.aws.leases import DynamoDBLeaseStore
 from shardwise.backends.aws.table import CapacityMeter, TableLifecycle, check_table_name
 from shardwise.errors import ConfigurationError, MalformedItemError, ResourceNotFoundError
-from shardwise.leases.items import ATTR_ENTITY_TYPE, ATTR_LEASE_KEY
 from shardwise.tables.items import ABSENT, ItemRecord, ItemWrite, Layout, Namespace
 from shardwise.tables.rules import (
     COORDINATOR_ENTITY_TYPES,

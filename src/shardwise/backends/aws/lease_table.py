@@ -19,9 +19,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shardwise.backends.aws.errors import TableErrors, error_code, error_message
 from shardwise.backends.aws.expressions import Expression
+from shardwise.backends.aws.lease_items import ATTR_LEASE_KEY, ATTR_LEASE_OWNER
 from shardwise.backends.aws.table import CapacityMeter, TableLifecycle, check_table_name
 from shardwise.errors import ConfigurationError
-from shardwise.leases.items import ATTR_LEASE_KEY, ATTR_LEASE_OWNER
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient

@@ -1,6 +1,6 @@
 """The DynamoDB lease store: a KCL 3.x-compatible lease table, through boto3's low-level client.
 
-Items are read and written attribute-for-attribute as KCL does (:mod:`shardwise.leases.items`), and every
+Items are read and written attribute-for-attribute as KCL does (:mod:`shardwise.backends.aws.lease_items`), and every
 mutation carries the condition KCL's ``DynamoDBLeaseRefresher`` uses (kcl-protocol.md §2.3), written as
 condition expressions (:mod:`shardwise.backends.aws.expressions`). A failed condition is a lost race and
 returns ``None``; backend faults are translated into :mod:`shardwise.errors` at this boundary
@@ -20,12 +20,7 @@ from shardwise.backends.aws.backend import AwsBackend
 from shardwise.backends.aws.client import dynamodb_client
 from shardwise.backends.aws.errors import ConditionFailed, TableErrors
 from shardwise.backends.aws.expressions import Expression
-from shardwise.backends.aws.lease_table import OWNER_INDEX_NAME, DynamoDBLeaseStoreConfig, LeaseTable
-from shardwise.backends.aws.table import CapacityMeter, check_table_name
-from shardwise.checkpoint.sequence import ExtendedSequenceNumber
-from shardwise.errors import ConfigurationError, MalformedItemError
-from shardwise.hashkeys import HashKeyRange
-from shardwise.leases.items import (
+from shardwise.backends.aws.lease_items import (
     ATTR_CHECKPOINT,
     ATTR_CHECKPOINT_OWNER,
     ATTR_CHECKPOINT_SUB,
@@ -49,6 +44,11 @@ from shardwise.leases.items import (
     lease_to_item,
     number_value,
 )
+from shardwise.backends.aws.lease_table import OWNER_INDEX_NAME, DynamoDBLeaseStoreConfig, LeaseTable
+from shardwise.backends.aws.table import CapacityMeter, check_table_name
+from shardwise.checkpoint.sequence import ExtendedSequenceNumber
+from shardwise.errors import ConfigurationError, MalformedItemError
+from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import RESERVED_KEYS, Lease
 
 if TYPE_CHECKING:

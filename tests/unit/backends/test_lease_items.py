@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shardwise.backends.aws.lease_items import Item, classify_item, lease_from_item, lease_to_item, number_value
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber, SentinelCheckpoint
 from shardwise.errors import MalformedItemError
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange
-from shardwise.leases.items import Item, classify_item, lease_from_item, lease_to_item, number_value
 from shardwise.leases.model import RESERVED_KEYS, Lease
 
 if TYPE_CHECKING:
