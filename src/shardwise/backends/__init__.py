@@ -19,7 +19,8 @@ from shardwise.retrieval.source import StreamSource
 from shardwise.tables.items import CoordinatorTables, Layout
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.client import DynamoDBClient
+    # Re-exported for annotations above the seam (admin takes an injected client), which names no AWS package.
+    from mypy_boto3_dynamodb.client import DynamoDBClient as DynamoDBClient
 
 __all__ = [
     "Backend",

@@ -28,7 +28,7 @@ from shardwise.tables.items import ItemTable, Layout
 from shardwise.versions.migration_state import MIGRATION_KEY, ClientVersion
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from shardwise.backends import DynamoDBClient
 
 __all__ = [
     "App",
@@ -151,7 +151,7 @@ def open_application(
     if not target.legacy_arguments:
         if store is None or lease_table is None:  # pragma: no cover - excluded by validation_error
             raise ConfigurationError("a lease table name or application name is required")
-        detect = capabilities.legacy_layout and target.application_name is not None and coordinator_name is not None
+        detect = capabilities.legacy_layout and bool(target.application_name) and coordinator_name is not None
         try:
             tables = backend.open_coordinator_tables(
                 store, target.application_name or lease_table, layout=None if detect else "single-table"

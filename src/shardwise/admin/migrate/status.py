@@ -26,7 +26,7 @@ from shardwise.errors import ConfigurationError, ResourceNotFoundError, Shardwis
 from shardwise.versions.migration_state import MIGRATION_KEY, ClientVersion
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from shardwise.backends import DynamoDBClient
 
 __all__ = ["format_epoch_ms", "status"]
 

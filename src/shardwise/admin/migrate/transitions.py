@@ -66,7 +66,7 @@ from shardwise.tables.items import ABSENT
 from shardwise.versions.migration_state import HISTORY_LIMIT, MIGRATION_KEY, ClientVersion
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.client import DynamoDBClient
+    from shardwise.backends import DynamoDBClient
 
 __all__ = ["rollback", "rollforward"]
 
