@@ -20,11 +20,9 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from shardwise.backends import open_coordinator_tables, open_lease_store
-from shardwise.backends.config import BackendConfig
+from shardwise.backends import Backend, BackendConfig, Capabilities, open_backend
 from shardwise.errors import ConfigurationError, ShardwiseError
 from shardwise.tables.items import Layout
 from shardwise.versions.feature_store import (
@@ -295,39 +293,50 @@ def feature_dependencies(specs: Sequence[str]) -> list[str]:
 # -- opening --------------------------------------------------------------------------------------------------
 
 
+#: ``table.layout``'s level for each layout.
+_LAYOUT_LEVEL: dict[Layout, int] = {"legacy": 1, "single-table": 2}
+
+
 @dataclass(slots=True)
 class _Opened:
     store: FeatureStore
     layout: Layout
-    layout_choices: tuple[int, ...]
+    capabilities: Capabilities
+
+    @property
+    def layout_choices(self) -> tuple[int, ...]:
+        """The ``table.layout`` levels the backend offers."""
+        return tuple(sorted(_LAYOUT_LEVEL[layout] for layout in self.capabilities.layouts))
 
 
-def _open(target: FeaturesTarget, backend: BackendConfig, layout: Layout | None = None) -> _Opened:
-    if backend.backend == "local":
-        if target.coordinator_table_name or target.worker_metrics_table_name:
-            raise ConfigurationError(
-                "--coordinator-state-table-name / --worker-metrics-table-name name DynamoDB tables of the legacy "
-                "layout; the embedded (SQLite) backend has only the single-table layout: drop them or pass "
-                "--backend aws"
-            )
-        if not Path(backend.db).is_file():
-            raise ConfigurationError(
-                f"no SQLite database {backend.db}: start a worker first, or pass the database with --db"
-            )
-    store = open_lease_store(backend, target.lease_table)
-    tables = open_coordinator_tables(
+def _backend(config: BackendConfig, target: FeaturesTarget) -> Backend:
+    """The backend of ``config``, once the target's table names suit it and its storage exists (an embedded
+    backend's database file is not created by a read)."""
+    backend = open_backend(config)
+    if not backend.capabilities.legacy_layout and (target.coordinator_table_name or target.worker_metrics_table_name):
+        raise ConfigurationError(
+            "--coordinator-state-table-name / --worker-metrics-table-name name DynamoDB tables of the legacy "
+            "layout; the embedded (SQLite) backend has only the single-table layout: drop them or pass "
+            "--backend aws"
+        )
+    admin = backend.table_admin()
+    if not admin.database_exists():
+        raise ConfigurationError(
+            f"no SQLite database {admin.database_file}: start a worker first, or pass the database with --db"
+        )
+    return backend
+
+
+def _open(target: FeaturesTarget, backend: Backend, layout: Layout | None = None) -> _Opened:
+    store = backend.open_lease_store(target.lease_table)
+    tables = backend.open_coordinator_tables(
         store,
         target.application_name,
         layout=layout,
         coordinator_table_name=target.coordinator_table_name,
         worker_metrics_table_name=target.worker_metrics_table_name,
     )
-    choices = (2,) if backend.backend == "local" else (1, 2)
-    return _Opened(
-        FeatureStore(tables.coordinator, tables.worker_metrics),
-        tables.layout,
-        choices,
-    )
+    return _Opened(FeatureStore(tables.coordinator, tables.worker_metrics), tables.layout, backend.capabilities)
 
 
 def _own_ranges() -> dict[str, SupportedRange]:
@@ -347,7 +356,7 @@ def describe(
     """Read the finalized levels and the live workers' ranges; one line per feature of this release's registry
     (and any finalized feature it does not know), sorted by name."""
     try:
-        opened = _open(target, backend)
+        opened = _open(target, _backend(backend, target))
         finalized = opened.store.read()
         workers = opened.store.workers(now_epoch_s(), active_window_s)
     except ConfigurationError:
@@ -446,12 +455,13 @@ def update(
     bootstrap_layout: Layout | None = None
     wanted_layout = levels.get(TABLE_LAYOUT)
     try:
-        opened = _open(target, backend)
+        opened_backend = _backend(backend, target)
+        opened = _open(target, opened_backend)
         finalized = opened.store.read()
-        if wanted_layout in (1, 2) and finalized.layout is None and backend.backend == "aws":
+        if wanted_layout in (1, 2) and finalized.layout is None and len(opened.layout_choices) > 1:
             bootstrap_layout = "legacy" if wanted_layout == 1 else "single-table"
             if bootstrap_layout != opened.layout:
-                opened = _open(target, backend, bootstrap_layout)
+                opened = _open(target, opened_backend, bootstrap_layout)
                 finalized = opened.store.read()
         workers = opened.store.workers(now_epoch_s(), active_window_s)
     except ConfigurationError:
@@ -545,4 +555,4 @@ def _range_text(workers: Sequence[WorkerSupport], worker_id: str, feature: str) 
 
 def read_finalized(target: FeaturesTarget, backend: BackendConfig) -> FinalizedFeatures:
     """The finalized levels (raises ShardwiseError on backend faults)."""
-    return _open(target, backend).store.read()
+    return _open(target, _backend(backend, target)).store.read()

@@ -1,22 +1,26 @@
-"""The AWS backend behind the seam: DynamoDB for leases and coordinator items, Kinesis for records."""
+"""The AWS backend behind the seam: DynamoDB for leases, coordinator items and table administration, Kinesis for
+records."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shardwise.backends.port import Capabilities
+from shardwise.backends.port import Capabilities, TableAdmin
 from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
-from shardwise.tables.items import CoordinatorTables, Layout
+from shardwise.tables.items import CoordinatorTables, ItemTable, Layout, Namespace
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
 __all__ = ["CAPABILITIES", "AwsBackend"]
 
-#: KCL's own tables: Java KCL 2.x workers may share the lease table, and both layouts exist.
-CAPABILITIES = Capabilities(name="aws", layouts=("single-table", "legacy"), kcl_2x_peers=True, owner_index=True)
+#: KCL's own tables: Java KCL 2.x workers may share the lease table, both layouts exist, and KCL 3.x adds a GSI
+#: (and, in the legacy layout, a worker-metrics table) that a rollback to 2.x deletes.
+CAPABILITIES = Capabilities(
+    name="aws", layouts=("single-table", "legacy"), kcl_2x_peers=True, owner_index=True, kcl_3x_resources=True
+)
 
 
 class AwsBackend:
@@ -76,3 +80,13 @@ class AwsBackend:
             layout=layout,
         )
         return CoordinatorTables(coordinator, metrics, found)
+
+    def open_legacy_item_table(self, table_name: str, namespace: Namespace) -> ItemTable:
+        from shardwise.backends.aws.items import DynamoDBItemTable  # noqa: PLC0415
+
+        return DynamoDBItemTable(self._dynamodb, table_name, layout="legacy", namespace=namespace)
+
+    def table_admin(self) -> TableAdmin:
+        from shardwise.backends.aws.admin import DynamoDBTableAdmin  # noqa: PLC0415 - admin imports leases
+
+        return DynamoDBTableAdmin(self._dynamodb)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 
-from shardwise.backends.port import Capabilities
+from shardwise.backends.port import Capabilities, TableAdmin
 from shardwise.backends.sqlite.connection import SQLiteDatabase
 from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
-from shardwise.tables.items import CoordinatorTables, Layout
+from shardwise.tables.items import CoordinatorTables, ItemTable, Layout, Namespace
 
 __all__ = ["CAPABILITIES", "SQLiteBackend"]
 
-#: One file on one machine: no Java KCL 2.x worker can share it, and it keeps coordinator items in the lease
-#: table only (the single-table layout).
-CAPABILITIES = Capabilities(name="local", layouts=("single-table",), kcl_2x_peers=False, owner_index=True)
+#: One file on one machine: no Java KCL 2.x worker can share it, it keeps coordinator items in the lease table
+#: only (the single-table layout), and its owner index is part of the schema (nothing for a rollback to delete).
+CAPABILITIES = Capabilities(
+    name="local", layouts=("single-table",), kcl_2x_peers=False, owner_index=True, kcl_3x_resources=False
+)
 
 
 class SQLiteBackend:
@@ -26,6 +28,10 @@ class SQLiteBackend:
             if path is None:
                 raise ConfigurationError("the embedded backend needs a database path (--db)")
             database = SQLiteDatabase(path)
+            # The file as it was named (--db), for messages: SQLiteDatabase keeps a normalized Path.
+            self._file = os.fspath(path)
+        else:
+            self._file = str(database.path)
         self._db = database
 
     def __repr__(self) -> str:
@@ -68,3 +74,14 @@ class SQLiteBackend:
             raise ConfigurationError(f"no embedded coordinator item tables next to a {type(store).__name__}")
         coordinator, metrics, found = open_sqlite_item_tables(store, application_name)
         return CoordinatorTables(coordinator, metrics, found)
+
+    def open_legacy_item_table(self, table_name: str, namespace: Namespace) -> ItemTable:
+        raise ConfigurationError(
+            f"the embedded (SQLite) backend has only the single-table layout: no legacy {namespace} table "
+            f"{table_name!r}"
+        )
+
+    def table_admin(self) -> TableAdmin:
+        from shardwise.backends.sqlite.admin import SQLiteTableAdmin  # noqa: PLC0415 - admin imports leases
+
+        return SQLiteTableAdmin(self._db, self._file)
