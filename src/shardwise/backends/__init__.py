@@ -20,7 +20,7 @@ from shardwise.tables.items import CoordinatorTables, Layout
 
 if TYPE_CHECKING:
     # Re-exported for annotations above the seam (admin takes an injected client), which names no AWS package.
-    from mypy_boto3_dynamodb.client import DynamoDBClient as DynamoDBClient
+    from shardwise.backends.aws.client import DynamoDBClient as DynamoDBClient
 
 __all__ = [
     "Backend",
