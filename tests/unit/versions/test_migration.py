@@ -654,6 +654,62 @@ def test_a_failed_state_switch_is_retried_at_the_next_poll(coordinator_items: SQ
     assert coordinator.poll_once() is V2X
 
 
+def running(coordinator: MigrationCoordinator) -> ClientVersion | None:
+    """The version the coordinator runs, read afresh (no earlier assertion narrows it)."""
+    return coordinator.version
+
+
+def reading(coordinator: MigrationCoordinator) -> ReadinessInputs | None:
+    return coordinator.last_readiness
+
+
+def test_the_coordinator_returns_steps_and_runs_a_version_only_once_entered(
+    coordinator_items: SQLiteItemTable,
+) -> None:
+    MigrationStore(coordinator_items).create(UPGRADE, "w0")
+    metrics = InMemoryMetricsSink()
+    leader = [False]
+    coordinator = MigrationCoordinator(
+        "w1",
+        MigrationStore(coordinator_items),
+        MigrationConfig(stabilization_period_ms=0),
+        "compatible-with-2x",
+        is_leader=lambda: leader[0],
+        probe=FakeProbe(),
+        metrics=metrics,
+        clock_ns=FakeClock(),
+    )
+    start = coordinator.initialize()
+    assert start == MigrationStep(UPGRADE, behaviour(UPGRADE), initial=True)
+    assert running(coordinator) is None and metrics.total(OPERATION, "CurrentState:2xCompatibleWorker") == 0
+    assert coordinator.poll_once() is None  # nothing is watched before the worker runs a version
+    coordinator.entered(start)
+    assert running(coordinator) is UPGRADE and metrics.total(OPERATION, "CurrentState:2xCompatibleWorker") == 1
+    # The monitor asks whether this worker leads, and reads nothing when it does not.
+    assert coordinator.check_readiness_once() is None and reading(coordinator) is None
+    leader[0] = True
+    flip = coordinator.check_readiness_once()
+    assert flip == MigrationStep.to(V3XWR) and not flip.initial
+    inputs = reading(coordinator)
+    assert inputs is not None and inputs.ready
+    assert running(coordinator) is UPGRADE  # written, not run yet
+    # Not entered (the worker failed to apply it): the next check finds the item moved on and returns it again,
+    # without writing a second time.
+    assert coordinator.check_readiness_once() == MigrationStep.to(V3XWR)
+    state = MigrationStore(coordinator_items).read()
+    assert state is not None and [entry.client_version for entry in state.history] == [
+        UPGRADE.value,
+        ClientVersion.INIT.value,
+    ]
+    coordinator.entered(MigrationStep.to(V3XWR))
+    assert running(coordinator) is V3XWR and coordinator.poll_once() is None
+    tool(coordinator_items, V2X, ROLLBACK_TOOL)
+    assert coordinator.poll_once() == MigrationStep.to(V2X)
+    assert coordinator.poll_once() == MigrationStep.to(V2X)  # until entered
+    coordinator.entered(MigrationStep.to(V2X))
+    assert running(coordinator) is V2X and coordinator.poll_once() is None
+
+
 def test_readiness_flips_to_3x_with_rollback_after_the_stabilization_period(
     coordinator_items: SQLiteItemTable,
 ) -> None:
