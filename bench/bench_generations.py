@@ -28,7 +28,7 @@ from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStore
 from shardwise.backends.sqlite.stream import LocalStreamStore
 from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.processor import BaseRecordProcessor, ProcessRecordsInput
-from shardwise.worker.worker import AssignmentMode, Worker, WorkerConfig
+from shardwise.worker import AssignmentMode, Worker, WorkerConfig
 
 RECORDS_PER_SHARD_PER_SECOND = 20
 

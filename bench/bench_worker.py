@@ -33,7 +33,7 @@ from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.processor import BaseRecordProcessor, ProcessRecordsInput
 from shardwise.retrieval.model import StartingPosition
 from shardwise.retrieval.source import StreamSource
-from shardwise.worker.worker import Worker, WorkerConfig
+from shardwise.worker import Worker, WorkerConfig
 
 SHARDS = 4
 

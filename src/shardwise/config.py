@@ -53,7 +53,7 @@ from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.lifecycle.consumer import ConsumerConfig
 from shardwise.versions.features import FeaturesConfig
 from shardwise.versions.migration import MigrationConfig
-from shardwise.worker.worker import CoordinationConfig, WorkerConfig
+from shardwise.worker import CoordinationConfig, WorkerConfig
 from shardwise.worker_metrics import WorkerMetricsConfig
 
 if sys.version_info >= (3, 11):

@@ -26,7 +26,7 @@ from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 from shardwise.metrics import LogMetricsSink, MetricsSink
 from shardwise.processor import RecordProcessorFactory
-from shardwise.worker.worker import Worker
+from shardwise.worker import Worker
 from shardwise.worker_metrics import classify_workers
 
 __all__ = ["leases", "load_factory", "open_lease_store", "open_stream_source", "run"]

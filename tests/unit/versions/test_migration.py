@@ -41,6 +41,7 @@ from shardwise.versions.migration import (
     ClientVersionConfig,
     MigrationConfig,
     MigrationCoordinator,
+    MigrationStep,
     ReadinessInputs,
     ReadinessProbe,
     Stabilizer,
@@ -51,7 +52,8 @@ from shardwise.versions.migration import (
     live_lease_owners,
 )
 from shardwise.versions.migration_state import ClientVersion, MigrationState, MigrationStore
-from shardwise.worker.worker import CoordinationConfig, Worker, WorkerConfig
+from shardwise.worker import CoordinationConfig, Worker, WorkerConfig
+from shardwise.worker.migration import MigrationRunner
 from shardwise.worker_metrics import WorkerMetricsConfig
 
 MS = 1_000_000
@@ -372,6 +374,9 @@ def test_the_first_leader_term_after_a_switch_holds_rebalancing(lease_store: SQL
 
 
 class FakeHost:
+    """The worker as the coordinator sees it: whether it leads, and the steps it applied (``fail_apply``: the
+    next steps fail to apply, as a worker that cannot open the owner index would)."""
+
     def __init__(self, worker_id: str, *, leader: bool = True) -> None:
         self.worker_id = worker_id
         self.leader = leader
@@ -381,14 +386,54 @@ class FakeHost:
     def is_leader(self) -> bool:
         return self.leader
 
-    def apply_migration_state(self, version: ClientVersion, behaviour: StateBehaviour) -> None:
+    def apply(self, step: MigrationStep) -> None:
         if self.fail_apply is not None:
             raise self.fail_apply
-        self.applied.append((version, behaviour))
+        self.applied.append((step.version, step.behaviour))
 
     @property
     def versions(self) -> list[ClientVersion]:
         return [version for version, _ in self.applied]
+
+
+class Driven:
+    """A coordinator driven as the worker drives it (its :class:`MigrationRunner`): every step the coordinator
+    returns is applied by the host at once, then confirmed. Each call returns what the coordinator's calls
+    returned before they returned steps: the version run afterwards, the readiness reading."""
+
+    def __init__(self, coordinator: MigrationCoordinator, host: FakeHost) -> None:
+        self.coordinator = coordinator
+        self.runner = MigrationRunner(coordinator, host.apply, clock_ns=time.monotonic_ns)
+
+    def initialize(self) -> ClientVersion:
+        self.runner.initialize()
+        version = self.coordinator.version
+        assert version is not None
+        return version
+
+    def poll_once(self) -> ClientVersion | None:
+        self.runner.run_step(self.coordinator.poll_once())
+        return self.coordinator.version
+
+    def check_readiness_once(self) -> ReadinessInputs | None:
+        self.runner.run_step(self.coordinator.check_readiness_once())
+        return self.coordinator.last_readiness
+
+    @property
+    def version(self) -> ClientVersion | None:
+        return self.coordinator.version
+
+    @property
+    def state(self) -> MigrationState | None:
+        return self.coordinator.state
+
+    @property
+    def behaviour(self) -> StateBehaviour | None:
+        return self.coordinator.behaviour
+
+    @property
+    def stabilizer(self) -> Stabilizer:
+        return self.coordinator.stabilizer
 
 
 class FakeProbe:
@@ -443,20 +488,21 @@ def make_coordinator(
     metrics: InMemoryMetricsSink | None = None,
     stabilization_ms: int = 10_000,
     store: MigrationStore | None = None,
-) -> tuple[MigrationCoordinator, FakeHost]:
+) -> tuple[Driven, FakeHost]:
     host = host or FakeHost("w1")
     coordinator = MigrationCoordinator(
-        host,
+        host.worker_id,
         store or MigrationStore(items),
         MigrationConfig(stabilization_period_ms=stabilization_ms),
         config,
+        is_leader=host.is_leader,
         probe=probe or FakeProbe(),
         metrics=metrics,
         clock_ns=clock or FakeClock(),
         rng=random.Random(7),
         sleep=lambda _s: None,
     )
-    return coordinator, host
+    return Driven(coordinator, host), host
 
 
 def tool(items: SQLiteItemTable, to: ClientVersion, by: str) -> MigrationState:
@@ -608,6 +654,62 @@ def test_a_failed_state_switch_is_retried_at_the_next_poll(coordinator_items: SQ
     assert coordinator.poll_once() is V2X
 
 
+def running(coordinator: MigrationCoordinator) -> ClientVersion | None:
+    """The version the coordinator runs, read afresh (no earlier assertion narrows it)."""
+    return coordinator.version
+
+
+def reading(coordinator: MigrationCoordinator) -> ReadinessInputs | None:
+    return coordinator.last_readiness
+
+
+def test_the_coordinator_returns_steps_and_runs_a_version_only_once_entered(
+    coordinator_items: SQLiteItemTable,
+) -> None:
+    MigrationStore(coordinator_items).create(UPGRADE, "w0")
+    metrics = InMemoryMetricsSink()
+    leader = [False]
+    coordinator = MigrationCoordinator(
+        "w1",
+        MigrationStore(coordinator_items),
+        MigrationConfig(stabilization_period_ms=0),
+        "compatible-with-2x",
+        is_leader=lambda: leader[0],
+        probe=FakeProbe(),
+        metrics=metrics,
+        clock_ns=FakeClock(),
+    )
+    start = coordinator.initialize()
+    assert start == MigrationStep(UPGRADE, behaviour(UPGRADE), initial=True)
+    assert running(coordinator) is None and metrics.total(OPERATION, "CurrentState:2xCompatibleWorker") == 0
+    assert coordinator.poll_once() is None  # nothing is watched before the worker runs a version
+    coordinator.entered(start)
+    assert running(coordinator) is UPGRADE and metrics.total(OPERATION, "CurrentState:2xCompatibleWorker") == 1
+    # The monitor asks whether this worker leads, and reads nothing when it does not.
+    assert coordinator.check_readiness_once() is None and reading(coordinator) is None
+    leader[0] = True
+    flip = coordinator.check_readiness_once()
+    assert flip == MigrationStep.to(V3XWR) and not flip.initial
+    inputs = reading(coordinator)
+    assert inputs is not None and inputs.ready
+    assert running(coordinator) is UPGRADE  # written, not run yet
+    # Not entered (the worker failed to apply it): the next check finds the item moved on and returns it again,
+    # without writing a second time.
+    assert coordinator.check_readiness_once() == MigrationStep.to(V3XWR)
+    state = MigrationStore(coordinator_items).read()
+    assert state is not None and [entry.client_version for entry in state.history] == [
+        UPGRADE.value,
+        ClientVersion.INIT.value,
+    ]
+    coordinator.entered(MigrationStep.to(V3XWR))
+    assert running(coordinator) is V3XWR and coordinator.poll_once() is None
+    tool(coordinator_items, V2X, ROLLBACK_TOOL)
+    assert coordinator.poll_once() == MigrationStep.to(V2X)
+    assert coordinator.poll_once() == MigrationStep.to(V2X)  # until entered
+    coordinator.entered(MigrationStep.to(V2X))
+    assert running(coordinator) is V2X and coordinator.poll_once() is None
+
+
 def test_readiness_flips_to_3x_with_rollback_after_the_stabilization_period(
     coordinator_items: SQLiteItemTable,
 ) -> None:
@@ -698,7 +800,7 @@ def test_concurrent_flips_from_two_coordinators_have_exactly_one_winner(coordina
         coordinator.initialize()
     barrier = threading.Barrier(2)
 
-    def flip(coordinator: MigrationCoordinator) -> None:
+    def flip(coordinator: Driven) -> None:
         barrier.wait()
         coordinator.check_readiness_once()
 
@@ -720,13 +822,15 @@ def test_the_thread_polls_with_jitter_and_stops_in_3x(coordinator_items: SQLiteI
     MigrationStore(coordinator_items).create(V3XWR, "leader")
     host = FakeHost("w1")
     coordinator = MigrationCoordinator(
-        host,
+        host.worker_id,
         MigrationStore(coordinator_items),
         MigrationConfig(client_version_poll_interval_ms=20, client_version_poll_jitter_ms=10),
         "compatible-with-2x",
+        is_leader=host.is_leader,
         probe=FakeProbe(),
     )
-    coordinator.start()
+    runner = MigrationRunner(coordinator, host.apply, clock_ns=time.monotonic_ns)
+    runner.start()
     try:
         tool(coordinator_items, V2X, ROLLBACK_TOOL)
         wait_for(lambda: coordinator.version is V2X, 5, "the rollback")
@@ -741,12 +845,12 @@ def test_the_thread_polls_with_jitter_and_stops_in_3x(coordinator_items: SQLiteI
         assert state is not None
         store.transition(state, V3X, "restarted-3x-worker")
         wait_for(lambda: coordinator.version is V3X, 5, "3X")
-        thread = coordinator._thread
+        thread = runner._thread
         assert thread is not None
         thread.join(5)
         assert not thread.is_alive()  # 3X is final: the watcher stopped on its own
     finally:
-        coordinator.stop()
+        runner.stop()
     assert host.versions == [V3XWR, V2X, UPGRADE, V3XWR, V3X]
 
 

@@ -28,7 +28,8 @@ from shardwise.processor import (
     ProcessRecordsInput,
     ShutdownRequestedInput,
 )
-from shardwise.worker.worker import Worker, WorkerConfig
+from shardwise.worker import Worker, WorkerConfig
+from shardwise.worker.generations import LeaseCountGeneration
 
 SHARDS = 4
 #: Far longer than the test waits: a worker that only stops at this deadline has lost the race.
@@ -88,7 +89,9 @@ def test_leases_taken_while_shutting_down_are_released(tmp_path: Path, dispatche
         config, store=SQLiteLeaseStore(db, "orders-app"), source=streams.stream("orders"), processor_factory=Recorder
     )
     takes: list[list[Lease]] = []
-    original = worker._taker.take_leases
+    generation = worker._generation
+    assert isinstance(generation, LeaseCountGeneration)
+    original = generation.taker.take_leases
 
     def take() -> list[Lease]:
         leases = original()
@@ -100,12 +103,12 @@ def test_leases_taken_while_shutting_down_are_released(tmp_path: Path, dispatche
         # SIGTERM arrives while this take is under way (the leases are ours in the table already).
         worker.request_shutdown()
         if dispatcher == "already finished":
-            wait_for(lambda: worker._intake_closed, 10, "the dispatcher to finish")
+            wait_for(lambda: worker._dispatcher.intake_closed, 10, "the dispatcher to finish")
         else:
             wait_for(lambda: len(Recorder.shutdowns) == SHARDS // 2, 10, "the running consumers to be asked")
         return leases
 
-    worker._taker.take_leases = take  # type: ignore[method-assign]
+    generation.taker.take_leases = take  # type: ignore[method-assign]
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

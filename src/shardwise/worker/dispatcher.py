@@ -1,0 +1,219 @@
+"""The shard consumers of one worker and the thread that runs them (the dispatcher).
+
+Leases a take or a discovery brings become shard consumers (:meth:`Dispatcher.start_consumers`); the
+dispatcher — the thread that calls :meth:`shardwise.worker.Worker.run` — runs each due consumer's next step on
+a bounded pool, drops finished consumers and forces handoffs whose processor does not finish in time.
+
+Graceful shutdown (:meth:`Dispatcher.request_shutdown`): every processor gets ``shutdown_requested`` (and
+checkpoints), each lease is released so another worker can take it at once, then the dispatcher returns; past
+``shutdown_timeout_ms`` it returns anyway and the remaining leases simply expire. A consumer started during a
+shutdown is asked to shut down at once, and leases that arrive after the dispatcher has finished (a take or
+discovery under way) are released without a consumer — the intake is closed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from shardwise.errors import ConfigurationError
+from shardwise.leases.model import Lease
+from shardwise.leases.store import LeaseStore
+from shardwise.leasing.renewer import LeaseRenewer
+from shardwise.lifecycle.consumer import ShardConsumer
+from shardwise.lifecycle.states import ShutdownReason
+from shardwise.processor import RecordProcessor, RecordProcessorFactory
+from shardwise.retrieval.model import ChildShard
+from shardwise.retrieval.source import StreamSource
+from shardwise.worker.config import WorkerConfig, WorkerStats
+from shardwise.worker_metrics import LeaseThroughputRecorder
+
+__all__ = ["Dispatcher"]
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Owns the shard consumers (keyed by lease key and token: a lease lost and taken again gets a new consumer
+    while the old one still finishes its shutdown), the handoffs under way and the shutdown state."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        store: LeaseStore,
+        source: StreamSource,
+        processor_factory: RecordProcessorFactory,
+        renewer: LeaseRenewer,
+        throughput: LeaseThroughputRecorder,
+        stats: WorkerStats,
+        create_child_leases: Callable[[Lease, Sequence[ChildShard]], None],
+        on_shard_end: Callable[[], None],
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self._config = config
+        self._worker_id = config.worker_id
+        self._store = store
+        self._source = source
+        self._factory = processor_factory
+        self._renewer = renewer
+        self._throughput = throughput
+        self._stats = stats
+        self._create_child_leases = create_child_leases
+        self._on_shard_end = on_shard_end
+        self._clock_ns = clock_ns
+        self._consumers: dict[tuple[str, str], ShardConsumer] = {}
+        self._running: dict[tuple[str, str], concurrent.futures.Future[None]] = {}
+        self._handoffs: dict[str, int] = {}  # lease key -> ns when the leader's handoff was noticed
+        self._lock = threading.Lock()
+        self._shutdown_requested = threading.Event()
+        self._shutdown_deadline_ns: int | None = None
+        #: Set (under the consumers' lock) once the dispatcher has finished: no shard consumer starts after it.
+        self.intake_closed = False
+
+    # -- shutdown ------------------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a graceful shutdown has been requested."""
+        return self._shutdown_requested.is_set()
+
+    def request_shutdown(self) -> None:
+        """Start a graceful shutdown (idempotent; safe from a signal handler)."""
+        if not self._shutdown_requested.is_set():
+            self._shutdown_deadline_ns = self._clock_ns() + self._config.shutdown_timeout_ms * 1_000_000
+            self._shutdown_requested.set()
+
+    # -- consumers -----------------------------------------------------------------------------------------
+
+    def consumers(self) -> list[ShardConsumer]:
+        with self._lock:
+            return list(self._consumers.values())
+
+    def start_consumers(self, leases: Sequence[Lease]) -> None:
+        """Hold ``leases`` (renewed from now on) and start a shard consumer for each."""
+        if not leases:
+            return
+        tokens = self._renewer.add_leases(leases)
+        with self._lock:
+            closed = self.intake_closed
+            if not closed:
+                self._add_consumers(leases, tokens)
+        if closed:
+            # Taken or discovered while the shutdown finished (the take was under way): nothing will process
+            # them here, so give them back at once rather than leave them to expire.
+            for lease in leases:
+                self._renewer.release(lease.lease_key, tokens[lease.lease_key])
+            logger.info(
+                "worker %s is stopping: released leases %s at once",
+                self._worker_id,
+                ", ".join(lease.lease_key for lease in leases),
+            )
+            return
+        self._stats.leases_taken += len(leases)
+
+    def _add_consumers(self, leases: Sequence[Lease], tokens: Mapping[str, str]) -> None:
+        """Under the consumers' lock: a shard consumer per lease; during a shutdown each is asked to shut down
+        at once (its processor gets ``shutdown_requested``, then the lease is released)."""
+        stopping = self._shutdown_requested.is_set()
+        for lease in leases:
+            token = tokens[lease.lease_key]
+            self._throughput.seed(lease.lease_key, lease.throughput_kbps)
+            consumer = ShardConsumer(
+                lease=lease,
+                token=token,
+                processor=self._new_processor(),
+                source=self._source,
+                store=self._store,
+                renewer=self._renewer,
+                create_child_leases=self._create_child_leases,
+                config=self._config.consumer,
+                clock_ns=self._clock_ns,
+                on_records=self._on_records,
+            )
+            if stopping:
+                consumer.request_shutdown()
+            self._consumers[(lease.lease_key, token)] = consumer
+
+    def _on_records(self, lease_key: str, count: int, size: int) -> None:
+        self._throughput.record(lease_key, size)
+        self._stats.add_records(lease_key, count, size)
+
+    def _new_processor(self) -> RecordProcessor:
+        processor = self._factory()
+        if not isinstance(processor, RecordProcessor):
+            raise ConfigurationError(
+                f"the processor factory returned {type(processor).__name__}, which lacks the record-processor "
+                "methods (initialize, process_records, lease_lost, shard_ended, shutdown_requested)"
+            )
+        return processor
+
+    # -- handoffs ------------------------------------------------------------------------------------------
+
+    def on_handoff(self, lease_key: str, next_owner: str) -> None:
+        """The leader handed ``lease_key`` to ``next_owner``: its consumer checkpoints and shuts down (the
+        renewer then transfers the lease); past the graceful handoff timeout it is transferred anyway."""
+        self._handoffs[lease_key] = self._clock_ns()
+        for consumer in self.consumers():
+            if consumer.shard_id == lease_key:
+                consumer.request_shutdown()
+
+    def _force_overdue_handoffs(self, now: int) -> None:
+        timeout_ns = self._config.utilization.graceful_lease_handoff_timeout_ms * 1_000_000
+        for key, started in list(self._handoffs.items()):
+            held = self._renewer.get(key)
+            if held is None:
+                del self._handoffs[key]
+            elif now - started > timeout_ns:
+                logger.warning("handoff of lease %s timed out; transferring it without waiting for its processor", key)
+                self._renewer.complete_handoff(key, held.token)
+                del self._handoffs[key]
+
+    # -- the dispatcher thread -----------------------------------------------------------------------------
+
+    def run(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        """Run due consumer steps on ``pool`` until the shutdown has finished (or timed out)."""
+        poll_s = self._config.dispatch_poll_interval_ms / 1000
+        shutting_down = False
+        while True:
+            if self._shutdown_requested.is_set() and not shutting_down:
+                shutting_down = True
+                logger.info("worker %s shuts down gracefully", self._worker_id)
+                for consumer in self.consumers():
+                    consumer.request_shutdown()
+            now = self._clock_ns()
+            if self._handoffs:
+                self._force_overdue_handoffs(now)
+            with self._lock:
+                for key, consumer in list(self._consumers.items()):
+                    future = self._running.get(key)
+                    if future is not None and not future.done():
+                        continue
+                    self._running.pop(key, None)
+                    if consumer.is_complete:
+                        del self._consumers[key]
+                        if consumer.shutdown_reason is ShutdownReason.SHARD_END:
+                            self._on_shard_end()
+                        continue
+                    if consumer.is_due(now):
+                        self._running[key] = pool.submit(consumer.step)
+                remaining = len(self._consumers)
+                if shutting_down and remaining == 0:
+                    # Leases that a take or discovery under way still brings are released, not consumed.
+                    self.intake_closed = True
+                    return
+            if shutting_down:
+                deadline = self._shutdown_deadline_ns
+                if deadline is not None and now > deadline:
+                    logger.warning(
+                        "worker %s: shutdown timeout; %d shard consumer(s) did not finish, their leases will expire",
+                        self._worker_id,
+                        remaining,
+                    )
+                    with self._lock:
+                        self.intake_closed = True
+                    return
+            time.sleep(poll_s)

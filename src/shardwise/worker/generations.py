@@ -1,0 +1,400 @@
+"""The two generations of lease coordination, as objects with one interface (:class:`Generation`).
+
+* :class:`LeaseCountGeneration` — ``lease-count-2x`` (KCL 2.x): every worker scans and **takes** leases
+  (lease-count target, stealing) with its :class:`~shardwise.leasing.taker.LeaseTaker`; shard sync runs on the
+  deterministic leader.
+* :class:`UtilizationGeneration` — ``utilization-3x`` (KCL 3.x): one **leader** (DynamoDB-lock compatible
+  ``Leader`` item) assigns leases by measured load (CPU when available, else throughput) with graceful
+  handoffs; the others **discover** their leases through the owner index; every worker reports its metrics.
+  Its parts (leader lock, assignment manager, discoverer, owner index) are opened once, on first use.
+
+The worker's loops call the current generation on every run (:meth:`Generation.take`, :meth:`Generation.assign`,
+:meth:`Generation.discover`, :meth:`Generation.leads_shard_sync`); what a generation does not do is a no-op.
+A switch is a swap of objects between two runs (:meth:`Generation.leave` the old one, :meth:`Generation.enter`
+the new one): held leases and running consumers are untouched and no lease moves. Entering 3.x holds
+rebalancing for the first leader term until the whole fleet has had time to switch; entering 2.x starts the
+taker's observations afresh, so nothing looks expired.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from shardwise.errors import ConfigurationError, DependencyError, InvalidStateError, ShardwiseError
+from shardwise.leadership.deterministic import DeterministicShuffleLeaderDecider
+from shardwise.leadership.lock import LeaderLock
+from shardwise.leases.model import RESERVED_KEYS, Lease
+from shardwise.leases.store import LeaseStore, OwnerIndex
+from shardwise.leasing.assigner import AssignmentRun, LeaseAssignmentManager
+from shardwise.leasing.discoverer import LeaseDiscoverer
+from shardwise.leasing.renewer import LeaseRenewer
+from shardwise.leasing.taker import LeaseTaker
+from shardwise.metrics.sink import MetricsSink
+from shardwise.worker.config import AssignmentMode, WorkerConfig
+from shardwise.worker.items import CoordinatorItems
+
+__all__ = [
+    "GENERATIONS",
+    "Generation",
+    "GenerationContext",
+    "LeaseCountGeneration",
+    "UtilizationGeneration",
+    "request_owner_index",
+    "wait_for_owner_index",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationContext:
+    """What a generation shares with its worker."""
+
+    config: WorkerConfig
+    store: LeaseStore
+    renewer: LeaseRenewer
+    items: CoordinatorItems
+    metrics: MetricsSink
+    clock_ns: Callable[[], int]
+    clock_epoch_s: Callable[[], float]
+    rng: random.Random
+    #: Whether the worker is shutting down (no leadership taken, no owner-index wait continued).
+    stopping: Callable[[], bool]
+
+    @property
+    def worker_id(self) -> str:
+        return self.config.worker_id
+
+
+class Generation(Protocol):
+    """One generation of lease coordination: what the worker's loops run while it is current."""
+
+    @property
+    def mode(self) -> AssignmentMode:
+        """The ``WorkerConfig.assignment`` value naming this generation."""
+        ...
+
+    @property
+    def reports_worker_metrics(self) -> bool:
+        """Whether a worker in this generation writes its worker-metrics item (and so may advertise its feature
+        ranges on it), unless the migration state says otherwise."""
+        ...
+
+    def open(self) -> None:
+        """Open what the generation needs (once; may wait, e.g. for the owner index). Called before the first
+        :meth:`enter` or switch, outside the worker's coordination lock."""
+        ...
+
+    def enter(self, *, rebalance_hold_until_ns: int | None) -> None:
+        """Become the current generation (at a switch, between two loop runs). ``rebalance_hold_until_ns``: the
+        first leader term assigns only expired or unassigned leases until then (``None``: no hold)."""
+        ...
+
+    def leave(self) -> None:
+        """Stop being the current generation (at a switch): give up what only it may hold."""
+        ...
+
+    def stop(self) -> None:
+        """The worker stops: give up what this generation holds, whether current or not."""
+        ...
+
+    def take(self) -> list[Lease]:
+        """One run of the taker loop: the leases taken (to start consumers for)."""
+        ...
+
+    def assign(self) -> AssignmentRun | None:
+        """One run of the assigner loop: keep (or give up, when stopping) the leadership; the leader's
+        assignment pass (``None``: not the leader, or nothing to assign in this generation)."""
+        ...
+
+    def discover(self) -> list[Lease]:
+        """One run of the discoverer loop: leases newly assigned to this worker."""
+        ...
+
+    def discovery_interval_s(self) -> float:
+        """The delay before the discoverer loop's next run."""
+        ...
+
+    def is_leader(self) -> bool:
+        """Whether this worker currently leads in this generation (cheap: no store call in 3.x)."""
+        ...
+
+    def leads_shard_sync(self) -> bool:
+        """Whether this worker is the leader that runs shard sync now (may touch the store)."""
+        ...
+
+    def recent_leases(self) -> tuple[int, list[Lease]] | None:
+        """The lease table as the generation last scanned it: (monotonic ns, leases), if it did."""
+        ...
+
+
+class LeaseCountGeneration:
+    """KCL 2.x: every worker takes leases by count; the deterministic leader runs shard sync."""
+
+    mode: AssignmentMode = "lease-count-2x"
+    reports_worker_metrics = False
+
+    def __init__(self, context: GenerationContext) -> None:
+        self._context = context
+        self.taker = self._new_taker()
+        self.leader = DeterministicShuffleLeaderDecider(context.store, context.worker_id)
+
+    def _new_taker(self) -> LeaseTaker:
+        context = self._context
+        return LeaseTaker(
+            context.store, context.worker_id, context.config.leases, clock_ns=context.clock_ns, rng=context.rng
+        )
+
+    def open(self) -> None:
+        """Nothing to open: the lease table is all the 2.x generation uses."""
+
+    def enter(self, *, rebalance_hold_until_ns: int | None) -> None:
+        # A fresh taker: a lease first seen owned counts as just renewed, so nothing looks expired after a switch.
+        self.taker = self._new_taker()
+
+    def leave(self) -> None:
+        """The deterministic leader holds nothing."""
+
+    def stop(self) -> None:
+        """Nothing held."""
+
+    def take(self) -> list[Lease]:
+        taker = self.taker
+        taken = taker.take_leases()
+        metrics = taker.last_metrics
+        if metrics is not None:
+            for name, value in metrics.as_dict().items():
+                self._context.metrics.put("TakeLeases", name, value)
+        return taken
+
+    def assign(self) -> AssignmentRun | None:
+        return None
+
+    def discover(self) -> list[Lease]:
+        return []
+
+    def discovery_interval_s(self) -> float:
+        return self._context.config.lease_discovery_interval_ms / 1000
+
+    def is_leader(self) -> bool:
+        return self.leader.is_leader()
+
+    def leads_shard_sync(self) -> bool:
+        return self.leader.is_leader()
+
+    def recent_leases(self) -> tuple[int, list[Lease]] | None:
+        return self.taker.last_scan
+
+
+def check_worker_id_for_single_table(worker_id: str) -> None:
+    if worker_id.startswith("shardId-") or worker_id in RESERVED_KEYS:
+        raise ConfigurationError(
+            f"worker id {worker_id!r} cannot be used with KCL 3.x coordination: worker-metrics items "
+            "share the lease table's keys, so a worker id must not look like a shard id or equal "
+            f"{', '.join(sorted(RESERVED_KEYS))}; choose another --worker-id"
+        )
+
+
+class UtilizationGeneration:
+    """KCL 3.x: the lock leader assigns leases by load, every worker discovers its own through the owner index.
+
+    Constructing it checks that the worker id can share the lease table's keys (worker-metrics items live there
+    in the single-table layout); :meth:`open` opens the coordinator items, waits for the owner index and builds
+    the leader lock, the assignment manager and the discoverer — once, however often the worker switches.
+    """
+
+    mode: AssignmentMode = "utilization-3x"
+    reports_worker_metrics = True
+
+    def __init__(self, context: GenerationContext) -> None:
+        check_worker_id_for_single_table(context.worker_id)
+        self._context = context
+        self._open_lock = threading.Lock()
+        self.lock: LeaderLock | None = None
+        self.assigner: LeaseAssignmentManager | None = None
+        self.discoverer: LeaseDiscoverer | None = None
+        self._was_leader = False
+        self._rebalance_hold_until_ns: int | None = None
+        self._discovery_interval_ms = context.config.lease_discovery_interval_ms
+
+    @property
+    def opened(self) -> bool:
+        return self.assigner is not None
+
+    def open(self) -> None:
+        with self._open_lock:
+            if self.assigner is not None:
+                return
+            self._open()
+
+    def _open(self) -> None:
+        context = self._context
+        config = context.config
+        store = context.store
+        tables = context.items.open()
+        # Legacy layout: KCL 3.0-3.4 creates <app>-CoordinatorState and <app>-WorkerMetricStats when it starts in
+        # 3.x (no-ops in the single-table layout, where the items live in the lease table).
+        tables.coordinator.create_if_not_exists()
+        tables.worker_metrics.create_if_not_exists()
+        coordination = config.coordination
+        if not isinstance(store, OwnerIndex):
+            raise ConfigurationError(f"{type(store).__name__} has no owner index; KCL 3.x needs one")
+        wait_for_owner_index(store, config, clock_ns=context.clock_ns, stopping=context.stopping)
+        self.lock = LeaderLock(
+            tables.coordinator,
+            context.worker_id,
+            lease_duration_ms=coordination.leader_lease_duration_ms,
+            heartbeat_period_ms=coordination.leader_heartbeat_period_ms,
+        )
+        self.assigner = LeaseAssignmentManager(
+            store,
+            tables.worker_metrics,
+            config=config.utilization,
+            failover_time_ms=config.leases.failover_time_ms,
+            strategy=coordination.strategy,
+            metrics_config=config.worker_metrics,
+            metrics=context.metrics,
+            clock_ns=context.clock_ns,
+            clock_epoch_s=context.clock_epoch_s,
+            rng=context.rng,
+            discovery_interval_ms=max(
+                config.lease_discovery_interval_ms, coordination.max_lease_discovery_interval_ms or 0
+            ),
+        )
+        renewer = context.renewer
+        self.discoverer = LeaseDiscoverer(store, store, context.worker_id, lambda: set(renewer.held()))
+
+    def enter(self, *, rebalance_hold_until_ns: int | None) -> None:
+        self._was_leader = False
+        if rebalance_hold_until_ns is not None:
+            self._rebalance_hold_until_ns = rebalance_hold_until_ns
+        self._discovery_interval_ms = self._context.config.lease_discovery_interval_ms
+
+    def leave(self) -> None:
+        self._was_leader = False
+        lock = self.lock
+        if lock is not None and lock.holds_lock():
+            try:
+                lock.release()
+            except ShardwiseError as exc:
+                logger.warning("could not release the leader lock; it expires after its lease duration: %s", exc)
+
+    def stop(self) -> None:
+        lock = self.lock
+        if lock is not None and lock.holds_lock():
+            try:
+                lock.release()
+            except Exception:
+                logger.warning("could not release the leader lock; it expires after its lease duration")
+
+    def take(self) -> list[Lease]:
+        return []
+
+    def assign(self) -> AssignmentRun | None:
+        lock, assigner = self.lock, self.assigner
+        if lock is None or assigner is None:
+            return None
+        context = self._context
+        leader = not context.stopping() and lock.is_leader()
+        if leader and not self._was_leader:
+            logger.info("worker %s is the leader now", context.worker_id)
+            hold = self._rebalance_hold_until_ns
+            self._rebalance_hold_until_ns = None
+            if hold is not None:
+                logger.info(
+                    "worker %s: first leader term after the switch to KCL 3.x: only expired or unassigned leases "
+                    "are assigned for %d ms (no rebalancing)",
+                    context.worker_id,
+                    max(0, hold - context.clock_ns()) // 1_000_000,
+                )
+            assigner.reset(skip_rebalance_until_ns=hold)
+        self._was_leader = leader
+        if not leader:
+            return None
+        return assigner.run_once()
+
+    def discover(self) -> list[Lease]:
+        discoverer = self.discoverer
+        if discoverer is None:
+            return []
+        context = self._context
+        found = discoverer.discover()
+        context.metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
+        # KCL queries the owner index every ~10 s on every worker, which makes a small steady fleet read more
+        # than the 2.x generation (KCL issue #1406). While nothing changes the interval doubles up to
+        # coordination.max_lease_discovery_interval_ms; it drops back to KCL's whenever a lease arrives or the
+        # worker holds none (a leader that assigns to itself wakes its own discoverer at once).
+        base = context.config.lease_discovery_interval_ms
+        ceiling = max(base, context.config.coordination.max_lease_discovery_interval_ms or base)
+        if found or not context.renewer.held():
+            self._discovery_interval_ms = base
+        else:
+            self._discovery_interval_ms = min(ceiling, self._discovery_interval_ms * 2)
+        return found
+
+    def discovery_interval_s(self) -> float:
+        return self._discovery_interval_ms / 1000
+
+    def is_leader(self) -> bool:
+        lock = self.lock
+        return lock is not None and lock.holds_lock()
+
+    def leads_shard_sync(self) -> bool:
+        lock = self.lock
+        return lock is not None and lock.is_leader()
+
+    def recent_leases(self) -> tuple[int, list[Lease]] | None:
+        assigner = self.assigner
+        return None if assigner is None else assigner.last_leases
+
+
+#: How the worker builds the generation a mode names.
+GENERATIONS: dict[AssignmentMode, Callable[[GenerationContext], Generation]] = {
+    "lease-count-2x": LeaseCountGeneration,
+    "utilization-3x": UtilizationGeneration,
+}
+
+
+def request_owner_index(store: LeaseStore, worker_id: str) -> None:
+    """Start creating the owner index if it does not exist, without waiting (UPGRADE_FROM_2X)."""
+    if not isinstance(store, OwnerIndex):
+        logger.warning(
+            "worker %s: %s has no owner index; the fleet cannot move to KCL 3.x",
+            worker_id,
+            type(store).__name__,
+        )
+        return
+    try:
+        if store.owner_index_status() is None and store.create_owner_index():
+            logger.info("worker %s started creating the owner index LeaseOwnerToLeaseKeyIndex", worker_id)
+    except DependencyError as exc:
+        logger.info("could not start creating the owner index (another worker may be creating it): %s", exc)
+
+
+def wait_for_owner_index(
+    index: OwnerIndex, config: WorkerConfig, *, clock_ns: Callable[[], int], stopping: Callable[[], bool]
+) -> None:
+    """Create the owner index if nobody has yet, and wait until it is ACTIVE. Several workers start at
+    once: a failed create is retried after re-reading the status (another worker may be creating it)."""
+    timeout_ms = config.coordination.owner_index_timeout_ms
+    deadline = clock_ns() + timeout_ms * 1_000_000
+    while (status := index.owner_index_status()) != "ACTIVE":
+        if status is None:
+            try:
+                index.create_owner_index()
+                continue
+            except DependencyError as exc:
+                logger.info("could not create the owner index (another worker may be creating it): %s", exc)
+        if clock_ns() > deadline or stopping():
+            raise InvalidStateError(
+                f"the owner index LeaseOwnerToLeaseKeyIndex is {status} after "
+                f"{timeout_ms} ms; retry later or raise "
+                "coordination.owner_index_timeout_ms"
+            )
+        time.sleep(1.0)
