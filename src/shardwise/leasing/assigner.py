@@ -25,13 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from shardwise.assignment.utilization import (
-    AssignmentConfig,
-    AssignmentDecision,
-    AssignmentSnapshot,
-    decide_lease_count,
-    decide_variance_based,
-)
+from shardwise.assignment.lease_count import decide_lease_count
+from shardwise.assignment.utilization import AssignmentConfig, AssignmentDecision, AssignmentSnapshot
+from shardwise.assignment.variance import decide_variance_based
 from shardwise.errors import DependencyError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore, SharedTableScan
