@@ -10,19 +10,17 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from shardwise.assignment.lease_count import decide_lease_count
 from shardwise.assignment.model import CPU, THROUGHPUT, WorkerMetricStats
+from shardwise.assignment.projection import project_loads
 from shardwise.assignment.utilization import (
     AssignmentConfig,
     AssignmentDecision,
     AssignmentSnapshot,
     Move,
-    decide_lease_count,
-    decide_variance_based,
-    metrics_out_of_balance,
-    project_loads,
-    projected_loads,
     worker_metric_value,
 )
+from shardwise.assignment.variance import decide_variance_based, metrics_out_of_balance, projected_loads
 from shardwise.checkpoint.sequence import SHARD_END, TRIM_HORIZON
 from shardwise.errors import ConfigurationError
 from shardwise.leases.model import Lease
