@@ -52,7 +52,7 @@ from shardwise.errors import ConfigurationError
 from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.lifecycle.consumer import ConsumerConfig
 from shardwise.versions.features import FeaturesConfig
-from shardwise.versions.migration import MigrationConfig
+from shardwise.versions.migration_rules import MigrationConfig
 from shardwise.worker import CoordinationConfig, WorkerConfig
 from shardwise.worker_metrics import WorkerMetricsConfig
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from shardwise.versions.migration import METRIC_2X_WORKER, METRIC_3X_WORKER
+from shardwise.versions.migration_rules import METRIC_2X_WORKER, METRIC_3X_WORKER
 from shardwise.versions.migration_state import ClientVersion
 from support.fleet import Backend, Fleet, StreamAdmin, taker_interval_s
 from support.scenario import ClientVersionScenario, FreshStreams

@@ -42,7 +42,7 @@ import boto3
 import pytest
 
 from shardwise.leadership.deterministic import deterministic_leaders
-from shardwise.versions.migration import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
+from shardwise.versions.migration_rules import METRIC_2X_WORKER, METRIC_3X_WORKER, OPERATION
 from support.javakcl import Interop, interop_fixture
 from support.kcl2x import (
     FAILOVER_MS,

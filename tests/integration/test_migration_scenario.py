@@ -40,7 +40,7 @@ import pytest
 
 from shardwise.admin.migrate import MODIFIED_BY_ROLLBACK, MODIFIED_BY_ROLLFORWARD
 from shardwise.leases.store import OwnerIndex
-from shardwise.versions.migration import METRIC_2X_WORKER, METRIC_3X_WORKER
+from shardwise.versions.migration_rules import METRIC_2X_WORKER, METRIC_3X_WORKER
 from shardwise.versions.migration_state import ClientVersion
 from support.fleet import Backend, Fleet, FleetError, StreamAdmin, taker_interval_s
 from support.scenario import ClientVersionScenario, FreshStreams

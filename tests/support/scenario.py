@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from integration.processors import RESULTS_ENV, WORKER_ENV, connect_results, read_processed
 from shardwise.backends import open_coordinator_tables
-from shardwise.versions.migration import OPERATION
+from shardwise.versions.migration_rules import OPERATION
 from shardwise.versions.migration_state import ClientVersion, MigrationState, MigrationStore
 from support.fleet import Backend, Fleet, StreamAdmin
 from support.traffic import keys_per_shard, some

@@ -69,27 +69,10 @@ from shardwise.worker_metrics import (
 )
 
 __all__ = [
-    "CLIENT_VERSION_CONFIGS",
-    "METRIC_2X_WORKER",
-    "METRIC_3X_WORKER",
-    "METRIC_FAULT",
-    "METRIC_GSI_READY",
-    "METRIC_WORKER_METRICS_READY",
-    "OPERATION",
     "TRANSITION_RETRY_NS",
-    "ClientVersionConfig",
-    "MigrationConfig",
     "MigrationCoordinator",
-    "MigrationStep",
-    "ReadinessInputs",
     "ReadinessProbe",
     "ReadinessSource",
-    "Stabilizer",
-    "StateBehaviour",
-    "behaviour",
-    "initial_state",
-    "is_expected_transition",
-    "live_lease_owners",
 ]
 
 logger = logging.getLogger(__name__)

@@ -13,13 +13,8 @@ from collections.abc import Callable
 from shardwise.leases.store import LeaseStore, OwnerIndex
 from shardwise.metrics.sink import MetricsSink
 from shardwise.tables.items import CoordinatorTables
-from shardwise.versions.migration import (
-    TRANSITION_RETRY_NS,
-    ClientVersionConfig,
-    MigrationCoordinator,
-    MigrationStep,
-    ReadinessProbe,
-)
+from shardwise.versions.migration import TRANSITION_RETRY_NS, MigrationCoordinator, ReadinessProbe
+from shardwise.versions.migration_rules import ClientVersionConfig, MigrationStep
 from shardwise.versions.migration_state import MigrationStore
 from shardwise.worker.config import WorkerConfig
 

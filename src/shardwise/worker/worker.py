@@ -60,7 +60,8 @@ from shardwise.versions.features import (
     levels_from_client_version,
     worker_supported_ranges,
 )
-from shardwise.versions.migration import ClientVersionConfig, MigrationCoordinator, MigrationStep
+from shardwise.versions.migration import MigrationCoordinator
+from shardwise.versions.migration_rules import ClientVersionConfig, MigrationStep
 from shardwise.versions.migration_state import MIGRATION_KEY, ClientVersion
 from shardwise.worker.config import AssignmentMode, WorkerConfig, WorkerStats
 from shardwise.worker.dispatcher import Dispatcher

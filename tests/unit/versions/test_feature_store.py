@@ -12,7 +12,7 @@ from shardwise.versions.feature_store import (
     holds_assignment,
 )
 from shardwise.versions.features import SupportedRange, worker_supported_ranges
-from shardwise.versions.migration import ReadinessInputs
+from shardwise.versions.migration_rules import ReadinessInputs
 from shardwise.versions.migration_state import ClientVersion, MigrationState, MigrationStore
 
 

@@ -35,15 +35,14 @@ from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.lifecycle.consumer import ConsumerConfig
 from shardwise.metrics.sink import InMemoryMetricsSink
 from shardwise.processor import BaseRecordProcessor, ProcessRecordsInput
-from shardwise.versions.migration import (
+from shardwise.versions.migration import MigrationCoordinator, ReadinessProbe
+from shardwise.versions.migration_rules import (
     CLIENT_VERSION_CONFIGS,
     OPERATION,
     ClientVersionConfig,
     MigrationConfig,
-    MigrationCoordinator,
     MigrationStep,
     ReadinessInputs,
-    ReadinessProbe,
     Stabilizer,
     StateBehaviour,
     behaviour,

@@ -25,7 +25,7 @@ from shardwise.leases.model import Lease
 from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.processor import BaseRecordProcessor, ProcessRecordsInput
 from shardwise.tables.items import Layout
-from shardwise.versions.migration import ClientVersionConfig, MigrationStep
+from shardwise.versions.migration_rules import ClientVersionConfig, MigrationStep
 from shardwise.versions.migration_state import ClientVersion
 from shardwise.worker import AssignmentMode, CoordinationConfig, Worker, WorkerConfig
 from shardwise.worker import generations as generations_module
