@@ -52,7 +52,7 @@ LOST_RACE = "the finalized features changed while this update was being validate
 #: of a process's start-up time, are done before the gate).
 GATED_CLI = """
 import os, sys, time
-import shardwise.backends, shardwise.backends.layouts
+import shardwise.backends, shardwise.backends.sqlite.backend, shardwise.backends.sqlite.items
 from shardwise.cli.main import cli
 gate = sys.argv[1]
 deadline = time.monotonic() + 120
