@@ -54,7 +54,11 @@ POLL_MS = 1_000
 JITTER_MS = 500
 READINESS_MS = 1_000
 STABILIZATION_MS = 35_000
-REPORTER_MS = 1_500
+#: A worker's metrics are fresh for 2 × this (KCL's rule) and ``lut`` is whole seconds, while the report loop waits
+#: this long *after* each tick (the report plus the feature-level check, a few hundred ms on moto with four
+#: workers on two cores): at 1.5 s a late tick made a worker look stale for a moment, which restarted the 35 s
+#: stabilization and pushed the flip past the first deterministic re-election. 2.5 s leaves a second of margin.
+REPORTER_MS = 2_500
 LEADER_LEASE_MS = 6_000
 ASSIGNMENT_MS = 2 * FAILOVER_MS  # the default lease_assignment_interval_ms
 DISCOVERY_MS = ASSIGNMENT_MS // 2 - 25  # KCL's fixed discovery interval (see test_kcl3x)
