@@ -15,11 +15,11 @@ from botocore.exceptions import BotoCoreError, NoRegionError
 from shardwise.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    # Named here for the seam's annotations (shardwise.backends.DynamoDBClient).
-    from mypy_boto3_dynamodb.client import DynamoDBClient
+    # Re-exported (type checking only) for the seam's annotations: shardwise.backends.DynamoDBClient.
+    from mypy_boto3_dynamodb.client import DynamoDBClient as DynamoDBClient  # noqa: PLC0414 - explicit re-export
     from mypy_boto3_kinesis.client import KinesisClient
 
-__all__ = ["DYNAMODB_CLIENT_CONFIG", "KINESIS_CLIENT_CONFIG", "DynamoDBClient", "dynamodb_client", "kinesis_client"]
+__all__ = ["DYNAMODB_CLIENT_CONFIG", "KINESIS_CLIENT_CONFIG", "dynamodb_client", "kinesis_client"]
 
 #: DynamoDB: the SDK's *standard* retry mode with 10 attempts (KCL's DynamoDB clients retry as long).
 DYNAMODB_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10})
