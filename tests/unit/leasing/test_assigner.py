@@ -24,24 +24,12 @@ from shardwise.leases.model import Lease
 from shardwise.leasing.assigner import OPERATION, LeaseAssignmentManager, Strategy
 from shardwise.metrics.sink import InMemoryMetricsSink
 from shardwise.tables.items import ItemTable
+from support.clocks import FakeClock
 
 MS = 1_000_000
 FAILOVER_MS = 10_000
 FAILOVER_NS = FAILOVER_MS * MS
 EPOCH = 1_800_000_000.0
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand (starting well above 0, like ``time.monotonic_ns``)."""
-
-    def __init__(self, start_ns: int = 5_000_000 * MS) -> None:
-        self.now = start_ns
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ns: int) -> None:
-        self.now += ns
 
 
 class RacingStore(SQLiteLeaseStore):

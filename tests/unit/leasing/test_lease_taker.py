@@ -15,24 +15,12 @@ from shardwise.checkpoint.sequence import TRIM_HORIZON
 from shardwise.errors import DependencyError, ThrottlingError
 from shardwise.leases.model import Lease
 from shardwise.leasing.taker import LeaseTaker
+from support.clocks import FakeClock
 
 CONFIG = TakerConfig()
 MS = 1_000_000
 FAILOVER_NS = CONFIG.failover_time_ms * MS
 TAKER_INTERVAL_NS = CONFIG.taker_interval_ms * MS
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand (starting well above 0, like ``time.monotonic_ns``)."""
-
-    def __init__(self, start_ns: int = 5_000_000 * MS) -> None:
-        self.now = start_ns
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ns: int) -> None:
-        self.now += ns
 
 
 class HookedStore(SQLiteLeaseStore):
