@@ -20,9 +20,11 @@ import datetime
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -172,12 +174,12 @@ class FaultFleet:
         if worker_id not in self.proxies:
             self.proxies[worker_id] = WorkerProxies(
                 FaultProxy(
-                    "dynamodb", self.stand_ins.moto.port, seed=hash(worker_id) & 0xFFFF, name=f"{worker_id}-ddb"
+                    "dynamodb", self.stand_ins.moto.port, seed=zlib.crc32(worker_id.encode()), name=f"{worker_id}-ddb"
                 ),
                 FaultProxy(
                     "kinesis",
                     self.stand_ins.kinesalite.port,
-                    seed=hash(worker_id) >> 16 & 0xFFFF,
+                    seed=zlib.crc32(worker_id.encode()) + 1,
                     name=f"{worker_id}-kin",
                 ),
             )
@@ -308,6 +310,7 @@ class Figures:
     proxy_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     test: str = ""
     date_utc: str = ""
+    commit: str = ""
 
     @property
     def bound_held(self) -> bool:
@@ -356,7 +359,18 @@ def measure(
         proxy_counts=fleet.proxy_counts(),
         test=test,
         date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        commit=_commit(),
     )
+
+
+def _commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or "" outside git."""
+    git = ["git", "-C", str(FAULTS_DIR)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    if head.returncode != 0:
+        return ""
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=False)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def results_dir(default: Path) -> Path:

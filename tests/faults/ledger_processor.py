@@ -12,9 +12,9 @@ checkpoints, so a fault can cause duplicates but never hide a loss:
 
 It checkpoints as a real application would: after a batch, once ``$SHARDWISE_FAULTS_CHECKPOINT_MS`` ms (default
 0: every batch) have passed since its last checkpoint of the shard, and always at shutdown or shard end. A
-refused checkpoint is treated as KCL applications treat ``ShutdownException``: noted, not raised. While the file named by
-``$SHARDWISE_FAULTS_SLOW_FLAG`` exists, every non-empty batch is held ``$SHARDWISE_FAULTS_SLOW_MS`` ms between
-being recorded and checkpointed (a processor slower than the failover time).
+refused checkpoint is treated as KCL applications treat ``ShutdownException``: noted, not raised. While the
+file named by ``$SHARDWISE_FAULTS_SLOW_FLAG`` exists, every non-empty batch is held ``$SHARDWISE_FAULTS_SLOW_MS``
+ms after it is recorded (a processor slower than the failover time).
 """
 
 from __future__ import annotations
