@@ -364,12 +364,15 @@ def measure(
 
 
 def _commit() -> str:
-    """The checkout's commit (``+dirty`` with uncommitted changes), or "" outside git."""
-    git = ["git", "-C", str(FAULTS_DIR)]
+    """The commit of the shardwise code under test (the checkout ``shardwise`` is imported from; ``+dirty`` with
+    uncommitted changes in its ``src``), or "" outside git."""
+    import shardwise
+
+    git = ["git", "-C", str(Path(shardwise.__file__).resolve().parent)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     if head.returncode != 0:
         return ""
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=False)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 

@@ -37,6 +37,7 @@ from shardwise.processor import (
 
 __all__ = [
     "CHECKPOINT_MS_ENV",
+    "FAKETIME_SHIM_ENV",
     "LEDGER_ENV",
     "SLOW_FLAG_ENV",
     "SLOW_MS_ENV",
@@ -50,6 +51,12 @@ WORKER_ENV = "SHARDWISE_FAULTS_WORKER"
 SLOW_FLAG_ENV = "SHARDWISE_FAULTS_SLOW_FLAG"
 SLOW_MS_ENV = "SHARDWISE_FAULTS_SLOW_MS"
 CHECKPOINT_MS_ENV = "SHARDWISE_FAULTS_CHECKPOINT_MS"
+FAKETIME_SHIM_ENV = "SHARDWISE_FAULTS_FAKETIME_SHIM"
+
+if os.environ.get(FAKETIME_SHIM_ENV):
+    from faketime_shim import install
+
+    install()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
