@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -53,10 +54,29 @@ SLOW_MS_ENV = "SHARDWISE_FAULTS_SLOW_MS"
 CHECKPOINT_MS_ENV = "SHARDWISE_FAULTS_CHECKPOINT_MS"
 FAKETIME_SHIM_ENV = "SHARDWISE_FAULTS_FAKETIME_SHIM"
 
-if os.environ.get(FAKETIME_SHIM_ENV):
-    from faketime_shim import install
 
-    install()
+def _install_faketime_shim() -> None:
+    """Work around libfaketime 0.9.10 in a worker whose wall clock it fakes (``$SHARDWISE_FAULTS_FAKETIME_SHIM``
+    set; this module is imported before the worker runs).
+
+    With ``DONT_FAKE_MONOTONIC=1`` (the wall clock jumps, CLOCK_MONOTONIC does not), libfaketime's interposed
+    ``clock_nanosleep`` fails every absolute sleep on CLOCK_MONOTONIC with EINVAL, so Python's ``time.sleep``
+    raises ``OSError: [Errno 22]`` at once — something no real clock jump does. Waiting on an event (a semaphore
+    wait on CLOCK_MONOTONIC) is not affected, so ``time.sleep`` becomes that. Everything else libfaketime fakes
+    (``time.time``, ``datetime.now``, SigV4 signing dates, log timestamps) stays faked.
+    """
+    never = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("sleep length must be non-negative")
+        never.wait(seconds)
+
+    time.sleep = sleep  # type: ignore[assignment]
+
+
+if os.environ.get(FAKETIME_SHIM_ENV):
+    _install_faketime_shim()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (

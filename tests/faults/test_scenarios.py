@@ -408,7 +408,7 @@ def test_g_wall_clock_jumps_on_one_worker(stand_ins: StandIns, tmp_path: Path) -
         "FAKETIME_TIMESTAMP_FILE": str(stamp),
         "FAKETIME_NO_CACHE": "1",
         "DONT_FAKE_MONOTONIC": "1",
-        FAKETIME_SHIM_ENV: "1",  # libfaketime 0.9.10 breaks time.sleep under DONT_FAKE_MONOTONIC: see faketime_shim
+        FAKETIME_SHIM_ENV: "1",  # libfaketime 0.9.10 breaks time.sleep under DONT_FAKE_MONOTONIC: see ledger_processor
     }
     with scenario(stand_ins, tmp_path, "clock", worker_env={"w1": faked}) as run:
         run.steady()
