@@ -74,9 +74,11 @@ def _injected(fig: dict[str, Any]) -> str:
     return ", ".join(f"{name} {count}" for name, count in sorted(totals.items())) or "none"
 
 
-def render(figures: list[dict[str, Any]], command: str) -> str:
+def render(figures: list[dict[str, Any]], command: str, code: str = "") -> str:
     failover = figures[0]["failover_time_ms"] if figures else 4000
     lines = [INTRO.format(command=command, failover=failover), ""]
+    if code:
+        lines += [f"Code measured: {code}", ""]
     lines.append("| scenario | lost | duplicates | longest overlap | failover time | time to recover | measured |")
     lines.append("|---|---|---|---|---|---|---|")
     lines += [_row(fig) for fig in figures]
@@ -95,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path, help="the directory the scenarios wrote their JSON figures to")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where to write (default {DEFAULT_OUT})")
     parser.add_argument("--command", default=COMMAND, help="the command to cite as having produced the figures")
+    parser.add_argument("--code", default="", help="what code was measured, if the commits alone do not say it")
     args = parser.parse_args(argv)
     files = sorted(args.results.glob("*.json"))
     if not files:
         print(f"report: no figures (*.json) in {args.results}; run the suite with SHARDWISE_FAULTS_RESULTS set")
         return 2
     figures = [json.loads(path.read_text()) for path in files]
-    args.out.write_text(render(figures, args.command))
+    args.out.write_text(render(figures, args.command, args.code))
     print(f"report: {len(figures)} scenarios -> {args.out}")
     return 0
 

@@ -38,8 +38,10 @@ def test_each_scenario_is_a_row_with_the_bound_marked_where_it_applies() -> None
             _figures("c", 9.0, bound_applies=False, recovery_s=3.0),
         ],
         "the command",
+        "main + fixes",
     )
     assert "    the command" in text
+    assert "Code measured: main + fixes" in text
     rows = [line for line in text.splitlines() if line.startswith("| **")]
     assert len(rows) == 3
     assert "| 0 | 7 of 100 | 0.5 s ✓ | 4000 ms | 1.2 s | 2026-12-07 04:00 UTC, `abc1234` |" in rows[0]
