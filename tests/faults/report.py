@@ -26,9 +26,9 @@ Produced by the fault-injection suite (`tests/faults/`, issue 13) with:
 
     {command}
 
-Each scenario runs three `shardwise run` worker processes (`--backend aws`) on a stream of 6 shards, each worker
-talking to its own moto server (DynamoDB) and kinesalite (Kinesis) through its own fault proxy per service
-(`tests/support/faultproxy.py`: black-hole, delay, reset, throttling and 5xx answers at a rate). A producer puts
+Each scenario runs three `shardwise run` worker processes (`--backend aws`) on a stream of 6 shards; they share
+a moto server (DynamoDB) and a kinesalite (Kinesis) started for the scenario, and each worker reaches them
+through its own fault proxy per service (`tests/support/faultproxy.py`: black-hole, delay, reset, throttling and 5xx answers at a rate). A producer puts
 one record per shard every 250 ms, directly to the stream. Every delivery is written to a ledger before the
 processor checkpoints (`tests/faults/ledger_processor.py`; it checkpoints every 15 × failover time, as
 applications checkpoint periodically), with `time.monotonic()`, which is system-wide on Linux and immune to
@@ -74,14 +74,31 @@ def _injected(fig: dict[str, Any]) -> str:
     return ", ".join(f"{name} {count}" for name, count in sorted(totals.items())) or "none"
 
 
-def render(figures: list[dict[str, Any]], command: str, code: str = "") -> str:
+HEADER = [
+    "| scenario | lost | duplicates | longest overlap | failover time | time to recover | measured |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+def render(
+    figures: list[dict[str, Any]],
+    command: str,
+    code: str = "",
+    before: list[dict[str, Any]] | None = None,
+    before_code: str = "",
+) -> str:
+    """The document: the table of ``figures`` (with what code they measured), their notes, and optionally a
+    second table of the same scenarios measured on other code (``before``, e.g. before a fix)."""
     failover = figures[0]["failover_time_ms"] if figures else 4000
     lines = [INTRO.format(command=command, failover=failover), ""]
     if code:
         lines += [f"Code measured: {code}", ""]
-    lines.append("| scenario | lost | duplicates | longest overlap | failover time | time to recover | measured |")
-    lines.append("|---|---|---|---|---|---|---|")
-    lines += [_row(fig) for fig in figures]
+    lines += [*HEADER, *(_row(fig) for fig in figures)]
+    if before:
+        lines += ["", "## The same scenarios on the code before the fixes", ""]
+        if before_code:
+            lines += [f"Code measured: {before_code}", ""]
+        lines += [*HEADER, *(_row(fig) for fig in before)]
     lines += ["", "## Notes per scenario", ""]
     for fig in figures:
         notes = "; ".join(fig["notes"]) if fig["notes"] else ""
@@ -98,13 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where to write (default {DEFAULT_OUT})")
     parser.add_argument("--command", default=COMMAND, help="the command to cite as having produced the figures")
     parser.add_argument("--code", default="", help="what code was measured, if the commits alone do not say it")
+    parser.add_argument("--before", type=Path, default=None, help="figures of the same scenarios on earlier code")
+    parser.add_argument("--before-code", default="", help="what code --before measured")
     args = parser.parse_args(argv)
     files = sorted(args.results.glob("*.json"))
     if not files:
         print(f"report: no figures (*.json) in {args.results}; run the suite with SHARDWISE_FAULTS_RESULTS set")
         return 2
     figures = [json.loads(path.read_text()) for path in files]
-    args.out.write_text(render(figures, args.command, args.code))
+    before = [json.loads(path.read_text()) for path in sorted(args.before.glob("*.json"))] if args.before else None
+    args.out.write_text(render(figures, args.command, args.code, before, args.before_code))
     print(f"report: {len(figures)} scenarios -> {args.out}")
     return 0
 

@@ -49,6 +49,17 @@ def test_each_scenario_is_a_row_with_the_bound_marked_where_it_applies() -> None
     assert "| never |" in rows[1]
     assert "| 9.0 s | 4000 ms |" in rows[2]
     assert "forwarded 15, throttled 2. a note." in text
+    assert "before the fixes" not in text
+
+
+def test_figures_of_earlier_code_get_a_table_of_their_own() -> None:
+    now = [_figures("a", 0.5, bound_applies=True, recovery_s=1.0)]
+    before = [_figures("a", 16.1, bound_applies=True, recovery_s=1.0)]
+    text = render(now, "cmd", "fixed", before, "main")
+    first, second = text.split("## The same scenarios on the code before the fixes")
+    assert "0.5 s ✓" in first
+    assert "Code measured: main" in second
+    assert "16.1 s ✗ over the bound" in second.split("## Notes")[0]
 
 
 def test_main_writes_the_document_and_refuses_an_empty_results_dir(tmp_path: Path) -> None:
