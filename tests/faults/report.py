@@ -29,10 +29,10 @@ Produced by the fault-injection suite (`tests/faults/`, issue 13) with:
 Each scenario runs three `shardwise run` worker processes (`--backend aws`) on a stream of 6 shards; they share
 a moto server (DynamoDB) and a kinesalite (Kinesis) started for the scenario, and each worker reaches them
 through its own fault proxy per service (`tests/support/faultproxy.py`: black-hole, delay, reset, throttling
-and 5xx answers at a rate). A producer puts one record per shard every 250 ms, directly to the stream. Every delivery is written to a ledger before the
-processor checkpoints (`tests/faults/ledger_processor.py`; it checkpoints every 15 × failover time, as
-applications checkpoint periodically), with `time.monotonic()`, which is system-wide on Linux and immune to
-wall-clock jumps. Failover time {failover} ms unless stated.
+and 5xx answers at a rate). A producer puts one record per shard every 250 ms, directly to the stream. Every
+delivery is written to a ledger before the processor checkpoints (`tests/faults/ledger_processor.py`; it
+checkpoints every 15 × failover time, as applications checkpoint periodically), with `time.monotonic()`, which
+is system-wide on Linux and immune to wall-clock jumps. Failover time {failover} ms unless stated.
 
 * **lost** — records put and never delivered (asserted 0 in every scenario);
 * **duplicates** — deliveries beyond the first of a record (at-least-once: expected after any failover, since
