@@ -349,6 +349,8 @@ def test_e_malformed_lease_items(stand_ins: StandIns, tmp_path: Path) -> None:
         repaired = time.monotonic()
         run.fleet.wait_delivering(repaired, run.shards, 120)
         run.finish()
+        warned = {w: run.fleet.fleet.log_text(w).lower().count("malformed") for w in WORKERS}
+        notes.append("log lines naming a malformed item: " + ", ".join(f"{w} {n}" for w, n in warned.items()))
         figures = measure(
             run.fleet,
             run.producer,
