@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", default="", help="what code was measured, if the commits alone do not say it")
     parser.add_argument("--before", type=Path, default=None, help="figures of the same scenarios on earlier code")
     parser.add_argument("--before-code", default="", help="what code --before measured")
+    parser.add_argument("--remark", action="append", default=[], help="a remark to list after the notes (repeatable)")
     args = parser.parse_args(argv)
     files = sorted(args.results.glob("*.json"))
     if not files:
@@ -124,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     figures = [json.loads(path.read_text()) for path in files]
     before = [json.loads(path.read_text()) for path in sorted(args.before.glob("*.json"))] if args.before else None
-    args.out.write_text(render(figures, args.command, args.code, before, args.before_code))
+    text = render(figures, args.command, args.code, before, args.before_code)
+    if args.remark:
+        text += "\n## Remarks\n\n" + "".join(f"* {remark}\n" for remark in args.remark)
+    args.out.write_text(text)
     print(f"report: {len(figures)} scenarios -> {args.out}")
     return 0
 
