@@ -15,7 +15,7 @@ from support import standins
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).resolve().parent
     for item in items:
-        if here in Path(str(item.fspath)).resolve().parents:
+        if here in item.path.resolve().parents:
             item.add_marker(pytest.mark.faults)
 
 
