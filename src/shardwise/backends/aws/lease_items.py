@@ -328,7 +328,7 @@ class _Reader:
         try:
             return HashKeyRange.from_strings(start, end)
         except ValueError as exc:
-            raise self.fail(f"hash key range [{start}, {end}]: {exc}") from None
+            raise self.fail(f"startingHashKey/endingHashKey [{start}, {end}]: {exc}") from None
 
 
 def lease_from_item(item: Mapping[str, AttributeValueTypeDef]) -> Lease:

@@ -106,6 +106,14 @@ def _integer(row: sqlite3.Row, column: str, *, incremented: bool = False) -> int
     return value
 
 
+def _sequence(row: sqlite3.Row, column: str, text: str, sub_column: str) -> ExtendedSequenceNumber:
+    sub = _integer(row, sub_column) or 0
+    try:
+        return ExtendedSequenceNumber(text, sub)
+    except ValueError as exc:
+        raise ValueError(f"{_ATTRIBUTES[column]}: {exc}") from None
+
+
 def lease_from_row(row: sqlite3.Row) -> Lease:
     """The lease a row holds; ``MalformedItemError`` naming the key and the problem for a row that is not one."""
     key = str(row["lease_key"])
@@ -113,11 +121,14 @@ def lease_from_row(row: sqlite3.Row) -> Lease:
         pending = None
         pending_text = _text(row, "pending_checkpoint")
         if pending_text is not None:
-            pending = ExtendedSequenceNumber(pending_text, _integer(row, "pending_checkpoint_sub") or 0)
+            pending = _sequence(row, "pending_checkpoint", pending_text, "pending_checkpoint_sub")
         hash_range = None
         start, end = _text(row, "starting_hash_key"), _text(row, "ending_hash_key")
         if start is not None or end is not None:
-            hash_range = HashKeyRange.from_strings(str(start), str(end))
+            try:
+                hash_range = HashKeyRange.from_strings(str(start), str(end))
+            except ValueError as exc:
+                raise ValueError(f"startingHashKey/endingHashKey [{start}, {end}]: {exc}") from None
         counter = _integer(row, "lease_counter", incremented=True)
         if counter is None:
             raise ValueError("required attribute leaseCounter is missing")
@@ -131,9 +142,7 @@ def lease_from_row(row: sqlite3.Row) -> Lease:
             lease_key=key,
             lease_owner=_text(row, "lease_owner"),
             lease_counter=counter,
-            checkpoint=ExtendedSequenceNumber(
-                str(_text(row, "checkpoint", required=True)), _integer(row, "checkpoint_sub") or 0
-            ),
+            checkpoint=_sequence(row, "checkpoint", str(_text(row, "checkpoint", required=True)), "checkpoint_sub"),
             pending_checkpoint=pending,
             pending_checkpoint_state=state if pending is not None else None,
             owner_switches_since_checkpoint=_integer(row, "owner_switches", incremented=True) or 0,
