@@ -4,7 +4,6 @@ with the item named."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,34 +17,11 @@ from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore, MalformedLease
 from support.backends import LeaseBackend
+from support.lease_corruption import corrupt
 
 BAD = "shardId-000000000001"
 GOOD = "shardId-000000000000"
 CHECKPOINT = ExtendedSequenceNumber("49590338271490256608559692538361571095921575989136588898", 7)
-
-
-def corrupt(store: LeaseStore, key: str, sqlite_set: tuple[str, object], dynamodb_set: dict[str, Any] | None) -> None:
-    """Overwrite one attribute of the stored item behind the store's back (``None`` value: remove it)."""
-    from shardwise.backends.aws.leases import DynamoDBLeaseStore
-    from shardwise.backends.sqlite.leases import SQLiteLeaseStore
-
-    if isinstance(store, SQLiteLeaseStore):
-        column, value = sqlite_set
-        with sqlite3.connect(store.path) as conn:
-            conn.execute(
-                f"UPDATE shardwise_leases SET {column} = ? WHERE table_name = ? AND lease_key = ?",
-                (value, store.table_name, key),
-            )
-        return
-    assert isinstance(store, DynamoDBLeaseStore)
-    assert dynamodb_set is not None
-    item = store.client.get_item(TableName=store.table_name, Key={"leaseKey": {"S": key}}, ConsistentRead=True)["Item"]
-    for name, value in dynamodb_set.items():
-        if value is None:
-            item.pop(name, None)
-        else:
-            item[name] = value
-    store.client.put_item(TableName=store.table_name, Item=item)
 
 
 @dataclass(frozen=True)
