@@ -51,8 +51,7 @@ def test_each_bad_item_is_reported_at_most_once_per_interval_and_at_least_once_p
         assert due_keys <= set(bad)
         for key, problem in bad.items():
             seen = last_report.get(key)
-            fresh = key not in previous or seen is None or seen[1] != problem
-            if fresh or now - seen[0] >= INTERVAL_NS:
+            if key not in previous or seen is None or seen[1] != problem or now - seen[0] >= INTERVAL_NS:
                 assert key in due_keys  # new, changed or not reported for an interval: reported now
             else:
                 assert key not in due_keys  # reported less than an interval ago with the same problem
