@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.backends.sqlite.stream import LocalStreamStore, shard_id_for_index
 from shardwise.checkpoint.sequence import TRIM_HORIZON
+from shardwise.config import build_config
+from shardwise.errors import ConfigurationError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import MalformedLease
 from shardwise.leasing.bad_items import METRIC_NAME, METRIC_OPERATION, MalformedLeaseReporter, Reported, due_reports
@@ -164,3 +166,15 @@ def test_shard_sync_warns_when_an_unreadable_item_holds_the_key(
     assert repr(BAD) in sync_warnings[0]
     assert "parentShardId" in sync_warnings[0]
     assert f"shardwise leases repair --app app --shard {BAD}" in sync_warnings[0]
+
+
+# -- configuration --------------------------------------------------------------------------------------------------
+
+
+def test_the_report_interval_is_a_validated_config_key() -> None:
+    names = {"application_name": "app", "stream_name": "s"}
+    worker, _ = build_config({**names, "malformed_lease_report_interval_ms": 5_000})
+    assert worker.malformed_lease_report_interval_ms == 5_000
+    assert build_config(names)[0].malformed_lease_report_interval_ms == 60_000
+    with pytest.raises(ConfigurationError, match="malformed_lease_report_interval_ms"):
+        build_config({**names, "malformed_lease_report_interval_ms": 0})
