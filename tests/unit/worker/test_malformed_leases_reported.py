@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
@@ -32,6 +33,10 @@ class Idle(BaseRecordProcessor):
 
     def process_records(self, process_records_input: ProcessRecordsInput) -> None:
         pass
+
+
+def reported_thrice(sink: InMemoryMetricsSink) -> bool:
+    return len(sink.values(METRIC_OPERATION, METRIC_NAME)) >= 3
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -88,7 +93,7 @@ def test_every_worker_reports_a_malformed_lease(
             # A leader and a non-leader: the non-leader, which never scans the lease table for assignment, reports too.
             wait_for(lambda: any(worker.is_leader() for worker in workers), 30, "a leader")
         for sink in sinks:
-            wait_for(lambda sink=sink: len(sink.values(METRIC_OPERATION, METRIC_NAME)) >= 3, 30, "three reports")
+            wait_for(functools.partial(reported_thrice, sink), 30, "three reports")
         leaders = [worker for worker in workers if worker.is_leader()]
     finally:
         for worker in workers:
