@@ -1,5 +1,5 @@
 """``shardwise leases`` with malformed lease items (shown with what is wrong, exit 1) and ``shardwise leases
-repair`` (dry run, repair, already valid, missing key, bad input), on SQLite and on DynamoDB (moto)."""
+repair`` (dry run, repair, already valid, missing key, lost race, bad input), on SQLite and on DynamoDB (moto)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from shardwise.backends import open_lease_store
 from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON, ExtendedSequenceNumber
+from shardwise.cli import leases as leases_cli
 from shardwise.cli.main import cli
+from shardwise.config import BackendConfig
 from shardwise.leases.model import Lease
-from shardwise.leases.store import LeaseStore
+from shardwise.leases.store import LeaseStore, RawLeaseItem
 from support.lease_corruption import corrupt
 
 REGION = "us-east-1"
@@ -159,3 +162,33 @@ def test_app_given_before_the_subcommand(tmp_path: Path) -> None:
     assert "nothing to repair" in result.output
     missing = runner.invoke(cli, ["leases", "--db", str(db)])
     assert missing.exit_code == 2 and "--app" in missing.output
+
+
+def test_repair_that_loses_a_race_writes_nothing_and_fails_clearly(
+    table: Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone writes the item between the command's read and its replace (a real write, on the real store)."""
+    corrupt(table.store, BAD, ("lease_counter", "abc"), {"leaseCounter": {"S": "abc"}})
+    opened = open_lease_store
+
+    def open_racing(backend: BackendConfig, table_name: str) -> LeaseStore:
+        store = opened(backend, table_name)
+        read = store.read_raw_lease
+
+        def read_then_someone_writes(key: str) -> RawLeaseItem | None:
+            raw = read(key)
+            corrupt(table.store, key, ("lease_owner", "w-9"), {"leaseOwner": {"S": "w-9"}})
+            return raw
+
+        setattr(store, "read_raw_lease", read_then_someone_writes)  # noqa: B010 - instance hook, real store
+        return store
+
+    monkeypatch.setattr(leases_cli, "open_lease_store", open_racing)
+
+    result = table.run("leases", "repair", "--shard", BAD)
+
+    assert result.exit_code == 1
+    assert "changed since it was read" in result.output
+    assert "Traceback" not in result.output
+    after = table.store.read_raw_lease(BAD)
+    assert after is not None and after.problem is not None and after.fields["leaseOwner"] == "w-9"
