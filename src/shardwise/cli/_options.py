@@ -10,7 +10,7 @@ import click
 from shardwise.config import BackendConfig
 from shardwise.errors import ConfigurationError
 
-__all__ = ["DB_OPTION", "apply_options", "backend_from_target_options"]
+__all__ = ["BACKEND_OPTIONS", "DB_OPTION", "apply_options", "backend_from_target_options"]
 
 #: ``--db``: the SQLite file of the local backend.
 DB_OPTION = click.option(
@@ -32,6 +32,24 @@ def apply_options(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
         return func
 
     return decorate
+
+
+_BACKEND_OPTION_LIST = [
+    click.option(
+        "--backend",
+        type=click.Choice(["local", "aws"]),
+        default=None,
+        help="local: SQLite file (--db); aws: DynamoDB + Kinesis via boto3. [default: local]",
+    ),
+    DB_OPTION,
+    click.option("--endpoint-url", default=None, help="Endpoint override for both DynamoDB and Kinesis."),
+    click.option("--kinesis-endpoint-url", default=None, help="Endpoint override for Kinesis only."),
+    click.option("--dynamodb-endpoint-url", default=None, help="Endpoint override for DynamoDB only."),
+    click.option("--region", default=None, help="AWS region (default: the boto3 chain)."),
+]
+
+#: ``--backend``, ``--db`` and the endpoint and region overrides of ``run`` and ``leases``.
+BACKEND_OPTIONS = apply_options(_BACKEND_OPTION_LIST)
 
 
 def backend_from_target_options(params: Mapping[str, Any], *, local_with_aws: str) -> BackendConfig:

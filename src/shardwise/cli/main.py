@@ -13,8 +13,9 @@ import click
 from shardwise import __version__
 from shardwise.cli.demo import demo
 from shardwise.cli.features import features
+from shardwise.cli.leases import leases
 from shardwise.cli.migrate import migrate
-from shardwise.cli.run import leases, run
+from shardwise.cli.run import run
 from shardwise.cli.stream import stream
 
 __all__ = ["cli", "main"]

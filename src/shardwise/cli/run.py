@@ -1,52 +1,30 @@
-"""``shardwise run`` (one worker) and ``shardwise leases`` (the lease table, readable or as JSON)."""
+"""``shardwise run``: one worker."""
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
 import click
 
-from shardwise.backends import open_coordinator_tables, open_lease_store, open_stream_source
-from shardwise.cli._options import DB_OPTION, apply_options
-from shardwise.cli._output import echo_table
-from shardwise.config import BackendConfig, build_config, load_config_file, merged, parse_override
+from shardwise.backends import open_lease_store, open_stream_source
+from shardwise.cli._options import BACKEND_OPTIONS
+from shardwise.config import build_config, load_config_file, merged, parse_override
 from shardwise.errors import ConfigurationError, ShardwiseError
-from shardwise.leadership.lock import LEADER_KEY, lock_from_record
-from shardwise.leases.model import Lease
-from shardwise.leases.store import LeaseStore
 from shardwise.metrics import LogMetricsSink, MetricsSink
 from shardwise.processor import RecordProcessorFactory
 from shardwise.worker import Worker
-from shardwise.worker_metrics import classify_workers
 
-__all__ = ["leases", "load_factory", "open_lease_store", "open_stream_source", "run"]
+__all__ = ["load_factory", "open_lease_store", "open_stream_source", "run"]
 
-_BACKEND_OPTIONS = [
-    click.option(
-        "--backend",
-        type=click.Choice(["local", "aws"]),
-        default=None,
-        help="local: SQLite file (--db); aws: DynamoDB + Kinesis via boto3. [default: local]",
-    ),
-    DB_OPTION,
-    click.option("--endpoint-url", default=None, help="Endpoint override for both DynamoDB and Kinesis."),
-    click.option("--kinesis-endpoint-url", default=None, help="Endpoint override for Kinesis only."),
-    click.option("--dynamodb-endpoint-url", default=None, help="Endpoint override for DynamoDB only."),
-    click.option("--region", default=None, help="AWS region (default: the boto3 chain)."),
-]
-
-
-_backend_options = apply_options(_BACKEND_OPTIONS)
+_backend_options = BACKEND_OPTIONS
 
 
 def load_factory(spec: str) -> RecordProcessorFactory:
@@ -304,149 +282,3 @@ def _metrics_sink(choice: str) -> MetricsSink | None:
     if not metrics_logger.isEnabledFor(logging.INFO):
         metrics_logger.setLevel(logging.INFO)
     return LogMetricsSink(metrics_logger)
-
-
-def _lease_row(lease: Lease) -> dict[str, Any]:
-    return {
-        "leaseKey": lease.lease_key,
-        "leaseOwner": lease.lease_owner,
-        "leaseCounter": lease.lease_counter,
-        "checkpoint": lease.checkpoint.sequence_number,
-        "checkpointSubSequenceNumber": lease.checkpoint.sub_sequence_number,
-        "pendingCheckpoint": None if lease.pending_checkpoint is None else str(lease.pending_checkpoint),
-        "ownerSwitchesSinceCheckpoint": lease.owner_switches_since_checkpoint,
-        "parentShardIds": sorted(lease.parent_shard_ids),
-        "childShardIds": sorted(lease.child_shard_ids),
-        "throughputKBps": lease.throughput_kbps,
-        "checkpointOwner": lease.checkpoint_owner,
-    }
-
-
-def _coordination_view(store: LeaseStore, application_name: str, now_epoch_s: float) -> dict[str, Any]:
-    """Layout, leader and worker-metrics entries of the application (KCL 3.x items; empty for a 2.x fleet)."""
-    tables = open_coordinator_tables(store, application_name)
-    leader_record = tables.coordinator.get(LEADER_KEY) if tables.coordinator.exists() else None
-    leader = None if leader_record is None else lock_from_record(leader_record, 120_000).owner_name
-    workers: list[dict[str, Any]] = []
-    if tables.worker_metrics.exists():
-        snapshot = classify_workers(tables.worker_metrics, now_epoch_s)
-        for status in ("active", "failing", "inactive", "invalid", "stale"):
-            for entry in getattr(snapshot, status):
-                workers.append(
-                    {
-                        "workerId": entry.worker_id,
-                        "status": status,
-                        "lastUpdate": entry.lut,
-                        "secondsSinceUpdate": round(now_epoch_s - entry.lut, 1) if entry.lut else None,
-                        "metrics": {name: list(values) for name, values in entry.stats.items()},
-                        "operatingRange": {name: list(values) for name, values in entry.operating_range.items()},
-                        "leader": entry.worker_id == leader,
-                    }
-                )
-        for key in snapshot.malformed:
-            workers.append(
-                {
-                    "workerId": key,
-                    "status": "malformed",
-                    "lastUpdate": None,
-                    "secondsSinceUpdate": None,
-                    "metrics": {},
-                    "operatingRange": {},
-                    "leader": key == leader,
-                }
-            )
-    workers.sort(key=lambda w: str(w["workerId"]))
-    return {
-        "layout": tables.layout,
-        "coordinatorTable": tables.coordinator.table_name,
-        "workerMetricsTable": tables.worker_metrics.table_name,
-        "leader": leader,
-        "workers": workers,
-    }
-
-
-def _metrics_text(metrics: dict[str, list[float]]) -> str:
-    if not metrics:
-        return "throughput only"
-    return " ".join(f"{name}={values[-1]:g}" if values else f"{name}=-" for name, values in sorted(metrics.items()))
-
-
-@click.command()
-@click.option("--app", "application_name", required=True, help="Application name (the lease table).")
-@click.option("--table", "table_name", default=None, help="Lease table name if it differs from the app name.")
-@_backend_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def leases(application_name: str, table_name: str | None, as_json: bool, **flags: Any) -> None:
-    """Show the lease table of an application (owner, counter, checkpoint, parents and children), its
-    coordination layout and leader, and the workers' reported metrics (KCL 3.x)."""
-    try:
-        backend = BackendConfig(
-            backend=flags["backend"] or "local",
-            db=flags["db"] or "shardwise.db",
-            region=flags["region"],
-            endpoint_url=flags["endpoint_url"],
-            kinesis_endpoint_url=flags["kinesis_endpoint_url"],
-            dynamodb_endpoint_url=flags["dynamodb_endpoint_url"],
-        )
-        store = open_lease_store(backend, table_name or application_name)
-        if not store.table_exists():
-            raise ConfigurationError(
-                f"application {application_name!r} has no lease table {table_name or application_name!r} "
-                f"({'in ' + backend.db if backend.backend == 'local' else 'in DynamoDB'}); check --app/--table/--db"
-            )
-        rows = [_lease_row(lease) for lease in store.list_leases()]
-        coordination = _coordination_view(store, application_name, time.time())
-    except ShardwiseError as exc:
-        raise click.ClickException(str(exc)) from exc
-    owners: dict[str, int] = {}
-    for row in rows:
-        owner = row["leaseOwner"] or "(unassigned)"
-        owners[owner] = owners.get(owner, 0) + 1
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "application": application_name,
-                    "table": table_name or application_name,
-                    "leases": rows,
-                    "leasesPerOwner": owners,
-                    **coordination,
-                },
-                indent=2,
-            )
-        )
-        return
-    headers = ["LEASE KEY", "OWNER", "COUNTER", "CHECKPOINT", "PARENTS", "CHILDREN"]
-    table = [
-        [
-            row["leaseKey"],
-            row["leaseOwner"] or "-",
-            str(row["leaseCounter"]),
-            row["checkpoint"]
-            + (f"/{row['checkpointSubSequenceNumber']}" if row["checkpointSubSequenceNumber"] else ""),
-            ",".join(row["parentShardIds"]) or "-",
-            ",".join(row["childShardIds"]) or "-",
-        ]
-        for row in rows
-    ]
-    echo_table(headers, table)
-    click.echo(f"\n{len(rows)} lease(s); per owner: " + ", ".join(f"{o}={n}" for o, n in sorted(owners.items())))
-    click.echo(
-        f"layout: {coordination['layout']} (coordinator items in {coordination['coordinatorTable']}, "
-        f"worker metrics in {coordination['workerMetricsTable']}); leader: {coordination['leader'] or '-'}"
-    )
-    if coordination["workers"]:
-        click.echo("")
-        echo_table(
-            ["WORKER", "STATUS", "LAST UPDATE", "METRICS (latest)", "LEADER"],
-            [
-                [
-                    str(w["workerId"]),
-                    str(w["status"]),
-                    "-" if w["secondsSinceUpdate"] is None else f"{w['secondsSinceUpdate']:.0f} s ago",
-                    _metrics_text(w["metrics"]),
-                    "yes" if w["leader"] else "",
-                ]
-                for w in coordination["workers"]
-            ],
-        )

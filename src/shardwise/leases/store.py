@@ -11,13 +11,49 @@ Operations that succeed return the lease as it now is in the table, so callers n
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import Lease
 
-__all__ = ["LeaseStore", "OwnerIndex", "SharedTableScan"]
+__all__ = ["LeaseScan", "LeaseStore", "MalformedLease", "OwnerIndex", "RawLeaseItem", "SharedTableScan", "repair_hint"]
+
+
+def repair_hint(table_name: str, lease_key: str) -> str:
+    """The command that rewrites a malformed lease item from its valid fields (named in every report of one)."""
+    return f"shardwise leases repair --app {table_name} --shard {lease_key}"
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedLease:
+    """A lease item that cannot be read as a lease: its key and what is wrong with it."""
+
+    key: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseScan:
+    """One scan of a lease table: the valid leases (key order) and the malformed lease items (key order).
+    Non-lease items (coordinator, worker metrics) are in neither."""
+
+    leases: list[Lease] = field(default_factory=list)
+    malformed: list[MalformedLease] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RawLeaseItem:
+    """A lease item as stored, for repair: its key, its attributes under KCL's attribute names (``leaseCounter``,
+    ``checkpoint``, ``parentShardId``…) with the values the backend holds (numbers as ``int``/``float``/
+    ``Decimal``, string sets as lists, binary as ``bytes``; absent attributes left out), what is wrong with it
+    (``None`` if it reads as a valid lease) and an opaque ``version`` the backend compares when replacing it."""
+
+    key: str
+    fields: Mapping[str, object]
+    problem: str | None
+    version: object
 
 
 @runtime_checkable
@@ -52,6 +88,24 @@ class LeaseStore(Protocol):
 
     def get_lease(self, lease_key: str) -> Lease | None:
         """The lease with this key, or ``None`` if there is none (or the item is not a valid lease)."""
+        ...
+
+    def scan_leases(self) -> LeaseScan:
+        """Every valid lease and every malformed lease item of the table (one scan); nothing is logged."""
+        ...
+
+    def read_lease_item(self, lease_key: str) -> Lease | MalformedLease | None:
+        """The lease with this key, what is wrong with it if it cannot be read, or ``None`` if there is no
+        lease item with this key."""
+        ...
+
+    def read_raw_lease(self, lease_key: str) -> RawLeaseItem | None:
+        """The lease item with this key as stored (for repair), or ``None`` if there is no lease item."""
+        ...
+
+    def replace_raw_lease(self, raw: RawLeaseItem, lease: Lease) -> bool:
+        """Replace the item ``raw`` was read from by ``lease``, on condition that the item is unchanged since
+        (every attribute as read, none added). False if it changed or is gone."""
         ...
 
     def create_lease_if_not_exists(self, lease: Lease) -> Lease | None:

@@ -49,7 +49,8 @@ from shardwise.checkpoint.sequence import AT_TIMESTAMP, LATEST, TRIM_HORIZON, Ex
 from shardwise.errors import ConfigurationError, InvalidStateError
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange
 from shardwise.leases.model import Lease
-from shardwise.leases.store import LeaseStore
+from shardwise.leases.store import LeaseStore, MalformedLease
+from shardwise.leasing.bad_items import malformed_lease_message
 from shardwise.retrieval.model import ChildShard, Shard, ShardFilter, ShardFilterType
 from shardwise.retrieval.source import StreamSource
 
@@ -483,12 +484,20 @@ class ShardSyncer:
                 "reshard — retry the shard sync later"
             )
 
+    def _report_existing(self, lease_key: str, why: str) -> None:
+        """An item holds the key: a lease another worker created (fine), or an unreadable one (loud)."""
+        existing = self._store.read_lease_item(lease_key)
+        if isinstance(existing, MalformedLease):
+            logger.warning("%s: %s", why, malformed_lease_message(self._store.table_name, existing))
+        else:
+            logger.debug("%s: lease %s already exists (created by another worker)", why, lease_key)
+
     def _create_all(self, leases: Sequence[Lease], why: str) -> list[Lease]:
         created: list[Lease] = []
         for lease in leases:
             result = self._store.create_lease_if_not_exists(lease)
             if result is None:
-                logger.debug("%s: lease %s already exists (created by another worker)", why, lease.lease_key)
+                self._report_existing(lease.lease_key, why)
                 continue
             logger.info(
                 "%s: created lease %s at %s (parents: %s)",

@@ -4,6 +4,7 @@ A datum is ``(operation, name, value, unit, dimensions)``. ``operation`` is KCL'
 (``RenewAllLeases``, ``TakeLeases``, ``LeaseAssignmentManager``, ``LeaseDiscovery``, ``Migration``,
 ``WorkerMetricStatsReporter``, …) and ``name`` the metric within it (``CurrentLeases``, ``LostLeases``,
 ``TakenLeases``, ``ExpiredLeases``, ``LeaseSpillover``, ``NumWorkers``, ``NumOfLeasesReassignment``,
+``LeaseDeserializationFailureCount`` (malformed lease items, reported by every worker),
 ``Success``, ``Time``, …); see kcl-protocol.md §9. ``unit`` is a CloudWatch unit name (:data:`COUNT`,
 :data:`MILLISECONDS`, …).
 

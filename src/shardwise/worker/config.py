@@ -94,6 +94,8 @@ class WorkerConfig:
     max_consumer_threads: int = 16
     dispatch_poll_interval_ms: int = 20
     shutdown_timeout_ms: int = 30_000
+    # How often every worker scans the lease table for malformed lease items (and repeats its warning per item).
+    malformed_lease_report_interval_ms: int = 60_000
 
     def __post_init__(self) -> None:
         if not self.application_name:
@@ -113,7 +115,12 @@ class WorkerConfig:
             )
         if self.max_consumer_threads < 1:
             raise ConfigurationError(f"max_consumer_threads must be >= 1, got {self.max_consumer_threads}")
-        for name in ("shard_sync_interval_ms", "dispatch_poll_interval_ms", "shutdown_timeout_ms"):
+        for name in (
+            "shard_sync_interval_ms",
+            "dispatch_poll_interval_ms",
+            "shutdown_timeout_ms",
+            "malformed_lease_report_interval_ms",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)}")
 

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from shardwise.errors import DependencyError, ShardwiseError, UnsupportedFeatureVersionError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
+from shardwise.leasing.bad_items import MalformedLeaseReporter
 from shardwise.leasing.renewer import LeaseRenewer
 from shardwise.leasing.shard_sync import ShardSyncer
 from shardwise.lifecycle.consumer import ShardConsumer
@@ -114,6 +115,9 @@ class Worker:
             on_handoff=self._on_handoff,
         )
         self._syncer = ShardSyncer(store, source, config.initial_position)
+        self._bad_items = MalformedLeaseReporter(
+            store, self._metrics, clock_ns, interval_ms=config.malformed_lease_report_interval_ms
+        )
         self._synced_once = False
         self.stats = WorkerStats(started_at_ns=clock_ns())
         self._dispatcher = Dispatcher(
@@ -173,6 +177,9 @@ class Worker:
         self._loops.add("shard-sync", lambda: config.shard_sync_interval_ms / 1000, self._sync)
         self._loops.add("renewer", lambda: leases.renewal_interval_ms / 1000, self._renew)
         self._loops.add("taker", lambda: leases.taker_interval_ms / 1000, self._take)
+        self._loops.add(
+            "malformed-leases", lambda: config.malformed_lease_report_interval_ms / 1000, self._bad_items.run
+        )
         self._loops.add("assigner", lambda: config.lease_assignment_interval_ms / 1000, self._assign)
         self._loops.add("discoverer", self._discovery_interval_s, self._discover)
         self._loops.add("metrics-capture", lambda: metrics_cfg.in_memory_capture_frequency_ms / 1000, self._capture)

@@ -268,7 +268,12 @@ def _with(item: Item, **attributes: AttributeValueTypeDef) -> Item:
         pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"S": "4"}), "leaseCounter", id="leaseCounter-S"),
         pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"N": "four"}), "leaseCounter", id="leaseCounter-NaN"),
         pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"N": "4.5"}), "leaseCounter", id="leaseCounter-frac"),
-        pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"N": "-1"}), "lease_counter", id="leaseCounter-neg"),
+        pytest.param(_with(KCL_313_SHARD_0, leaseCounter={"N": "-1"}), "leaseCounter", id="leaseCounter-neg"),
+        pytest.param(
+            _with(KCL_313_SHARD_0, leaseCounter={"N": "1234567890123456789012345678901234567800000"}),
+            "leaseCounter",
+            id="leaseCounter-cannot-increment",
+        ),
         pytest.param(_without(KCL_313_SHARD_0, "checkpoint"), "checkpoint", id="missing-checkpoint"),
         pytest.param(_with(KCL_313_SHARD_0, checkpoint={"S": "4968x"}), "checkpoint", id="bad-sequence"),
         pytest.param(_with(KCL_313_SHARD_0, checkpoint={"S": ""}), "checkpoint", id="empty-sequence"),

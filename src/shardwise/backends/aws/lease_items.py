@@ -26,6 +26,7 @@ from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.errors import MalformedItemError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import RESERVED_KEYS, Lease
+from shardwise.leases.store import repair_hint
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
@@ -48,13 +49,17 @@ __all__ = [
     "ATTR_STARTING_HASH_KEY",
     "ATTR_THROUGHPUT_KBPS",
     "ENTITY_TYPE_LEASE",
+    "LEASE_ATTRIBUTES",
     "Item",
     "ItemKind",
+    "check_writable",
     "classify_item",
     "item_key",
     "lease_from_item",
     "lease_to_item",
     "number_value",
+    "raw_fields",
+    "representable",
 ]
 
 #: A DynamoDB item in boto3 client form.
@@ -80,6 +85,74 @@ ATTR_ENTITY_TYPE = "entityType"
 ENTITY_TYPE_LEASE = "LEASE"
 
 _MISSING_KEY = "<no leaseKey>"
+
+#: The attributes of a lease item (all but ``leaseKey`` and ``entityType``).
+LEASE_ATTRIBUTES = (
+    ATTR_LEASE_OWNER,
+    ATTR_LEASE_COUNTER,
+    ATTR_CHECKPOINT,
+    ATTR_CHECKPOINT_SUB,
+    ATTR_PENDING_CHECKPOINT,
+    ATTR_PENDING_CHECKPOINT_SUB,
+    ATTR_PENDING_CHECKPOINT_STATE,
+    ATTR_OWNER_SWITCHES,
+    ATTR_PARENT_SHARD_IDS,
+    ATTR_CHILD_SHARD_IDS,
+    ATTR_STARTING_HASH_KEY,
+    ATTR_ENDING_HASH_KEY,
+    ATTR_THROUGHPUT_KBPS,
+    ATTR_CHECKPOINT_OWNER,
+)
+
+#: DynamoDB numbers: up to 38 significant digits, magnitude below 10^126.
+_MAX_DIGITS = 38
+_MAX_MAGNITUDE = 10**126
+
+
+def representable(value: int) -> bool:
+    """Whether DynamoDB can store the integer ``value`` as a number (38 significant digits, below 10^126)."""
+    magnitude = abs(value)
+    return magnitude < _MAX_MAGNITUDE and len(str(magnitude).rstrip("0") or "0") <= _MAX_DIGITS
+
+
+def check_writable(table_name: str, lease: Lease) -> None:
+    """Refuse, naming the item, a lease whose numbers a write would take beyond what DynamoDB stores."""
+    numbers = {
+        ATTR_LEASE_COUNTER: lease.lease_counter + 1,
+        ATTR_OWNER_SWITCHES: lease.owner_switches_since_checkpoint + 1,
+        ATTR_CHECKPOINT_SUB: lease.checkpoint.sub_sequence_number,
+    }
+    if lease.pending_checkpoint is not None:
+        numbers[ATTR_PENDING_CHECKPOINT_SUB] = lease.pending_checkpoint.sub_sequence_number
+    for name, value in numbers.items():
+        if not representable(value):
+            raise MalformedItemError(
+                lease.lease_key,
+                f"{name} would be {value}, more than DynamoDB's 38 significant digits; "
+                f"repair the item: {repair_hint(table_name, lease.lease_key)}",
+            )
+
+
+def _plain(value: Mapping[str, object]) -> object:
+    """An attribute value as a plain Python value (N as ``Decimal`` when it parses, sets as sorted lists)."""
+    for type_name, raw in value.items():
+        if type_name == "N" and isinstance(raw, str):
+            try:
+                return Decimal(raw)
+            except InvalidOperation:
+                return raw
+        if type_name in ("SS", "NS", "BS") and isinstance(raw, list | tuple | set | frozenset):
+            return sorted(raw, key=str)
+        if type_name == "NULL":
+            return None
+        return raw
+    return None
+
+
+def raw_fields(item: Mapping[str, AttributeValueTypeDef]) -> dict[str, object]:
+    """The item's lease attributes as plain values under their names, absent ones left out (for repair)."""
+    plain = cast("Mapping[str, Mapping[str, object]]", item)
+    return {name: _plain(plain[name]) for name in LEASE_ATTRIBUTES if name in plain}
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -255,7 +328,7 @@ class _Reader:
         try:
             return HashKeyRange.from_strings(start, end)
         except ValueError as exc:
-            raise self.fail(f"hash key range [{start}, {end}]: {exc}") from None
+            raise self.fail(f"startingHashKey/endingHashKey [{start}, {end}]: {exc}") from None
 
 
 def lease_from_item(item: Mapping[str, AttributeValueTypeDef]) -> Lease:
@@ -265,6 +338,12 @@ def lease_from_item(item: Mapping[str, AttributeValueTypeDef]) -> Lease:
     reader = _Reader(item)
     lease_key = reader.required_string(ATTR_LEASE_KEY)
     lease_counter = reader.required_integer(ATTR_LEASE_COUNTER)
+    owner_switches = reader.integer(ATTR_OWNER_SWITCHES) or 0
+    for name, number in ((ATTR_LEASE_COUNTER, lease_counter), (ATTR_OWNER_SWITCHES, owner_switches)):
+        if number < 0:
+            raise reader.fail(f"attribute {name!r} is {number}, expected an integer >= 0")
+        if not representable(number + 1):
+            raise reader.fail(f"attribute {name!r} is {number}: DynamoDB cannot store it incremented (38 digits)")
     checkpoint = reader.sequence(ATTR_CHECKPOINT, ATTR_CHECKPOINT_SUB, reader.required_string(ATTR_CHECKPOINT))
     pending_text = reader.string(ATTR_PENDING_CHECKPOINT)
     # An empty pendingCheckpoint means "none", as in KCL.
@@ -279,7 +358,7 @@ def lease_from_item(item: Mapping[str, AttributeValueTypeDef]) -> Lease:
             lease_counter=lease_counter,
             pending_checkpoint=pending,
             pending_checkpoint_state=reader.state(ATTR_PENDING_CHECKPOINT_STATE),
-            owner_switches_since_checkpoint=reader.integer(ATTR_OWNER_SWITCHES) or 0,
+            owner_switches_since_checkpoint=owner_switches,
             parent_shard_ids=reader.string_set(ATTR_PARENT_SHARD_IDS),
             child_shard_ids=reader.string_set(ATTR_CHILD_SHARD_IDS),
             hash_key_range=reader.hash_key_range(),

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from shardwise.backends.aws.backend import AwsBackend
 from shardwise.backends.aws.client import dynamodb_client
@@ -37,12 +37,15 @@ from shardwise.backends.aws.lease_items import (
     ATTR_STARTING_HASH_KEY,
     ATTR_THROUGHPUT_KBPS,
     ENTITY_TYPE_LEASE,
+    LEASE_ATTRIBUTES,
     Item,
+    check_writable,
     classify_item,
     item_key,
     lease_from_item,
     lease_to_item,
     number_value,
+    raw_fields,
 )
 from shardwise.backends.aws.lease_table import OWNER_INDEX_NAME, DynamoDBLeaseStoreConfig, LeaseTable
 from shardwise.backends.aws.table import CapacityMeter, check_table_name
@@ -50,6 +53,7 @@ from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.errors import ConfigurationError, MalformedItemError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import RESERVED_KEYS, Lease
+from shardwise.leases.store import LeaseScan, MalformedLease, RawLeaseItem
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -207,6 +211,85 @@ class DynamoDBLeaseStore:
         item = response.get("Item")
         return None if item is None else self._lease_or_skip(item)
 
+    def scan_leases(self) -> LeaseScan:
+        scan = LeaseScan()
+        for item in self._scan():
+            if classify_item(item) == "other":
+                continue
+            try:
+                scan.leases.append(lease_from_item(item))
+            except MalformedItemError as exc:
+                scan.malformed.append(MalformedLease(exc.key, exc.problem))
+        scan.leases.sort(key=lambda lease: lease.lease_key)
+        scan.malformed.sort(key=lambda bad: bad.key)
+        return scan
+
+    def _get_item(self, lease_key: str, *, consistent: bool) -> Item | None:
+        with self._translating("GetItem"):
+            response = self._client.get_item(
+                TableName=self.table_name,
+                Key=self._key(lease_key),
+                ConsistentRead=consistent,
+                ReturnConsumedCapacity="TOTAL",
+            )
+        self._record_capacity(response.get("ConsumedCapacity"), write=False)
+        item = response.get("Item")
+        return None if item is None or classify_item(item) == "other" else item
+
+    def read_lease_item(self, lease_key: str) -> Lease | MalformedLease | None:
+        item = self._get_item(lease_key, consistent=self._config.consistent_reads)
+        if item is None:
+            return None
+        try:
+            return lease_from_item(item)
+        except MalformedItemError as exc:
+            return MalformedLease(exc.key, exc.problem)
+
+    def read_raw_lease(self, lease_key: str) -> RawLeaseItem | None:
+        item = self._get_item(lease_key, consistent=True)
+        if item is None:
+            return None
+        try:
+            lease_from_item(item)
+            problem = None
+        except MalformedItemError as exc:
+            problem = exc.problem
+        return RawLeaseItem(lease_key, raw_fields(item), problem, dict(item))
+
+    def replace_raw_lease(self, raw: RawLeaseItem, lease: Lease) -> bool:
+        """A conditional ``PutItem``: every attribute of the item as read, the lease attributes it lacked still
+        absent. Attributes the store does not know (``streamName``…) are kept."""
+        if lease.lease_key != raw.key:
+            raise ValueError(f"cannot replace item {raw.key!r} by lease {lease.lease_key!r}")
+        check_writable(self.table_name, lease)
+        old = cast("Item", raw.version)
+        if not isinstance(old, dict):
+            raise ValueError("raw lease item was not read from this store")
+        item = lease_to_item(lease, entity_type=ATTR_ENTITY_TYPE in old)
+        for name, value in old.items():
+            if name not in LEASE_ATTRIBUTES and name not in item:
+                item[name] = value
+        condition = Expression()
+        for name, value in old.items():
+            condition.require_equal(name, value)
+        for name in LEASE_ATTRIBUTES:
+            if name not in old:
+                condition.require_absent(name)
+        try:
+            with self._translating("PutItem", conditional=True):
+                response = self._client.put_item(
+                    TableName=self.table_name,
+                    Item=item,
+                    ConditionExpression=condition.condition_expression,
+                    ExpressionAttributeNames=condition.names,
+                    ExpressionAttributeValues=condition.values,
+                    ReturnConsumedCapacity="TOTAL",
+                )
+        except ConditionFailed:
+            return False
+        self._record_capacity(response.get("ConsumedCapacity"), write=True)
+        return True
+
     def get_checkpoint(self, lease_key: str) -> ExtendedSequenceNumber | None:
         lease = self.get_lease(lease_key)
         return None if lease is None else lease.checkpoint
@@ -253,6 +336,7 @@ class DynamoDBLeaseStore:
         """Write ``lease`` if no item has its key. Raises ``ValueError`` for a reserved coordinator key."""
         if lease.lease_key in RESERVED_KEYS:
             raise ValueError(f"{lease.lease_key!r} is a reserved coordinator key and cannot be a lease key")
+        check_writable(self.table_name, lease)
         item = lease_to_item(lease, entity_type=self._config.write_entity_type)
         absent = Expression()
         absent.require_absent(ATTR_LEASE_KEY)
@@ -271,6 +355,7 @@ class DynamoDBLeaseStore:
         return lease_from_item(item)
 
     def renew_lease(self, lease: Lease, *, throughput_kbps: float | None = None) -> Lease | None:
+        check_writable(self.table_name, lease)
         request = Expression()
         request.require_equal(ATTR_LEASE_COUNTER, number_value(lease.lease_counter))
         if lease.checkpoint_owner is None:
@@ -281,6 +366,7 @@ class DynamoDBLeaseStore:
         return self._update(lease.lease_key, request)
 
     def take_lease(self, lease: Lease, owner: str) -> Lease | None:
+        check_writable(self.table_name, lease)
         request = Expression()
         request.require_equal(ATTR_LEASE_COUNTER, number_value(lease.lease_counter))
         request.set(ATTR_LEASE_COUNTER, number_value(lease.lease_counter + 1))
@@ -291,6 +377,7 @@ class DynamoDBLeaseStore:
         return self._update(lease.lease_key, request)
 
     def evict_lease(self, lease: Lease) -> Lease | None:
+        check_writable(self.table_name, lease)
         request = self._owners_unchanged(lease)
         if lease.checkpoint_owner is None:
             request.remove(ATTR_LEASE_OWNER)
@@ -299,6 +386,7 @@ class DynamoDBLeaseStore:
         return self._update(lease.lease_key, request)
 
     def assign_lease(self, lease: Lease, new_owner: str) -> Lease | None:
+        check_writable(self.table_name, lease)
         request = self._owners_unchanged(lease)
         request.set(ATTR_LEASE_OWNER, {"S": new_owner})
         request.remove(ATTR_CHECKPOINT_OWNER)
@@ -308,6 +396,7 @@ class DynamoDBLeaseStore:
         return self._update(lease.lease_key, request)
 
     def initiate_graceful_handoff(self, lease: Lease, new_owner: str) -> Lease | None:
+        check_writable(self.table_name, lease)
         if lease.lease_owner is None:
             # Nobody to hand off from: the condition "owner == observed owner" cannot name an owner.
             return None
@@ -320,6 +409,7 @@ class DynamoDBLeaseStore:
         return self._update(lease.lease_key, request)
 
     def update_lease(self, lease: Lease) -> Lease | None:
+        check_writable(self.table_name, lease)
         request = Expression()
         request.require_equal(ATTR_LEASE_COUNTER, number_value(lease.lease_counter))
         request.set(ATTR_LEASE_COUNTER, number_value(lease.lease_counter + 1))

@@ -10,7 +10,6 @@ Many applications can share one database file: each lease table is a ``table_nam
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -19,10 +18,19 @@ from typing import Any
 
 from shardwise.backends.sqlite.backend import SQLiteBackend
 from shardwise.backends.sqlite.connection import SQLiteDatabase
+from shardwise.backends.sqlite.lease_rows import (
+    ALL_COLUMNS,
+    COLUMNS,
+    check_writable,
+    encode_ids,
+    lease_from_row,
+    raw_fields,
+)
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.errors import ConfigurationError, MalformedItemError, ResourceNotFoundError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import RESERVED_KEYS, Lease
+from shardwise.leases.store import LeaseScan, MalformedLease, RawLeaseItem
 
 __all__ = ["SQLiteLeaseStore"]
 
@@ -55,55 +63,6 @@ CREATE TABLE IF NOT EXISTS shardwise_leases (
 );
 CREATE INDEX IF NOT EXISTS shardwise_leases_by_owner ON shardwise_leases (table_name, lease_owner, lease_key);
 """
-
-_COLUMNS = (
-    "lease_key, entity_type, lease_owner, lease_counter, checkpoint, checkpoint_sub, pending_checkpoint, "
-    "pending_checkpoint_sub, pending_checkpoint_state, owner_switches, parent_shard_ids, child_shard_ids, "
-    "starting_hash_key, ending_hash_key, throughput_kbps, checkpoint_owner"
-)
-
-
-def _encode_ids(ids: frozenset[str]) -> str | None:
-    return json.dumps(sorted(ids)) if ids else None
-
-
-def _decode_ids(key: str, column: str, text: object) -> frozenset[str]:
-    if text is None:
-        return frozenset()
-    try:
-        value = json.loads(str(text))
-    except ValueError as exc:
-        raise MalformedItemError(key, f"{column} is not a JSON list: {exc}") from exc
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise MalformedItemError(key, f"{column} must be a list of shard ids, got {text!r}")
-    return frozenset(value)
-
-
-def _lease_from_row(row: sqlite3.Row) -> Lease:
-    key = str(row["lease_key"])
-    try:
-        pending = None
-        if row["pending_checkpoint"] is not None:
-            pending = ExtendedSequenceNumber(row["pending_checkpoint"], row["pending_checkpoint_sub"] or 0)
-        hash_range = None
-        if row["starting_hash_key"] is not None or row["ending_hash_key"] is not None:
-            hash_range = HashKeyRange.from_strings(str(row["starting_hash_key"]), str(row["ending_hash_key"]))
-        return Lease(
-            lease_key=key,
-            lease_owner=row["lease_owner"],
-            lease_counter=int(row["lease_counter"]),
-            checkpoint=ExtendedSequenceNumber(str(row["checkpoint"]), int(row["checkpoint_sub"])),
-            pending_checkpoint=pending,
-            pending_checkpoint_state=row["pending_checkpoint_state"] if pending is not None else None,
-            owner_switches_since_checkpoint=int(row["owner_switches"]),
-            parent_shard_ids=_decode_ids(key, "parent_shard_ids", row["parent_shard_ids"]),
-            child_shard_ids=_decode_ids(key, "child_shard_ids", row["child_shard_ids"]),
-            hash_key_range=hash_range,
-            throughput_kbps=None if row["throughput_kbps"] is None else float(row["throughput_kbps"]),
-            checkpoint_owner=row["checkpoint_owner"],
-        )
-    except (TypeError, ValueError) as exc:
-        raise MalformedItemError(key, str(exc)) from exc
 
 
 class SQLiteLeaseStore:
@@ -179,7 +138,7 @@ class SQLiteLeaseStore:
             try:
                 return list(
                     conn.execute(
-                        f"SELECT {_COLUMNS} FROM shardwise_leases WHERE table_name = ? {where} ORDER BY lease_key",
+                        f"SELECT {COLUMNS} FROM shardwise_leases WHERE table_name = ? {where} ORDER BY lease_key",
                         (self._table, *params),
                     )
                 )
@@ -192,7 +151,7 @@ class SQLiteLeaseStore:
             self._warn_once(key, f"not a lease (entityType {row['entity_type']})")
             return None
         try:
-            return _lease_from_row(row)
+            return lease_from_row(row)
         except MalformedItemError as exc:
             self._warn_once(key, f"malformed lease, skipped: {exc.problem}")
             return None
@@ -206,6 +165,76 @@ class SQLiteLeaseStore:
 
     def list_leases(self) -> list[Lease]:
         return [lease for row in self._rows("", ()) if (lease := self._parse(row)) is not None]
+
+    @staticmethod
+    def _is_lease_row(row: sqlite3.Row) -> bool:
+        return row["entity_type"] == "LEASE" and str(row["lease_key"]) not in RESERVED_KEYS
+
+    def scan_leases(self) -> LeaseScan:
+        scan = LeaseScan()
+        for row in self._rows("", ()):
+            if not self._is_lease_row(row):
+                continue
+            try:
+                scan.leases.append(lease_from_row(row))
+            except MalformedItemError as exc:
+                scan.malformed.append(MalformedLease(exc.key, exc.problem))
+        return scan
+
+    def read_lease_item(self, lease_key: str) -> Lease | MalformedLease | None:
+        rows = [row for row in self._rows("AND lease_key = ?", (lease_key,)) if self._is_lease_row(row)]
+        if not rows:
+            return None
+        try:
+            return lease_from_row(rows[0])
+        except MalformedItemError as exc:
+            return MalformedLease(exc.key, exc.problem)
+
+    def read_raw_lease(self, lease_key: str) -> RawLeaseItem | None:
+        rows = [row for row in self._rows("AND lease_key = ?", (lease_key,)) if self._is_lease_row(row)]
+        if not rows:
+            return None
+        row = rows[0]
+        try:
+            lease_from_row(row)
+            problem = None
+        except MalformedItemError as exc:
+            problem = exc.problem
+        return RawLeaseItem(lease_key, raw_fields(row), problem, tuple(row[c] for c in ALL_COLUMNS))
+
+    def replace_raw_lease(self, raw: RawLeaseItem, lease: Lease) -> bool:
+        if lease.lease_key != raw.key:
+            raise ValueError(f"cannot replace item {raw.key!r} by lease {lease.lease_key!r}")
+        check_writable(self._table, lease)
+        version = raw.version
+        if not isinstance(version, tuple) or len(version) != len(ALL_COLUMNS):
+            raise ValueError("raw lease item was not read from this store")
+        hash_range, pending = lease.hash_key_range, lease.pending_checkpoint
+        values = {
+            "lease_owner": lease.lease_owner,
+            "lease_counter": lease.lease_counter,
+            "checkpoint": lease.checkpoint.sequence_number,
+            "checkpoint_sub": lease.checkpoint.sub_sequence_number,
+            "pending_checkpoint": None if pending is None else pending.sequence_number,
+            "pending_checkpoint_sub": None if pending is None else pending.sub_sequence_number,
+            "pending_checkpoint_state": lease.pending_checkpoint_state,
+            "owner_switches": lease.owner_switches_since_checkpoint,
+            "parent_shard_ids": encode_ids(lease.parent_shard_ids),
+            "child_shard_ids": encode_ids(lease.child_shard_ids),
+            "starting_hash_key": None if hash_range is None else str(hash_range.start),
+            "ending_hash_key": None if hash_range is None else str(hash_range.end),
+            "throughput_kbps": lease.throughput_kbps,
+            "checkpoint_owner": lease.checkpoint_owner,
+        }
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        unchanged = " AND ".join(f"{column} IS ?" for column in ALL_COLUMNS)
+        with self._db.transaction() as conn:
+            self._require_table(conn)
+            cur = conn.execute(
+                f"UPDATE shardwise_leases SET {assignments} WHERE table_name = ? AND {unchanged}",
+                (*values.values(), self._table, *version),
+            )
+            return cur.rowcount == 1
 
     # -- owner index (OwnerIndex) ----------------------------------------------------------------------
 
@@ -259,20 +288,21 @@ class SQLiteLeaseStore:
             conn.row_factory = sqlite3.Row
             try:
                 row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM shardwise_leases WHERE table_name = ? AND lease_key = ?",
+                    f"SELECT {COLUMNS} FROM shardwise_leases WHERE table_name = ? AND lease_key = ?",
                     (self._table, lease_key),
                 ).fetchone()
             finally:
                 conn.row_factory = None
-        return _lease_from_row(row)
+        return lease_from_row(row)
 
     def create_lease_if_not_exists(self, lease: Lease) -> Lease | None:
+        check_writable(self._table, lease)
         hash_range = lease.hash_key_range
         pending = lease.pending_checkpoint
         with self._db.transaction() as conn:
             self._require_table(conn)
             cur = conn.execute(
-                f"INSERT OR IGNORE INTO shardwise_leases (table_name, {_COLUMNS}) "
+                f"INSERT OR IGNORE INTO shardwise_leases (table_name, {COLUMNS}) "
                 "VALUES (?, ?, 'LEASE', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     self._table,
@@ -285,8 +315,8 @@ class SQLiteLeaseStore:
                     None if pending is None else pending.sub_sequence_number,
                     lease.pending_checkpoint_state,
                     lease.owner_switches_since_checkpoint,
-                    _encode_ids(lease.parent_shard_ids),
-                    _encode_ids(lease.child_shard_ids),
+                    encode_ids(lease.parent_shard_ids),
+                    encode_ids(lease.child_shard_ids),
                     None if hash_range is None else str(hash_range.start),
                     None if hash_range is None else str(hash_range.end),
                     lease.throughput_kbps,
@@ -296,6 +326,7 @@ class SQLiteLeaseStore:
         return lease if cur.rowcount == 1 else None
 
     def renew_lease(self, lease: Lease, *, throughput_kbps: float | None = None) -> Lease | None:
+        check_writable(self._table, lease)
         condition = "lease_counter = ?"
         if lease.checkpoint_owner is None:
             condition += " AND checkpoint_owner IS NULL"
@@ -308,6 +339,7 @@ class SQLiteLeaseStore:
         )
 
     def take_lease(self, lease: Lease, owner: str) -> Lease | None:
+        check_writable(self._table, lease)
         return self._conditional_update(
             lease.lease_key,
             "owner_switches = owner_switches + ?, "
@@ -323,6 +355,7 @@ class SQLiteLeaseStore:
         return "lease_owner IS ? AND checkpoint_owner IS ?", (lease.lease_owner, lease.checkpoint_owner)
 
     def evict_lease(self, lease: Lease) -> Lease | None:
+        check_writable(self._table, lease)
         condition, cond_params = self._owners_condition(lease)
         return self._conditional_update(
             lease.lease_key,
@@ -334,6 +367,7 @@ class SQLiteLeaseStore:
         )
 
     def assign_lease(self, lease: Lease, new_owner: str) -> Lease | None:
+        check_writable(self._table, lease)
         condition, cond_params = self._owners_condition(lease)
         return self._conditional_update(
             lease.lease_key,
@@ -345,6 +379,7 @@ class SQLiteLeaseStore:
         )
 
     def initiate_graceful_handoff(self, lease: Lease, new_owner: str) -> Lease | None:
+        check_writable(self._table, lease)
         if lease.lease_owner is None:
             return None
         return self._conditional_update(
@@ -356,6 +391,7 @@ class SQLiteLeaseStore:
         )
 
     def update_lease(self, lease: Lease) -> Lease | None:
+        check_writable(self._table, lease)
         pending = lease.pending_checkpoint
         assignments = (
             "lease_counter = lease_counter + 1, checkpoint = ?, checkpoint_sub = ?, pending_checkpoint = ?, "
@@ -371,7 +407,7 @@ class SQLiteLeaseStore:
         ]
         if lease.child_shard_ids:
             assignments += ", child_shard_ids = ?"
-            params.append(_encode_ids(lease.child_shard_ids))
+            params.append(encode_ids(lease.child_shard_ids))
         if lease.hash_key_range is not None:
             assignments += ", starting_hash_key = ?, ending_hash_key = ?"
             params += [str(lease.hash_key_range.start), str(lease.hash_key_range.end)]
@@ -390,7 +426,7 @@ class SQLiteLeaseStore:
         params: list[Any] = []
         if child_shard_ids is not None:
             assignments.append("child_shard_ids = ?")
-            params.append(_encode_ids(frozenset(child_shard_ids)))
+            params.append(encode_ids(frozenset(child_shard_ids)))
         if hash_key_range is not None:
             assignments.append("starting_hash_key = ?, ending_hash_key = ?")
             params += [str(hash_key_range.start), str(hash_key_range.end)]
