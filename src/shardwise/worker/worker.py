@@ -107,6 +107,7 @@ class Worker:
             store,
             self.worker_id,
             failover_time_ms=config.leases.failover_time_ms,
+            local_expiry_margin_ms=config.leases.local_expiry_margin_ms,
             clock_ns=clock_ns,
             # Divide by the time actually elapsed: the renewer runs with a fixed delay, so its period is the
             # renewal interval plus the renewals' own duration (KCL's fixed-rate renewer divides by the interval).
