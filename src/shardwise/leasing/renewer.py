@@ -63,7 +63,9 @@ class LeaseRenewer:
     ) -> None:
         self._store = store
         self._worker_id = worker_id
-        margin_ms = default_expiry_margin_ms(failover_time_ms) if local_expiry_margin_ms is None else local_expiry_margin_ms
+        margin_ms = local_expiry_margin_ms
+        if margin_ms is None:
+            margin_ms = default_expiry_margin_ms(failover_time_ms)
         if not 0 <= margin_ms < failover_time_ms:
             raise ConfigurationError(f"local_expiry_margin_ms must be in [0, {failover_time_ms}), got {margin_ms}")
         self._local_expiry_ns = (failover_time_ms - margin_ms) * 1_000_000
@@ -230,19 +232,20 @@ class LeaseRenewer:
         pending: ExtendedSequenceNumber | None,
         pending_state: bytes | None,
     ) -> None:
-        """Conditionally write a checkpoint (or a pending one) on a held lease; see ``CheckpointWriter``."""
-        with self._lock_for(lease_key):
-            held = self.get(lease_key)
-            if held is None or held.token != token:
-                expired = self._entry(lease_key)
-                why = (
-                    ": not renewed in time, it expired on this worker's clock"
-                    if expired is not None and expired.token == token
-                    else ""
-                )
-                raise LeaseLostError(
-                    f"Can't update checkpoint - instance doesn't hold the lease for this shard ({lease_key}){why}"
-                )
+        """Conditionally write a checkpoint (or a pending one) on a held lease; see ``CheckpointWriter``.
+
+        Waits for a renewal of the same lease under way only until the lease would expire on this worker's
+        clock: a renewal blocked on an unreachable table cannot keep a checkpoint waiting past the lease."""
+        held = self._held_under(lease_key, token)
+        lock = self._lock_for(lease_key)
+        remaining_ns = held.last_renewal_ns + self._local_expiry_ns - self._clock_ns()
+        if not lock.acquire(timeout=max(0, remaining_ns) / 1e9):
+            raise LeaseLostError(
+                f"Can't update checkpoint - instance doesn't hold the lease for this shard ({lease_key}): "
+                "it expired on this worker's clock while its renewal was under way"
+            )
+        try:
+            held = self._held_under(lease_key, token)
             now = self._clock_ns()  # the update moves the counter: stamped before the request, as a renewal
             committing = pending is None
             updated_lease = held.lease.with_changes(
@@ -262,6 +265,22 @@ class LeaseRenewer:
             # must still fail the next renewal's "checkpointOwner absent" condition, or it would never be noticed.
             mine = result.with_changes(lease_owner=held.lease.lease_owner, checkpoint_owner=held.lease.checkpoint_owner)
             self._replace(lease_key, token, mine, now)
+        finally:
+            lock.release()
+
+    def _held_under(self, lease_key: str, token: str) -> HeldLease:
+        held = self.get(lease_key)
+        if held is not None and held.token == token:
+            return held
+        expired = self._entry(lease_key)
+        why = (
+            ": not renewed in time, it expired on this worker's clock"
+            if expired is not None and expired.token == token
+            else ""
+        )
+        raise LeaseLostError(
+            f"Can't update checkpoint - instance doesn't hold the lease for this shard ({lease_key}){why}"
+        )
 
     def complete_handoff(self, lease_key: str, token: str) -> bool:
         """Finish a graceful handoff: give the lease to the owner the leader chose (``assign_lease`` clears
@@ -278,8 +297,7 @@ class LeaseRenewer:
                 return self._store.assign_lease(held.lease, next_owner) is not None
             except ShardwiseError as exc:
                 logger.warning(
-                    "could not transfer lease %s to %s (the leader will reassign it after the handoff timeout): "
-                    "%s: %s",
+                    "could not transfer lease %s to %s (the leader will reassign it after the handoff timeout): %s: %s",
                     lease_key,
                     next_owner,
                     type(exc).__name__,

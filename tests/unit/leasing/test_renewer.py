@@ -264,13 +264,13 @@ def test_write_checkpoint_refreshes_the_renewal_time(
     store: FlakyStore, renewer: LeaseRenewer, clock: FakeClock
 ) -> None:
     tokens = hold(store, renewer, A)
-    clock.advance_ms(FAILOVER_MS - 1)
+    clock.advance_ms(LOCAL_EXPIRY_MS - 1)
     renewer.write_checkpoint(A, tokens[A], ExtendedSequenceNumber("10"), pending=None, pending_state=None)
     held = renewer.get(A)
     assert held is not None
     assert held.last_renewal_ns == clock.now_ns
     assert held.lease == store.lease(A)
-    clock.advance_ms(FAILOVER_MS - 1)
+    clock.advance_ms(LOCAL_EXPIRY_MS - 1)
     assert renewer.renew_all().renewed == (A,)
 
 
