@@ -178,6 +178,11 @@ def env(tmp_path: Path) -> Iterator[Env]:
     streams.close()
 
 
+def finished(consumer: ShardConsumer) -> bool:
+    """Whether the consumer is done (a call, so that type checkers do not narrow it across steps)."""
+    return consumer.is_complete
+
+
 def in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
     outcome: list[object] = []
 
@@ -290,15 +295,13 @@ def test_a_checkpoint_that_fails_permanently_backs_off_and_gives_the_lease_up(
         for _ in range(20):
             if consumer.is_complete:
                 break
-            before = env.clock()
             consumer.step()
-            if not consumer.is_complete and not consumer.is_due(env.clock()):
+            if not finished(consumer) and not consumer.is_due(env.clock()):
                 waited = 0
                 while not consumer.is_due(env.clock()):
                     env.clock.advance(1 * MS)
                     waited += 1
                 delays.append(waited)
-            assert env.clock() >= before
     assert consumer.is_complete
     assert consumer.shutdown_reason is ShutdownReason.LEASE_LOST
     assert processor.lease_lost_calls == 1
