@@ -3,6 +3,8 @@ after the bound, transient ones never do."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -70,6 +72,6 @@ def test_the_defaults() -> None:
         ({"max_checkpoint_failures": 0}, "max_checkpoint_failures"),
     ],
 )
-def test_bad_settings_are_configuration_errors(changes: dict[str, int], key: str) -> None:
+def test_bad_settings_are_configuration_errors(changes: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigurationError, match=key):
         ConsumerConfig(**changes)
