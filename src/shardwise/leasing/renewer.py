@@ -84,9 +84,12 @@ class LeaseRenewer:
         with self._map_lock:
             return self._locks.setdefault(key, threading.Lock())
 
-    def add_leases(self, leases: Iterable[Lease]) -> dict[str, str]:
-        """Start holding freshly acquired leases; returns the new token of each."""
-        now = self._clock_ns()
+    def add_leases(self, leases: Iterable[Lease], *, acquired_at_ns: int | None = None) -> dict[str, str]:
+        """Start holding freshly acquired leases; returns the new token of each.
+
+        ``acquired_at_ns``: when the acquisition started (before the take's or the discovery's requests), so the
+        local expiry counts from no later than other workers' observation of the new counter; default: now."""
+        now = self._clock_ns() if acquired_at_ns is None else acquired_at_ns
         tokens: dict[str, str] = {}
         with self._map_lock:
             for lease in leases:

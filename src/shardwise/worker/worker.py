@@ -430,8 +430,9 @@ class Worker:
         with self._coordination_lock:
             if self._dispatcher.stopping:
                 return
+            started = self._clock_ns()  # the local expiry of what is taken counts from before the take's writes
             taken = self._generation.take()
-            self._dispatcher.start_consumers(taken)
+            self._dispatcher.start_consumers(taken, acquired_at_ns=started)
         if taken:
             logger.info("worker %s took leases %s", self.worker_id, ", ".join(lease.lease_key for lease in taken))
 
@@ -451,9 +452,10 @@ class Worker:
     def _discover(self) -> None:
         if self._dispatcher.stopping:
             return
+        started = self._clock_ns()  # the local expiry of what is found counts from before the discovery's reads
         found = self._generation.discover()
         if found:
-            self._dispatcher.start_consumers(found)
+            self._dispatcher.start_consumers(found, acquired_at_ns=started)
             logger.info("worker %s discovered leases %s", self.worker_id, ", ".join(lease.lease_key for lease in found))
 
     def _capture(self) -> None:
