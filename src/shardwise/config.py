@@ -9,15 +9,23 @@ A file looks like this (every key optional except the two names; defaults are KC
     initial_position = "TRIM_HORIZON" # LATEST (default), TRIM_HORIZON or AT_TIMESTAMP
     assignment = "utilization-3x"     # KCL 3.x generation (default: "lease-count-2x")
     # initial_timestamp = "2026-11-21T00:00:00Z"
+    # Bounds on every backend call (unset: derived from leases.failover_time_ms, see
+    # shardwise.backends.config.derived_call_limits); shown with their values at the default failover time:
+    # dynamodb_connect_timeout_ms = 1000    dynamodb_read_timeout_ms = 2000    dynamodb_max_attempts = 3
+    # kinesis_connect_timeout_ms = 1000     kinesis_read_timeout_ms = 10000    kinesis_max_attempts = 3
+    # sqlite_busy_timeout_ms = 3333
 
     [leases]
     failover_time_ms = 10000
+    local_expiry_margin_ms = 1000     # unset: a tenth of the failover time
     max_leases_for_worker = 2147483647
     max_leases_to_steal_at_one_time = 1
 
     [consumer]
     max_records = 10000
     idle_time_between_reads_ms = 1500
+    checkpoint_backoff_max_ms = 10000 # a failing checkpoint backs off from task_backoff_time_ms up to this
+    max_checkpoint_failures = 6       # permanent failures in a row before the lease is given up
 
     [utilization]                      # KCL 3.x balancing (kcl-protocol.md §6.6)
     rebalance_threshold_percentage = 10
@@ -195,7 +203,8 @@ def build_config(values: Mapping[str, Any]) -> tuple[WorkerConfig, BackendConfig
     hints = typing.get_type_hints(WorkerConfig)
     checked = {key: _check_value(key, hints[key], value) for key, value in values.items()}
     worker = WorkerConfig(**checked, initial_position=position, **sections)
-    return worker, backend
+    # Call limits left unset are derived from this worker's failover time (see derived_call_limits).
+    return worker, backend.with_failover_time(worker.leases.failover_time_ms)
 
 
 def _initial_position(name: Any, timestamp: datetime | None) -> InitialPosition:

@@ -95,7 +95,7 @@ def test_build_config_from_a_full_file(tmp_path: Path) -> None:
         region="eu-west-1",
         endpoint_url="http://localhost:4566",
         dynamodb_endpoint_url="http://localhost:8000",
-    )
+    ).with_failover_time(2_000)  # the call limits follow the file's failover time
     assert backend.kinesis_endpoint == "http://localhost:4566"
     assert backend.dynamodb_endpoint == "http://localhost:8000"
 
@@ -109,7 +109,7 @@ def test_defaults_are_kcls(tmp_path: Path) -> None:
     assert worker.consumer.max_records == 10_000
     assert worker.consumer.idle_time_between_reads_ms == 1_500
     assert worker.consumer.initial_timestamp is None
-    assert backend == BackendConfig()
+    assert backend == BackendConfig().with_failover_time(10_000)
 
 
 def test_a_toml_datetime_is_accepted_as_initial_timestamp(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shardwise.errors import ConfigurationError
-from shardwise.leases.model import Lease
+from shardwise.leases.model import Lease, default_expiry_margin_ms
 
 __all__ = [
     "NEVER",
@@ -66,6 +66,11 @@ class TakerConfig:
       ignoring the target.
     * ``very_old_lease_duration_multiplier`` (``veryOldLeaseDurationNanosMultiplier``): a lease is very old
       when its counter has not moved for longer than this many failover times (or was never seen moving).
+    * ``local_expiry_margin_ms`` (shardwise's own): this worker stops treating a lease as held once it has not
+      renewed it for ``failover_time_ms - local_expiry_margin_ms`` on its own clock (no records delivered,
+      checkpoints refused, the processor gets ``lease_lost``). ``None``: a tenth of the failover time
+      (:func:`shardwise.leases.model.default_expiry_margin_ms` says why). It must leave the local expiry
+      longer than the renewal interval, or leases would expire between two renewals.
     """
 
     failover_time_ms: int = 10_000
@@ -74,6 +79,7 @@ class TakerConfig:
     max_leases_to_steal_at_one_time: int = 1
     enable_priority_lease_assignment: bool = True
     very_old_lease_duration_multiplier: int = 3
+    local_expiry_margin_ms: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("failover_time_ms", self.failover_time_ms, 1, 2**63 // _NS_PER_MS)
@@ -92,6 +98,14 @@ class TakerConfig:
                 f"failover_time_ms={self.failover_time_ms}, epsilon_ms={self.epsilon_ms}: use a failover time "
                 f"of at least {3 * (self.epsilon_ms + 1)} ms or a smaller epsilon"
             )
+        if self.local_expiry_margin_ms is not None:
+            _check_int("local_expiry_margin_ms", self.local_expiry_margin_ms, 0, self.failover_time_ms)
+        if self.local_expiry_ms <= self.renewal_interval_ms:
+            raise ConfigurationError(
+                f"failover_time_ms - local_expiry_margin_ms (the local expiry, {self.local_expiry_ms} ms) must be "
+                f"longer than the renewal interval ({self.renewal_interval_ms} ms), or held leases would expire "
+                "between two renewals: use a smaller local_expiry_margin_ms (unset: a tenth of the failover time)"
+            )
 
     @property
     def renewal_interval_ms(self) -> int:
@@ -102,6 +116,12 @@ class TakerConfig:
     def taker_interval_ms(self) -> int:
         """Delay between taker runs: ``2 * (failover + epsilon)`` (20 050 ms by default)."""
         return 2 * (self.failover_time_ms + self.epsilon_ms)
+
+    @property
+    def local_expiry_ms(self) -> int:
+        """How long a lease stays held on this worker without a renewal: failover time minus the margin."""
+        margin = self.local_expiry_margin_ms
+        return self.failover_time_ms - (default_expiry_margin_ms(self.failover_time_ms) if margin is None else margin)
 
     @property
     def failover_time_ns(self) -> int:

@@ -48,15 +48,22 @@ def open_backend(config: BackendConfig, *, dynamodb_client: DynamoDBClient | Non
     if config.backend == "local":
         from shardwise.backends.sqlite.backend import SQLiteBackend  # noqa: PLC0415
 
-        return SQLiteBackend(config.db)
+        return SQLiteBackend(config.db, busy_timeout_ms=config.busy_timeout_ms)
     try:
         from shardwise.backends.aws.backend import AwsBackend  # noqa: PLC0415
         from shardwise.backends.aws.client import dynamodb_client as new_dynamodb_client  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigurationError(f"the aws backend needs boto3: pip install 'shardwise[aws]' ({exc})") from exc
     if dynamodb_client is None:
-        dynamodb_client = new_dynamodb_client(endpoint_url=config.dynamodb_endpoint, region_name=config.region)
-    return AwsBackend(dynamodb_client, region_name=config.region, kinesis_endpoint_url=config.kinesis_endpoint)
+        dynamodb_client = new_dynamodb_client(
+            endpoint_url=config.dynamodb_endpoint, region_name=config.region, limits=config.dynamodb_limits
+        )
+    return AwsBackend(
+        dynamodb_client,
+        region_name=config.region,
+        kinesis_endpoint_url=config.kinesis_endpoint,
+        kinesis_limits=config.kinesis_limits,
+    )
 
 
 def service_error(exc: BaseException) -> ServiceError | None:

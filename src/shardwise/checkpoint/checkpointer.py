@@ -5,6 +5,10 @@ delivered so far (or ``SHARD_END`` once the shard has ended); an explicit positi
 checkpoint and the largest delivered position; ``prepare_checkpoint`` writes a pending checkpoint (optionally
 with application state) that a later ``PreparedCheckpointer.checkpoint()`` commits. Writes are conditional on
 the lease this worker holds: once the lease is lost, checkpointing raises :class:`LeaseLostError`.
+
+The checkpointer remembers whether the writes since the shard consumer last asked succeeded or failed
+(:attr:`Checkpointer.failed_write`, :attr:`Checkpointer.wrote`), so the consumer can tell a checkpoint that
+keeps failing from a processor error, whether the processor passed the failure on or swallowed it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import threading
 from typing import Protocol, runtime_checkable
 
 from shardwise.checkpoint.sequence import SHARD_END, ExtendedSequenceNumber, parse_sequence_number
-from shardwise.errors import InvalidCheckpointError
+from shardwise.errors import InvalidCheckpointError, LeaseLostError
 
 __all__ = ["CheckpointWriter", "Checkpointer", "Positioned", "PreparedCheckpointer"]
 
@@ -76,6 +80,38 @@ class Checkpointer:
         self._largest_permitted = last_checkpoint
         self._pending = pending_checkpoint
         self._lock = threading.Lock()
+        self._failed_write: Exception | None = None
+        self._wrote = False
+
+    @property
+    def failed_write(self) -> Exception | None:
+        """The error of the last write since :meth:`reset_write_result` if it failed (a lost lease excepted)."""
+        return self._failed_write
+
+    @property
+    def wrote(self) -> bool:
+        """Whether a write succeeded since :meth:`reset_write_result`."""
+        return self._wrote
+
+    def reset_write_result(self) -> None:
+        """Forget earlier write results (the shard consumer calls this before each call into the processor)."""
+        self._failed_write = None
+        self._wrote = False
+
+    def _write(
+        self, target: ExtendedSequenceNumber, *, pending: ExtendedSequenceNumber | None, pending_state: bytes | None
+    ) -> None:
+        try:
+            self._writer.write_checkpoint(
+                self.lease_key, self._token, target, pending=pending, pending_state=pending_state
+            )
+        except LeaseLostError:
+            raise
+        except Exception as exc:
+            self._failed_write = exc
+            raise
+        self._failed_write = None
+        self._wrote = True
 
     @property
     def last_checkpoint(self) -> ExtendedSequenceNumber:
@@ -129,7 +165,7 @@ class Checkpointer:
             target = self._validated(sequence_number, sub_sequence_number)
             if target == self._last and self._pending is None:
                 return
-            self._writer.write_checkpoint(self.lease_key, self._token, target, pending=None, pending_state=None)
+            self._write(target, pending=None, pending_state=None)
             self._last = target
             self._pending = None
 
@@ -145,9 +181,7 @@ class Checkpointer:
             target = self._validated(sequence_number, sub_sequence_number)
             if target == SHARD_END:
                 raise InvalidCheckpointError("SHARD_END cannot be prepared; call checkpoint() at shard end")
-            self._writer.write_checkpoint(
-                self.lease_key, self._token, self._last, pending=target, pending_state=application_state
-            )
+            self._write(self._last, pending=target, pending_state=application_state)
             self._pending = target
         return PreparedCheckpointer(self, target)
 
@@ -155,7 +189,7 @@ class Checkpointer:
         with self._lock:
             if target < self._last:
                 raise InvalidCheckpointError(f"prepared checkpoint {target} is behind the last checkpoint {self._last}")
-            self._writer.write_checkpoint(self.lease_key, self._token, target, pending=None, pending_state=None)
+            self._write(target, pending=None, pending_state=None)
             self._last = target
             self._pending = None
 

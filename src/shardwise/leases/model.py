@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.hashkeys import HashKeyRange
 
-__all__ = ["RESERVED_KEYS", "HeldLease", "Lease"]
+__all__ = ["RESERVED_KEYS", "HeldLease", "Lease", "default_expiry_margin_ms", "expired_locally"]
 
 #: Keys of coordinator items that may share a lease table with leases (KCL 3.5 single-table layout and the
 #: lock client). Items with these keys are never leases, whatever attributes they carry.
@@ -105,3 +105,27 @@ class HeldLease:
     lease: Lease
     token: str
     last_renewal_ns: int
+
+    def expired(self, now_ns: int, local_expiry_ns: int) -> bool:
+        """Whether this worker must stop treating the lease as held (see :func:`expired_locally`)."""
+        return expired_locally(self.last_renewal_ns, now_ns, local_expiry_ns)
+
+
+def default_expiry_margin_ms(failover_time_ms: int) -> int:
+    """The safety margin subtracted from the failover time for local expiry, by default: a tenth of it.
+
+    Another worker takes a lease once its counter has not moved for ``failover_time`` on *its* clock, counted
+    from when it first read that counter — never before our renewal was written, and we stamp a renewal before
+    sending it. So a lease this worker stops using at ``failover_time`` after its last renewal stamp is never
+    used by two workers at once, except for what happens after our last look: the consumer checks right before
+    it delivers a batch, so the margin has to cover handing that batch to the processor, thread scheduling and
+    the (ppm-sized) rate difference of two monotonic clocks. A tenth of the failover time (1 s by default) is
+    far more than those, and leaves the lease two full renewal intervals (``failover / 3``) to be renewed in.
+    """
+    return failover_time_ms // 10
+
+
+def expired_locally(last_renewal_ns: int, now_ns: int, local_expiry_ns: int) -> bool:
+    """The local expiry rule: a lease not renewed for longer than ``local_expiry_ns`` (the failover time minus
+    the safety margin) on this worker's own monotonic clock is no longer held, whatever the renewal is doing."""
+    return now_ns - last_renewal_ns > local_expiry_ns

@@ -30,7 +30,7 @@ from shardwise.assignment.lease_count import decide_lease_count
 from shardwise.assignment.liveness import LeaderMemory, LivenessRules, judge, record_assignments
 from shardwise.assignment.utilization import AssignmentConfig, AssignmentDecision, AssignmentSnapshot
 from shardwise.assignment.variance import decide_variance_based
-from shardwise.errors import DependencyError
+from shardwise.errors import ShardwiseError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore, SharedTableScan
 from shardwise.metrics.sink import MetricsSink, NullMetricsSink, timed
@@ -152,8 +152,17 @@ class LeaseAssignmentManager:
                         result = self._store.initiate_graceful_handoff(move.lease, move.to_worker)
                     else:
                         result = self._store.assign_lease(move.lease, move.to_worker)
-                except DependencyError as exc:
-                    logger.warning("could not move lease %s to %s: %s", move.lease.lease_key, move.to_worker, exc)
+                except ShardwiseError as exc:  # one lease's fault stays with that lease
+                    logger.warning(
+                        "could not move lease %s to %s: %s: %s",
+                        move.lease.lease_key,
+                        move.to_worker,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    result = None
+                except Exception:
+                    logger.exception("unexpected error moving lease %s to %s", move.lease.lease_key, move.to_worker)
                     result = None
                 (applied if result is not None else failed).append(move.lease.lease_key)
                 if result is not None:

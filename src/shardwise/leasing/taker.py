@@ -26,7 +26,7 @@ from shardwise.assignment.taker import (
     decide,
     observe,
 )
-from shardwise.errors import ConfigurationError, DependencyError, ThrottlingError
+from shardwise.errors import ConfigurationError, DependencyError, ShardwiseError, ThrottlingError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 
@@ -249,7 +249,7 @@ class LeaseTaker:
         for lease in leases:
             try:
                 latest = self._store.get_lease(lease.lease_key)
-            except DependencyError as exc:
+            except ShardwiseError as exc:
                 logger.warning(
                     "Worker %s failed to fetch the latest state of lease %s that needs to be stolen, "
                     "using the scanned state: %s",
@@ -279,8 +279,17 @@ class LeaseTaker:
                     TAKE_ATTEMPTS,
                 )
                 continue
-            except DependencyError as exc:
-                logger.warning("Worker %s could not take lease %s: %s", self._worker_id, lease.lease_key, exc)
+            except ShardwiseError as exc:  # one lease's fault stays with that lease
+                logger.warning(
+                    "Worker %s could not take lease %s: %s: %s",
+                    self._worker_id,
+                    lease.lease_key,
+                    type(exc).__name__,
+                    exc,
+                )
+                return None
+            except Exception:
+                logger.exception("Worker %s: unexpected error taking lease %s", self._worker_id, lease.lease_key)
                 return None
             if new is None:
                 logger.debug(

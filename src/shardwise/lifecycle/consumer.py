@@ -8,6 +8,14 @@ The record path: ``ShardReader.read`` (GetRecords + KPL de-aggregation) → drop
 checkpoint the lease had when processing started → ``processor.process_records`` → the processor checkpoints
 through the :class:`~shardwise.checkpoint.checkpointer.Checkpointer`. If ``process_records`` raises, the error
 is logged and **the same batch is delivered again** after ``task_backoff_time_ms``: nothing is skipped.
+
+Right before a batch is delivered (after a GetRecords that may have taken long) the consumer checks again that
+the lease is still held — not expired on this worker's clock — and delivers nothing if it is not: the processor
+gets ``lease_lost`` instead. A checkpoint that fails is retried with exponential back-off from
+``task_backoff_time_ms`` up to ``checkpoint_backoff_max_ms``; one that fails permanently (anything but a
+:class:`~shardwise.errors.DependencyError`) ``max_checkpoint_failures`` times in a row makes the consumer give
+the lease up (one ERROR line; the processor gets ``lease_lost``; the lease is no longer renewed, so it expires
+and another worker may take it) — see :mod:`shardwise.lifecycle.checkpoint_failures`.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ from datetime import datetime
 
 from shardwise.checkpoint.checkpointer import Checkpointer
 from shardwise.checkpoint.sequence import SHARD_END, ExtendedSequenceNumber, SentinelCheckpoint
-from shardwise.errors import ConfigurationError, LeaseLostError, ShardwiseError
+from shardwise.errors import ConfigurationError, DependencyError, LeaseLostError, ShardwiseError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
+from shardwise.lifecycle.checkpoint_failures import after_checkpoint_failure
 from shardwise.lifecycle.holder import LeaseHolder
 from shardwise.lifecycle.states import ConsumerEvent, ConsumerState, ShutdownReason, transition
 from shardwise.processor import (
@@ -60,6 +69,10 @@ class ConsumerConfig:
     parent_shard_poll_interval_ms: int = 10_000
     task_backoff_time_ms: int = 500
     initial_timestamp: datetime | None = None  # for leases created at AT_TIMESTAMP
+    # A failing checkpoint: back-off doubling from task_backoff_time_ms up to this; after this many permanent
+    # failures in a row (0.5 + 1 + 2 + 4 + 8 s of back-off by default) the lease is given up.
+    checkpoint_backoff_max_ms: int = 10_000
+    max_checkpoint_failures: int = 6
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_records <= 10_000:
@@ -68,6 +81,16 @@ class ConsumerConfig:
             raise ConfigurationError("idle_time_between_reads_ms must be >= 0")
         if self.parent_shard_poll_interval_ms <= 0 or self.task_backoff_time_ms <= 0:
             raise ConfigurationError("parent_shard_poll_interval_ms and task_backoff_time_ms must be > 0")
+        if self.checkpoint_backoff_max_ms < self.task_backoff_time_ms:
+            raise ConfigurationError(
+                f"checkpoint_backoff_max_ms ({self.checkpoint_backoff_max_ms}) must be >= task_backoff_time_ms "
+                f"({self.task_backoff_time_ms}): it caps the back-off that starts there"
+            )
+        if self.max_checkpoint_failures < 1:
+            raise ConfigurationError(
+                f"max_checkpoint_failures must be >= 1 (permanent checkpoint failures before the lease is given "
+                f"up), got {self.max_checkpoint_failures}"
+            )
 
 
 def starting_position(checkpoint: ExtendedSequenceNumber, initial_timestamp: datetime | None) -> StartingPosition:
@@ -126,6 +149,7 @@ class ShardConsumer:
         self._children: Sequence[ChildShard] = ()
         self._processor_initialized = False
         self._failures = 0
+        self._checkpoint_failures = 0
         self._lock = threading.Lock()
         self.checkpointer = Checkpointer(
             lease.lease_key,
@@ -275,10 +299,16 @@ class ShardConsumer:
             )
             self._pending = (records, batch)
         records, batch = self._pending
+        delayed = False
+        if not self._renewer.holds(self.shard_id, self.token):
+            # Lost or expired on this worker's clock while reading: deliver nothing.
+            self._lose_lease()
+            return
         if records or self._config.call_process_records_even_for_empty_list:
             permitted = self.checkpointer.largest_permitted
             if records:
                 self.checkpointer.advance(records[-1].extended_sequence_number)
+            self.checkpointer.reset_write_result()
             try:
                 self._processor.process_records(
                     ProcessRecordsInput(
@@ -295,6 +325,10 @@ class ShardConsumer:
                 # shutdown_requested that checkpoints "everything delivered" during the backoff).
                 self.checkpointer.retract(permitted)
                 self._failures += 1
+                failed_write = self.checkpointer.failed_write
+                if failed_write is not None:
+                    self._checkpoint_failed(failed_write, f"the same {len(records)} record(s) will be delivered again")
+                    return
                 logger.exception(
                     "shard %s: the record processor's process_records raised; the same %d record(s) "
                     "(from %s) will be delivered again in %d ms",
@@ -307,16 +341,64 @@ class ShardConsumer:
                 return
             if self._on_records is not None and records:
                 self._on_records(self.shard_id, len(records), sum(len(r.data) for r in records))
+            failed_write = self.checkpointer.failed_write
+            if failed_write is not None:  # the processor caught its checkpoint's error and went on
+                if self._checkpoint_failed(failed_write, "the processor went on without it"):
+                    return
+                delayed = True
+            elif self.checkpointer.wrote:
+                self._checkpoint_failures = 0
         self._pending = None
         if batch.shard_ended:
             self.checkpointer.advance(SHARD_END)
             self._children = tuple(batch.child_shards)
             self._fire(ConsumerEvent.SHARD_ENDED, ShutdownReason.SHARD_END)
             self._next_due_ns = 0
+        elif delayed:
+            pass  # due after the checkpoint back-off
         elif len(batch.records) >= self._config.max_records:
             self._next_due_ns = 0
         else:
             self._due_in(self._config.idle_time_between_reads_ms)
+
+    def _checkpoint_failed(self, error: Exception, then: str) -> bool:
+        """Back off after a failed checkpoint, or give the lease up after too many permanent failures (True)."""
+        self._checkpoint_failures += 1
+        transient = isinstance(error, DependencyError)
+        retry = after_checkpoint_failure(
+            self._checkpoint_failures,
+            transient=transient,
+            backoff_ms=self._config.task_backoff_time_ms,
+            backoff_max_ms=self._config.checkpoint_backoff_max_ms,
+            max_failures=self._config.max_checkpoint_failures,
+        )
+        cause = f"{type(error).__name__}: {error}"
+        if retry.give_up:
+            logger.error(
+                "shard %s: checkpoint failed %d times in a row (%s); giving the lease up: the processor gets "
+                "lease_lost and the lease is no longer renewed, so it expires and another worker may take it. "
+                "Fix the cause (a malformed lease item: see `shardwise leases` and repair it), then the shard "
+                "is processed again from its last checkpoint",
+                self.shard_id,
+                self._checkpoint_failures,
+                cause,
+            )
+            self._renewer.drop(self.shard_id, self.token)
+            self._lose_lease()
+            return True
+        kind = "transient" if transient else f"permanent, attempt {self._checkpoint_failures} of "
+        kind += "" if transient else str(self._config.max_checkpoint_failures)
+        logger.warning(
+            "shard %s: checkpoint failed (%s; %s); %s; retrying in %d ms",
+            self.shard_id,
+            kind,
+            cause,
+            then,
+            retry.delay_ms,
+            exc_info=error if not isinstance(error, ShardwiseError) else None,
+        )
+        self._due_in(retry.delay_ms)
+        return False
 
     def _notify_shutdown_requested(self) -> None:
         self._processor.shutdown_requested(
@@ -342,7 +424,8 @@ class ShardConsumer:
                 self._processor.lease_lost(LeaseLostInput(shard_id=self.shard_id))
             self._renewer.drop(self.shard_id, self.token)
         elif reason is ShutdownReason.SHARD_END:
-            self._end_shard()
+            if not self._end_shard():
+                return
         elif reason is ShutdownReason.REQUESTED:
             self._give_back()
         self._fire(ConsumerEvent.SHUTDOWN_DONE)
@@ -353,14 +436,26 @@ class ShardConsumer:
         else:
             self._renewer.release(self.shard_id, self.token)
 
-    def _end_shard(self) -> None:
+    def _end_shard(self) -> bool:
+        """Finish the shard; False when its checkpoint failed and is retried after a back-off (or given up)."""
         held = self._renewer.get(self.shard_id)
         if held is None or held.token != self.token:
             raise LeaseLostError(f"lease {self.shard_id} was lost at shard end")
         # Children first, so they exist whatever happens next (KCL's ShutdownTask order).
         self._create_child_leases(held.lease, self._children_of_this_shard())
         if self._processor_initialized and not held.lease.is_complete:
-            self._processor.shard_ended(ShardEndedInput(shard_id=self.shard_id, checkpointer=self.checkpointer))
+            self.checkpointer.reset_write_result()
+            try:
+                self._processor.shard_ended(ShardEndedInput(shard_id=self.shard_id, checkpointer=self.checkpointer))
+            except LeaseLostError:
+                raise
+            except Exception:
+                if self.checkpointer.failed_write is None:
+                    raise
+            failed_write = self.checkpointer.failed_write
+            if failed_write is not None:
+                self._checkpoint_failed(failed_write, "shard_ended will be called again")
+                return False
             after = self._renewer.get(self.shard_id)
             if after is None or not after.lease.is_complete:
                 raise ShardEndError(
@@ -370,3 +465,4 @@ class ShardConsumer:
                 )
         # Done with this shard: stop renewing; the lease expires and is cleaned up once children progress.
         self._renewer.drop(self.shard_id, self.token)
+        return True

@@ -93,11 +93,12 @@ class Dispatcher:
         with self._lock:
             return list(self._consumers.values())
 
-    def start_consumers(self, leases: Sequence[Lease]) -> None:
-        """Hold ``leases`` (renewed from now on) and start a shard consumer for each."""
+    def start_consumers(self, leases: Sequence[Lease], *, acquired_at_ns: int | None = None) -> None:
+        """Hold ``leases`` (renewed from now on; their local expiry counts from ``acquired_at_ns``, when the take
+        or discovery that brought them started) and start a shard consumer for each."""
         if not leases:
             return
-        tokens = self._renewer.add_leases(leases)
+        tokens = self._renewer.add_leases(leases, acquired_at_ns=acquired_at_ns)
         with self._lock:
             closed = self.intake_closed
             if not closed:

@@ -108,6 +108,7 @@ class Worker:
             store,
             self.worker_id,
             failover_time_ms=config.leases.failover_time_ms,
+            local_expiry_margin_ms=config.leases.local_expiry_margin_ms,
             clock_ns=clock_ns,
             # Divide by the time actually elapsed: the renewer runs with a fixed delay, so its period is the
             # renewal interval plus the renewals' own duration (KCL's fixed-rate renewer divides by the interval).
@@ -436,8 +437,9 @@ class Worker:
         with self._coordination_lock:
             if self._dispatcher.stopping:
                 return
+            started = self._clock_ns()  # the local expiry of what is taken counts from before the take's writes
             taken = self._generation.take()
-            self._dispatcher.start_consumers(taken)
+            self._dispatcher.start_consumers(taken, acquired_at_ns=started)
         if taken:
             logger.info("worker %s took leases %s", self.worker_id, ", ".join(lease.lease_key for lease in taken))
 
@@ -457,9 +459,10 @@ class Worker:
     def _discover(self) -> None:
         if self._dispatcher.stopping:
             return
+        started = self._clock_ns()  # the local expiry of what is found counts from before the discovery's reads
         found = self._generation.discover()
         if found:
-            self._dispatcher.start_consumers(found)
+            self._dispatcher.start_consumers(found, acquired_at_ns=started)
             logger.info("worker %s discovered leases %s", self.worker_id, ", ".join(lease.lease_key for lease in found))
 
     def _capture(self) -> None:

@@ -92,6 +92,10 @@ def test_load_factory_resolves_dotted_attributes() -> None:
         pytest.param(["--set", "leases.no_such_key=1"], "leases.no_such_key", id="unknown-section-key"),
         pytest.param(["--set", "consumer.max_records=many"], "consumer.max_records", id="wrong-type"),
         pytest.param(["--set", "nothing-to-set"], "KEY=VALUE", id="no-equals"),
+        pytest.param(["--set", "dynamodb_read_timeout_ms=0"], "dynamodb_read_timeout_ms", id="zero-timeout"),
+        pytest.param(["--set", "kinesis_max_attempts=100"], "kinesis_max_attempts", id="too-many-attempts"),
+        pytest.param(["--set", "leases.local_expiry_margin_ms=9000"], "renewal interval", id="margin-too-big"),
+        pytest.param(["--set", "consumer.max_checkpoint_failures=0"], "max_checkpoint_failures", id="no-failures"),
         pytest.param(["--initial-position", "AT_TIMESTAMP"], "initial_timestamp", id="at-timestamp-no-stamp"),
         pytest.param(
             ["--initial-position", "AT_TIMESTAMP", "--initial-timestamp", "2026-01-01T00:00:00"],

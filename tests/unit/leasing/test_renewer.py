@@ -16,6 +16,7 @@ from shardwise.leasing.renewer import LeaseRenewer
 A = "shardId-000000000000"
 B = "shardId-000000000001"
 FAILOVER_MS = 10_000
+LOCAL_EXPIRY_MS = 9_000  # the failover time minus the default margin (a tenth)
 MS = 1_000_000
 
 
@@ -154,16 +155,17 @@ def test_a_failed_renewal_whose_reread_shows_another_counter_is_lost(store: Flak
     assert renewer.renew_all().lost == (A,)
 
 
-def test_a_lease_not_renewed_for_the_failover_time_is_dropped_without_asking_the_store(
+def test_a_lease_not_renewed_for_the_local_expiry_is_dropped_without_asking_the_store(
     store: FlakyStore, renewer: LeaseRenewer, clock: FakeClock
 ) -> None:
     hold(store, renewer, A)
     before = store.lease(A)
-    clock.advance_ms(FAILOVER_MS)  # exactly the failover time: not expired yet
+    assert renewer.local_expiry_ms == LOCAL_EXPIRY_MS
+    clock.advance_ms(LOCAL_EXPIRY_MS)  # exactly the local expiry (failover minus margin): not expired yet
     assert renewer.renew_all().renewed == (A,)
     assert store.renew_calls == 1
     calls = (store.renew_calls, store.get_calls)
-    clock.advance_ms(FAILOVER_MS + 1)
+    clock.advance_ms(LOCAL_EXPIRY_MS + 1)
     result = renewer.renew_all()
     assert result.lost == (A,)
     assert (store.renew_calls, store.get_calls) == calls
@@ -185,11 +187,11 @@ def test_a_dependency_error_keeps_the_lease_until_it_expires(
         assert renewer.holds(A, tokens[A])
     # The table comes back before the lease expired: renewed, and the expiry starts again from now.
     store.fail_renewals = 0
-    clock.advance_ms(900)
+    clock.advance_ms(LOCAL_EXPIRY_MS - 9_000)  # at the local expiry exactly: still held
     assert renewer.renew_all().renewed == (A,)
     assert store.lease(A).lease_counter == counter + 1
     store.fail_renewals = 100
-    clock.advance_ms(FAILOVER_MS)
+    clock.advance_ms(LOCAL_EXPIRY_MS)
     assert renewer.renew_all().lost == ()
     assert renewer.holds(A, tokens[A])
     calls = store.renew_calls
@@ -262,13 +264,13 @@ def test_write_checkpoint_refreshes_the_renewal_time(
     store: FlakyStore, renewer: LeaseRenewer, clock: FakeClock
 ) -> None:
     tokens = hold(store, renewer, A)
-    clock.advance_ms(FAILOVER_MS - 1)
+    clock.advance_ms(LOCAL_EXPIRY_MS - 1)
     renewer.write_checkpoint(A, tokens[A], ExtendedSequenceNumber("10"), pending=None, pending_state=None)
     held = renewer.get(A)
     assert held is not None
     assert held.last_renewal_ns == clock.now_ns
     assert held.lease == store.lease(A)
-    clock.advance_ms(FAILOVER_MS - 1)
+    clock.advance_ms(LOCAL_EXPIRY_MS - 1)
     assert renewer.renew_all().renewed == (A,)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shardwise.backends.config import CallLimits
 from shardwise.backends.port import Capabilities, TableAdmin
 from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
@@ -32,10 +33,12 @@ class AwsBackend:
         *,
         region_name: str | None = None,
         kinesis_endpoint_url: str | None = None,
+        kinesis_limits: CallLimits | None = None,
     ) -> None:
         self._dynamodb = dynamodb
         self._region = region_name
         self._kinesis_endpoint = kinesis_endpoint_url
+        self._kinesis_limits = kinesis_limits
 
     def __repr__(self) -> str:
         return f"AwsBackend(region={self._region!r})"
@@ -54,9 +57,16 @@ class AwsBackend:
         return DynamoDBLeaseStore(DynamoDBLeaseStoreConfig(table_name=table_name), client=self._dynamodb)
 
     def open_stream(self, stream_name: str) -> StreamSource:
+        from shardwise.backends.aws.client import kinesis_client  # noqa: PLC0415
         from shardwise.backends.aws.kinesis import KinesisStream  # noqa: PLC0415
 
-        return KinesisStream(stream_name, endpoint_url=self._kinesis_endpoint, region_name=self._region)
+        client = kinesis_client(
+            endpoint_url=self._kinesis_endpoint,
+            region_name=self._region,
+            for_what=f"stream {stream_name!r}",
+            limits=self._kinesis_limits,
+        )
+        return KinesisStream(stream_name, client=client)
 
     def open_coordinator_tables(
         self,

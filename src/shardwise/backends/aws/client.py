@@ -1,5 +1,9 @@
 """The one place boto3 clients are built: DynamoDB and Kinesis, with shardwise's retry and timeout settings.
 
+Every client has connect and read timeouts and a bounded number of attempts (the SDK's *standard* retry mode),
+from a :class:`~shardwise.backends.config.CallLimits` — by default derived from the failover time
+(:func:`~shardwise.backends.config.derived_call_limits` explains the numbers), never botocore's 60 s.
+
 Construction errors (no region, a broken profile) become :class:`~shardwise.errors.ConfigurationError` with the
 fix in the message; nothing else in shardwise calls ``boto3.client``.
 """
@@ -12,6 +16,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, NoRegionError
 
+from shardwise.backends.config import DEFAULT_FAILOVER_TIME_MS, CallLimits, derived_call_limits
 from shardwise.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -19,21 +24,37 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient as DynamoDBClient  # noqa: PLC0414 - explicit re-export
     from mypy_boto3_kinesis.client import KinesisClient
 
-__all__ = ["DYNAMODB_CLIENT_CONFIG", "KINESIS_CLIENT_CONFIG", "dynamodb_client", "kinesis_client"]
+__all__ = ["DYNAMODB_CLIENT_CONFIG", "KINESIS_CLIENT_CONFIG", "client_config", "dynamodb_client", "kinesis_client"]
 
-#: DynamoDB: the SDK's *standard* retry mode with 10 attempts (KCL's DynamoDB clients retry as long).
-DYNAMODB_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10})
-
-#: Kinesis: the SDK's *standard* retry mode (3 attempts, with throttling-aware backoff) and bounded
-#: connect/read timeouts. KCL uses a 30 s request timeout for Kinesis; GetRecords answers well within that.
-KINESIS_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30)
+_DEFAULTS = derived_call_limits(DEFAULT_FAILOVER_TIME_MS)
 
 
-def dynamodb_client(*, endpoint_url: str | None = None, region_name: str | None = None) -> DynamoDBClient:
-    """A DynamoDB client from boto3's default credential and region chain."""
+def client_config(limits: CallLimits) -> Config:
+    """The botocore config for ``limits``: timeouts in seconds, *standard* retries with that many attempts in all
+    (botocore's ``total_max_attempts``; its ``max_attempts`` would count retries only)."""
+    return Config(
+        retries={"mode": "standard", "total_max_attempts": limits.max_attempts},
+        connect_timeout=limits.connect_timeout_ms / 1000,
+        read_timeout=limits.read_timeout_ms / 1000,
+    )
+
+
+#: DynamoDB with the limits derived from KCL's default failover time (10 s).
+DYNAMODB_CLIENT_CONFIG = client_config(_DEFAULTS.dynamodb)
+
+#: Kinesis with the limits derived from KCL's default failover time (10 s).
+KINESIS_CLIENT_CONFIG = client_config(_DEFAULTS.kinesis)
+
+
+def dynamodb_client(
+    *, endpoint_url: str | None = None, region_name: str | None = None, limits: CallLimits | None = None
+) -> DynamoDBClient:
+    """A DynamoDB client from boto3's default credential and region chain, bounded by ``limits`` (default:
+    derived from the default failover time)."""
+    config = DYNAMODB_CLIENT_CONFIG if limits is None else client_config(limits)
     try:
         return boto3.session.Session().client(
-            "dynamodb", endpoint_url=endpoint_url, region_name=region_name, config=DYNAMODB_CLIENT_CONFIG
+            "dynamodb", endpoint_url=endpoint_url, region_name=region_name, config=config
         )
     except BotoCoreError as exc:
         raise ConfigurationError(
@@ -43,13 +64,19 @@ def dynamodb_client(*, endpoint_url: str | None = None, region_name: str | None 
 
 
 def kinesis_client(
-    *, endpoint_url: str | None = None, region_name: str | None = None, for_what: str = "the stream"
+    *,
+    endpoint_url: str | None = None,
+    region_name: str | None = None,
+    for_what: str = "the stream",
+    limits: CallLimits | None = None,
 ) -> KinesisClient:
-    """A Kinesis client from boto3's default credential and region chain; ``for_what`` names the stream in the
-    error when no region can be found."""
+    """A Kinesis client from boto3's default credential and region chain, bounded by ``limits`` (default:
+    derived from the default failover time); ``for_what`` names the stream in the error when no region can be
+    found."""
+    config = KINESIS_CLIENT_CONFIG if limits is None else client_config(limits)
     try:
         return boto3.session.Session().client(
-            "kinesis", endpoint_url=endpoint_url, region_name=region_name, config=KINESIS_CLIENT_CONFIG
+            "kinesis", endpoint_url=endpoint_url, region_name=region_name, config=config
         )
     except NoRegionError as exc:
         raise ConfigurationError(

@@ -23,11 +23,22 @@ CAPABILITIES = Capabilities(
 class SQLiteBackend:
     """Opens the embedded lease stores, local streams and item tables of one database file."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, database: SQLiteDatabase | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        database: SQLiteDatabase | None = None,
+        busy_timeout_ms: int | None = None,
+    ) -> None:
+        """``busy_timeout_ms``: how long a write waits for another process's lock (default: SQLiteDatabase's)."""
         if database is None:
             if path is None:
                 raise ConfigurationError("the embedded backend needs a database path (--db)")
-            database = SQLiteDatabase(path)
+            database = (
+                SQLiteDatabase(path)
+                if busy_timeout_ms is None
+                else SQLiteDatabase(path, busy_timeout_s=busy_timeout_ms / 1000)
+            )
             # The file as it was named (--db), for messages: SQLiteDatabase keeps a normalized Path.
             self._file = os.fspath(path)
         else:
