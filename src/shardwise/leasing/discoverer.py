@@ -4,6 +4,13 @@ Every ``lease_assignment_interval/2 − ε`` the worker queries the owner index 
 for its own id, fetches each key it does not hold yet with a consistent read, and accepts a lease only if the
 table still names it as owner and no graceful handoff is in progress (``checkpointOwner`` absent: until the
 old owner has checkpointed and transferred, the lease is not ours to process).
+
+Before a discovered lease is processed it is renewed once (conditionally on the counter just read). A lease the
+renewer dropped because it expired on this worker's clock (a partition) may still name this worker in the table;
+taking it back without a renewal would start a fresh local expiry on a lease the leader already sees as expired
+and may be reassigning — two workers would process the shard. The renewal decides it: if it succeeds the
+leader sees the counter move (the lease is alive again), if the leader reassigned first it fails and the lease
+is left alone.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from shardwise.errors import ShardwiseError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore, OwnerIndex
 
@@ -40,5 +48,18 @@ class LeaseDiscoverer:
             if lease.checkpoint_owner is not None:
                 logger.debug("lease %s waits for %s to finish its handoff", key, lease.checkpoint_owner)
                 continue
-            found.append(lease)
+            renewed = self._renew(lease)
+            if renewed is not None:
+                found.append(renewed)
         return found
+
+    def _renew(self, lease: Lease) -> Lease | None:
+        """Renew a discovered lease once before it is processed; ``None`` if it is not ours after all."""
+        try:
+            renewed = self._store.renew_lease(lease)
+        except ShardwiseError as exc:  # this lease only: the next discovery run tries it again
+            logger.warning("could not renew discovered lease %s (will retry): %s", lease.lease_key, exc)
+            return None
+        if renewed is None:
+            logger.info("discovered lease %s changed before it could be renewed; leaving it", lease.lease_key)
+        return renewed
