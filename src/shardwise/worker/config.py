@@ -94,6 +94,16 @@ class WorkerConfig:
     max_consumer_threads: int = 16
     dispatch_poll_interval_ms: int = 20
     shutdown_timeout_ms: int = 30_000
+    # Faults (shardwise.errors.classify): initialization is tried up to max_initialization_attempts times (KCL's
+    # maxInitializationAttempts) while its errors are transient or "not ready", with a back-off from
+    # initialization_backoff_ms doubling up to initialization_max_backoff_ms (with jitter); a loop retries a
+    # failed run after retry_backoff_ms, doubling up to its interval; a permanent error seen
+    # permanent_error_limit times in a row by one loop or shard consumer stops the worker.
+    max_initialization_attempts: int = 20
+    initialization_backoff_ms: int = 1_000
+    initialization_max_backoff_ms: int = 5_000
+    retry_backoff_ms: int = 1_000
+    permanent_error_limit: int = 5
 
     def __post_init__(self) -> None:
         if not self.application_name:
@@ -113,7 +123,16 @@ class WorkerConfig:
             )
         if self.max_consumer_threads < 1:
             raise ConfigurationError(f"max_consumer_threads must be >= 1, got {self.max_consumer_threads}")
-        for name in ("shard_sync_interval_ms", "dispatch_poll_interval_ms", "shutdown_timeout_ms"):
+        for name in (
+            "shard_sync_interval_ms",
+            "dispatch_poll_interval_ms",
+            "shutdown_timeout_ms",
+            "max_initialization_attempts",
+            "initialization_backoff_ms",
+            "initialization_max_backoff_ms",
+            "retry_backoff_ms",
+            "permanent_error_limit",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)}")
 

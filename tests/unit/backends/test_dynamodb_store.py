@@ -20,6 +20,7 @@ from shardwise.backends.aws.lease_table import DynamoDBLeaseStoreConfig
 from shardwise.backends.aws.leases import DynamoDBLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON, ExtendedSequenceNumber
 from shardwise.errors import (
+    AccessDeniedError,
     ConfigurationError,
     DependencyError,
     InvalidStateError,
@@ -537,7 +538,9 @@ def test_unreachable_endpoint_raises_dependency_error(table_name: str) -> None:
         ("ResourceNotFoundException", ResourceNotFoundError),
         ("ValidationException", DependencyError),
         ("InternalServerError", DependencyError),
-        ("AccessDeniedException", DependencyError),
+        ("AccessDeniedException", AccessDeniedError),
+        ("UnrecognizedClientException", AccessDeniedError),
+        ("ExpiredTokenException", AccessDeniedError),
     ],
 )
 def test_service_errors_are_translated(table_name: str, code: str, expected: type[Exception]) -> None:

@@ -17,12 +17,16 @@ Kinesis error code                                                          shar
 ``ExpiredIteratorException``                                                :class:`ExpiredIteratorError`
 ``ProvisionedThroughputExceededException``, ``LimitExceededException``,     :class:`ThrottlingError`
 ``KMSThrottlingException``, ``ThrottlingException``
-``ResourceNotFoundException``                                               :class:`ResourceNotFoundError`
+``ResourceNotFoundException`` for the stream                                :class:`ResourceNotFoundError`
+``ResourceNotFoundException`` for one shard of an existing stream           :class:`ShardNotFoundError`
+``AccessDeniedException``, ``UnrecognizedClientException``,                 :class:`AccessDeniedError`
+``InvalidSignatureException``, ``ExpiredTokenException`` (all of
+:data:`~shardwise.backends.aws.errors.ACCESS_DENIED_CODES`); no credentials
 ``InvalidArgumentException``, ``ValidationException``; client-side          :class:`InvalidArgumentError`
 parameter validation
 ``ResourceInUseException`` (stream not ACTIVE for an admin call)            :class:`InvalidStateError`
 no region configured                                                        :class:`ConfigurationError`
-any other ``ClientError`` or ``BotoCoreError`` (timeouts, connection)       :class:`DependencyError`
+any other ``ClientError`` (5xx) or ``BotoCoreError`` (timeouts, connection) :class:`DependencyError`
 =========================================================================  ===================================
 """
 
@@ -42,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("shardwise.backends.aws.kinesis needs boto3: pip install 'shardwise[aws]'") from exc
 
 from shardwise.backends.aws.client import kinesis_client
-from shardwise.backends.aws.errors import error_code, error_message
+from shardwise.backends.aws.errors import access_denied, error_code, error_message
 from shardwise.errors import (
     ConfigurationError,
     DependencyError,
@@ -50,6 +54,7 @@ from shardwise.errors import (
     InvalidArgumentError,
     InvalidStateError,
     ResourceNotFoundError,
+    ShardNotFoundError,
     ShardwiseError,
     ThrottlingError,
 )
@@ -246,6 +251,9 @@ class KinesisStream:
         except ParamValidationError as exc:
             raise InvalidArgumentError(f"Kinesis {operation} on stream {self._stream_name!r}: {exc}") from exc
         except BotoCoreError as exc:
+            denied = access_denied(f"Kinesis {operation} on stream {self._stream_name!r}", exc)
+            if denied is not None:
+                raise denied from exc
             raise DependencyError(f"Kinesis {operation} on stream {self._stream_name!r} failed: {exc}") from exc
 
     @contextlib.contextmanager
@@ -442,13 +450,27 @@ def _translate(exc: ClientError, operation: str, stream_name: str, shard_id: str
     if code in _THROTTLING_CODES:
         return ThrottlingError(message)
     if code == "ResourceNotFoundException":
-        return ResourceNotFoundError(message)
+        if shard_id is not None and _names_a_shard(detail):
+            return ShardNotFoundError(message)
+        return ResourceNotFoundError(
+            f"{message}; create the stream (or fix the stream name, region or endpoint) and start the worker again"
+        )
+    denied = access_denied(f"Kinesis {operation} on {where}", exc)
+    if denied is not None:
+        return denied
     if code in _INVALID_ARGUMENT_CODES:
         return InvalidArgumentError(message)
     if code == "ResourceInUseException":
         return InvalidStateError(message)
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return DependencyError(f"{message} (HTTP {status})" if status else message)
+
+
+def _names_a_shard(detail: str) -> bool:
+    """Whether a ``ResourceNotFoundException`` message is about a shard rather than the stream: Kinesis says
+    "Shard shardId-… in stream … does not exist", but "Stream … not found" for a missing stream."""
+    lowered = detail.lower()
+    return "shard" in lowered and not lowered.startswith("stream")
 
 
 def _shard_filter_request(shard_filter: ShardFilter) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shardwise.backends.sqlite.connection import SQLiteDatabase, translate_errors
-from shardwise.errors import ConfigurationError, ResourceNotFoundError
+from shardwise.errors import ConfigurationError, ResourceNotFoundError, ShardNotFoundError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.retrieval.model import Shard
 
@@ -127,8 +127,8 @@ def _not_found_stream(name: str, path: object) -> ResourceNotFoundError:
     )
 
 
-def _not_found_shard(stream: str, shard_id: str) -> ResourceNotFoundError:
-    return ResourceNotFoundError(
+def _not_found_shard(stream: str, shard_id: str) -> ShardNotFoundError:
+    return ShardNotFoundError(
         f"shard {shard_id!r} does not exist in stream {stream!r} (or it was closed longer ago than the "
         "retention period); list the shards with list_shards or `shardwise stream describe`"
     )
