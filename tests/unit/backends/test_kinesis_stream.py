@@ -30,12 +30,14 @@ from botocore.stub import Stubber
 
 from shardwise.backends.aws.kinesis import KinesisAdmin, KinesisStream, PutResult
 from shardwise.errors import (
+    AccessDeniedError,
     ConfigurationError,
     DependencyError,
     ExpiredIteratorError,
     InvalidArgumentError,
     InvalidStateError,
     ResourceNotFoundError,
+    ShardNotFoundError,
     ThrottlingError,
 )
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange, hash_key_for
@@ -311,15 +313,19 @@ def test_child_shards_after_split_and_merge(local_stream: StreamFactory) -> None
 
 def test_unknown_stream_is_resource_not_found(kinesis_local: Server) -> None:
     stream = KinesisStream("no-such-stream", endpoint_url=kinesis_local.endpoint_url, region_name=REGION)
-    with pytest.raises(ResourceNotFoundError, match="no-such-stream"):
+    with pytest.raises(ResourceNotFoundError, match="no-such-stream") as listed:
         stream.list_shards()
-    with pytest.raises(ResourceNotFoundError, match="no-such-stream"):
+    with pytest.raises(ResourceNotFoundError, match="no-such-stream") as iterated:
         stream.get_shard_iterator("shardId-000000000000", StartingPosition.trim_horizon())
+    for caught in (listed, iterated):
+        # The stream is missing, not one shard: permanent for a worker, and the message says what to do.
+        assert type(caught.value) is ResourceNotFoundError
+        assert "create the stream" in str(caught.value)
 
 
-def test_unknown_shard_is_resource_not_found(local_stream: StreamFactory) -> None:
+def test_unknown_shard_is_shard_not_found(local_stream: StreamFactory) -> None:
     stream, _ = local_stream(1)
-    with pytest.raises(ResourceNotFoundError, match="shardId-000000000042"):
+    with pytest.raises(ShardNotFoundError, match="shardId-000000000042"):
         stream.get_shard_iterator("shardId-000000000042", StartingPosition.trim_horizon())
 
 
@@ -369,8 +375,13 @@ def test_unreachable_endpoint_is_a_dependency_error() -> None:
         ("ResourceNotFoundException", 400, ResourceNotFoundError),
         ("InvalidArgumentException", 400, InvalidArgumentError),
         ("ResourceInUseException", 400, InvalidStateError),
-        ("KMSAccessDeniedException", 400, DependencyError),
+        ("KMSAccessDeniedException", 400, AccessDeniedError),
+        ("AccessDeniedException", 400, AccessDeniedError),
+        ("UnrecognizedClientException", 400, AccessDeniedError),
+        ("InvalidSignatureException", 403, AccessDeniedError),
+        ("ExpiredTokenException", 403, AccessDeniedError),
         ("InternalFailure", 500, DependencyError),
+        ("ServiceUnavailable", 503, DependencyError),
     ],
 )
 def test_client_errors_are_translated(code: str, status: int, expected: type[Exception]) -> None:

@@ -31,6 +31,7 @@ from shardwise.errors import AccessDeniedError, DependencyError, ResourceNotFoun
 __all__ = [
     "ACCESS_DENIED_CODES",
     "CONDITION_FAILED",
+    "CREDENTIALS_FIX",
     "DYNAMODB_THROTTLING_CODES",
     "ConditionFailed",
     "TableErrors",
@@ -61,7 +62,8 @@ ACCESS_DENIED_CODES = frozenset(
         "KMSAccessDeniedException",
     }
 )
-_CREDENTIALS_FIX = (
+#: The fix an :class:`AccessDeniedError` names.
+CREDENTIALS_FIX = (
     "check the AWS credentials (environment, profile or role: `aws sts get-caller-identity`) and that their "
     "IAM policy allows this call"
 )
@@ -97,9 +99,9 @@ def access_denied(service_call: str, exc: ClientError | BotoCoreError) -> Access
         code = error_code(exc)
         if code not in ACCESS_DENIED_CODES:
             return None
-        return AccessDeniedError(f"{service_call} was refused ({code}: {error_message(exc)}); {_CREDENTIALS_FIX}")
+        return AccessDeniedError(f"{service_call} was refused ({code}: {error_message(exc)}); {CREDENTIALS_FIX}")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return AccessDeniedError(f"{service_call}: {exc}; {_CREDENTIALS_FIX}")
+        return AccessDeniedError(f"{service_call}: {exc}; {CREDENTIALS_FIX}")
     return None
 
 

@@ -46,8 +46,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("shardwise.backends.aws.kinesis needs boto3: pip install 'shardwise[aws]'") from exc
 
 from shardwise.backends.aws.client import kinesis_client
-from shardwise.backends.aws.errors import access_denied, error_code, error_message
+from shardwise.backends.aws.errors import (
+    ACCESS_DENIED_CODES,
+    CREDENTIALS_FIX,
+    access_denied,
+    error_code,
+    error_message,
+)
 from shardwise.errors import (
+    AccessDeniedError,
     ConfigurationError,
     DependencyError,
     ExpiredIteratorError,
@@ -455,9 +462,8 @@ def _translate(exc: ClientError, operation: str, stream_name: str, shard_id: str
         return ResourceNotFoundError(
             f"{message}; create the stream (or fix the stream name, region or endpoint) and start the worker again"
         )
-    denied = access_denied(f"Kinesis {operation} on {where}", exc)
-    if denied is not None:
-        return denied
+    if code in ACCESS_DENIED_CODES:
+        return AccessDeniedError(f"{message}; {CREDENTIALS_FIX}")
     if code in _INVALID_ARGUMENT_CODES:
         return InvalidArgumentError(message)
     if code == "ResourceInUseException":
