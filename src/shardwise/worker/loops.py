@@ -21,7 +21,7 @@ from shardwise.errors import Fault, classify
 from shardwise.lifecycle.faults import OnPermanentError
 from shardwise.retry import TracebackLimiter, backoff_s
 
-__all__ = ["Loop", "LoopFaults", "Loops"]
+__all__ = ["Loop", "LoopFaults", "Loops", "TaskFaults"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,51 @@ class LoopFaults:
     on_permanent: OnPermanentError | None = None
     rng: random.Random | None = None
     clock_ns: Callable[[], int] = time.monotonic_ns
+
+
+class TaskFaults:
+    """The fault bookkeeping of one periodic task (a loop, the migration watcher): what to log for a failed run,
+    whom to tell about a permanent error, and how long to wait before retrying."""
+
+    def __init__(self, name: str, faults: LoopFaults | None = None) -> None:
+        self.name = name
+        self._faults = faults or LoopFaults()
+        self._rng = self._faults.rng or random.Random()
+        self._tracebacks = TracebackLimiter(self._faults.clock_ns)
+        self.consecutive_failures = 0
+        self._permanent = 0
+
+    def succeeded(self) -> None:
+        self.consecutive_failures = 0
+        self._permanent = 0
+
+    def failed(self, exc: Exception, interval_s: float) -> float:
+        """Log and report ``exc`` (call from the ``except`` block); returns the seconds to wait before retrying:
+        ``retry_backoff_s`` doubling with jitter, never more than ``interval_s``."""
+        self.consecutive_failures += 1
+        base_s = min(self._faults.retry_backoff_s, interval_s)
+        delay_s = backoff_s(self.consecutive_failures, base_s, interval_s, self._rng)
+        fault = classify(exc)
+        what = f"{self.name}: {type(exc).__name__}"
+        if fault.ends_worker:
+            self._permanent += 1
+            logger.error("%s: %s; retrying in %.1f s (%d in a row)", what, exc, delay_s, self._permanent)
+            if self._faults.on_permanent is not None:
+                self._faults.on_permanent(self.name, exc, self._permanent)
+            return delay_s
+        self._permanent = 0
+        if fault in (Fault.TRANSIENT, Fault.PER_ITEM):
+            logger.warning("%s: %s; retrying in %.1f s", what, exc, delay_s)
+        elif self._tracebacks.allow():
+            logger.exception("%s: unexpected error; retrying in %.1f s", what, delay_s)
+        else:
+            logger.error(
+                "%s: unexpected error again: %s; retrying in %.1f s (the traceback is logged at most once a minute)",
+                what,
+                exc,
+                delay_s,
+            )
+        return delay_s
 
 
 class Loop:
@@ -54,17 +99,13 @@ class Loop:
         self._interval_s = interval_s
         self._task = task
         self._stop = stop
-        self._faults = faults or LoopFaults()
-        self._rng = self._faults.rng or random.Random()
-        self._tracebacks = TracebackLimiter(self._faults.clock_ns)
-        self._failures = 0
-        self._permanent = 0
+        self._faults = TaskFaults(f"{name} loop", faults)
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
     def consecutive_failures(self) -> int:
-        return self._failures
+        return self._faults.consecutive_failures
 
     def start(self) -> None:
         self._thread.start()
@@ -82,36 +123,9 @@ class Loop:
         try:
             self._task()
         except Exception as exc:
-            return self._failed(exc)
-        self._failures = 0
-        self._permanent = 0
+            return self._faults.failed(exc, self._interval_s())
+        self._faults.succeeded()
         return self._interval_s()
-
-    def _failed(self, exc: Exception) -> float:
-        self._failures += 1
-        interval_s = self._interval_s()
-        delay_s = backoff_s(self._failures, min(self._faults.retry_backoff_s, interval_s), interval_s, self._rng)
-        fault = classify(exc)
-        what = f"{self.name} loop: {type(exc).__name__}"
-        if fault.ends_worker:
-            self._permanent += 1
-            logger.error("%s: %s; retrying in %.1f s (%d in a row)", what, exc, delay_s, self._permanent)
-            if self._faults.on_permanent is not None:
-                self._faults.on_permanent(f"{self.name} loop", exc, self._permanent)
-            return delay_s
-        self._permanent = 0
-        if fault in (Fault.TRANSIENT, Fault.PER_ITEM):
-            logger.warning("%s: %s; retrying in %.1f s", what, exc, delay_s)
-        elif self._tracebacks.allow():
-            logger.exception("%s: unexpected error; retrying in %.1f s", what, delay_s)
-        else:
-            logger.error(
-                "%s: unexpected error again: %s; retrying in %.1f s (the traceback is logged at most once a minute)",
-                what,
-                exc,
-                delay_s,
-            )
-        return delay_s
 
     def _run(self) -> None:
         if self._initial_delay_s > 0:

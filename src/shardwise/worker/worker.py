@@ -181,14 +181,13 @@ class Worker:
         self._loops_started = False
         self._reported_once = False
         self._stopped = threading.Event()
-        self._loops = Loops(
-            LoopFaults(
-                retry_backoff_s=config.retry_backoff_ms / 1000,
-                on_permanent=self._on_permanent,
-                rng=self._context.rng,
-                clock_ns=clock_ns,
-            )
+        self._loop_faults = LoopFaults(
+            retry_backoff_s=config.retry_backoff_ms / 1000,
+            on_permanent=self._on_permanent,
+            rng=self._context.rng,
+            clock_ns=clock_ns,
         )
+        self._loops = Loops(self._loop_faults)
         leases = config.leases
         metrics_cfg = config.worker_metrics
         self._loops.add("shard-sync", lambda: config.shard_sync_interval_ms / 1000, self._sync)
@@ -418,7 +417,9 @@ class Worker:
                 clock_epoch_s=self._clock_epoch_s,
                 rng=self._context.rng,
             )
-            self._migration = MigrationRunner(coordinator, self._apply, clock_ns=self._clock_ns, rng=self._context.rng)
+            self._migration = MigrationRunner(
+                coordinator, self._apply, clock_ns=self._clock_ns, rng=self._context.rng, faults=self._loop_faults
+            )
         self._migration.initialize()
 
     # -- feature versions ---------------------------------------------------------------------------
