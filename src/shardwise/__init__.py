@@ -16,6 +16,8 @@ from shardwise.errors import (
     ResourceNotFoundError,
     ShardNotFoundError,
     ShardwiseError,
+    StreamNotFoundError,
+    TableNotFoundError,
     ThrottlingError,
     UnusableStoreError,
 )
@@ -33,6 +35,8 @@ __all__ = [
     "ResourceNotFoundError",
     "ShardNotFoundError",
     "ShardwiseError",
+    "StreamNotFoundError",
+    "TableNotFoundError",
     "ThrottlingError",
     "UnusableStoreError",
     "__version__",

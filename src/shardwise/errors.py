@@ -8,7 +8,9 @@ translated into this tree at the backend boundary, so callers never need to impo
     ├── MalformedItemError        an item in a table cannot be read as what its key says it is
     ├── AccessDeniedError         the credentials are missing, invalid or expired, or lack a permission
     ├── InvalidStateError         a table or stream is missing, not ready, or in a state the call cannot use
-    │   ├── ResourceNotFoundError the named table or stream does not exist
+    │   ├── ResourceNotFoundError the named table, stream or item table does not exist
+    │   │   ├── StreamNotFoundError   the stream the worker consumes does not exist
+    │   │   ├── TableNotFoundError    the lease table does not exist
     │   │   └── ShardNotFoundError    one shard does not exist (any more) in a stream that does
     │   └── UnusableStoreError    the store exists but cannot be used: a damaged or foreign database file,
     │                             a read-only file
@@ -32,9 +34,12 @@ Fault               errors                                                      
 ``TRANSIENT``       :class:`DependencyError` (throttling, 5xx, timeouts,        retries with back-off and jitter,
                     connection resets, ``database is locked``); the builtin     forever, one WARNING line each
                     ``TimeoutError`` and ``ConnectionError``
-``NOT_READY``       :class:`InvalidStateError` and :class:`ResourceNotFoundError` retries at start (a table or stream
-                    (a missing or not yet active table or stream)               being created) within the bound;
-                                                                                while running: as ``PERMANENT``
+``NOT_READY``       :class:`InvalidStateError`, :class:`ResourceNotFoundError`  retries at start within the bound;
+                    ("retry later": a table not yet active, a merge child       while running: as ``TRANSIENT``
+                    waiting for its other parent, an item table being created)
+``MISSING``         :class:`StreamNotFoundError`, :class:`TableNotFoundError`   retries at start (it may be being
+                    (the stream consumed, the lease table)                      created) within the bound; while
+                                                                                running: as ``PERMANENT``
 ``PERMANENT``       :class:`ConfigurationError`, :class:`AccessDeniedError`,    stops at once at start; while
                     :class:`UnusableStoreError`,                                running after a bounded number of
                     :class:`UnsupportedFeatureVersionError`                     consecutive occurrences
@@ -66,6 +71,8 @@ __all__ = [
     "ResourceNotFoundError",
     "ShardNotFoundError",
     "ShardwiseError",
+    "StreamNotFoundError",
+    "TableNotFoundError",
     "ThrottlingError",
     "UnsupportedFeatureVersionError",
     "UnusableStoreError",
@@ -100,6 +107,14 @@ class InvalidStateError(ShardwiseError):
 
 class ResourceNotFoundError(InvalidStateError):
     """The named table or stream does not exist."""
+
+
+class StreamNotFoundError(ResourceNotFoundError):
+    """The stream does not exist (or was deleted). The message names it and how to create it."""
+
+
+class TableNotFoundError(ResourceNotFoundError):
+    """The lease table does not exist (or was deleted). The message names it and the fix."""
 
 
 class ShardNotFoundError(ResourceNotFoundError):
@@ -170,6 +185,7 @@ class Fault(enum.Enum):
 
     TRANSIENT = "transient"
     NOT_READY = "not ready"
+    MISSING = "missing"
     PERMANENT = "permanent"
     PER_ITEM = "per item"
     UNEXPECTED = "unexpected"
@@ -177,7 +193,12 @@ class Fault(enum.Enum):
     @property
     def ends_worker(self) -> bool:
         """Whether this fault, seen by a running worker often enough in a row, ends it."""
-        return self in (Fault.PERMANENT, Fault.NOT_READY)
+        return self in (Fault.PERMANENT, Fault.MISSING)
+
+    @property
+    def retried_at_start(self) -> bool:
+        """Whether initialization retries this fault (within its bound): it may heal by itself."""
+        return self in (Fault.TRANSIENT, Fault.NOT_READY, Fault.MISSING)
 
 
 def classify(exc: BaseException) -> Fault:
@@ -188,6 +209,8 @@ def classify(exc: BaseException) -> Fault:
         return Fault.PERMANENT
     if isinstance(exc, ShardNotFoundError):
         return Fault.PER_ITEM
+    if isinstance(exc, (StreamNotFoundError, TableNotFoundError)):
+        return Fault.MISSING
     if isinstance(exc, InvalidStateError):
         return Fault.NOT_READY
     if isinstance(exc, ShardwiseError):

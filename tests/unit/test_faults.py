@@ -24,6 +24,8 @@ from shardwise.errors import (
     ResourceNotFoundError,
     ShardNotFoundError,
     ShardwiseError,
+    StreamNotFoundError,
+    TableNotFoundError,
     ThrottlingError,
     UnsupportedFeatureVersionError,
     UnusableStoreError,
@@ -39,9 +41,12 @@ CLASSIFICATION: list[tuple[BaseException, Fault]] = [
     (ThrottlingError("throttled"), Fault.TRANSIENT),
     (TimeoutError("read timed out"), Fault.TRANSIENT),
     (ConnectionResetError("connection reset by peer"), Fault.TRANSIENT),
-    # a missing or not yet ready table or stream: retried at start, permanent while running
-    (ResourceNotFoundError("stream 'orders' does not exist"), Fault.NOT_READY),
-    (InvalidStateError("table is CREATING"), Fault.NOT_READY),
+    # "retry later": retried at start within the bound, and while running as transient
+    (ResourceNotFoundError("coordinator table 'app-CoordinatorState' does not exist"), Fault.NOT_READY),
+    (InvalidStateError("merge child waits for the lease of its other parent; retry later"), Fault.NOT_READY),
+    # the stream or the lease table missing: retried at start within the bound, permanent while running
+    (StreamNotFoundError("stream 'orders' does not exist"), Fault.MISSING),
+    (TableNotFoundError("lease table 'app' does not exist"), Fault.MISSING),
     # permanent: end the worker
     (ConfigurationError("bad key"), Fault.PERMANENT),
     (AccessDeniedError("UnrecognizedClientException"), Fault.PERMANENT),
@@ -69,14 +74,20 @@ def test_classification_table(exc: BaseException, fault: Fault) -> None:
     assert is_transient(exc) is (fault is Fault.TRANSIENT)
 
 
-def test_only_permanent_and_not_ready_faults_end_a_worker() -> None:
-    assert {fault for fault in Fault if fault.ends_worker} == {Fault.PERMANENT, Fault.NOT_READY}
+def test_only_permanent_and_missing_faults_end_a_worker() -> None:
+    assert {fault for fault in Fault if fault.ends_worker} == {Fault.PERMANENT, Fault.MISSING}
+
+
+def test_initialization_retries_what_may_heal_by_itself() -> None:
+    retried = {fault for fault in Fault if fault.retried_at_start}
+    assert retried == {Fault.TRANSIENT, Fault.NOT_READY, Fault.MISSING}
 
 
 def test_a_shard_missing_is_not_a_stream_missing() -> None:
     assert isinstance(ShardNotFoundError("x"), ResourceNotFoundError)
     assert classify(ShardNotFoundError("x")) is Fault.PER_ITEM
-    assert classify(ResourceNotFoundError("x")).ends_worker
+    assert classify(StreamNotFoundError("x")).ends_worker
+    assert not classify(ResourceNotFoundError("x")).ends_worker
 
 
 def test_unusable_store_is_an_invalid_state_and_access_denied_is_not_a_dependency_error() -> None:
@@ -91,6 +102,8 @@ def test_exception_tree_is_exported_from_the_package() -> None:
     assert shardwise.AccessDeniedError is AccessDeniedError
     assert shardwise.ShardNotFoundError is ShardNotFoundError
     assert shardwise.UnusableStoreError is UnusableStoreError
+    assert shardwise.StreamNotFoundError is StreamNotFoundError
+    assert shardwise.TableNotFoundError is TableNotFoundError
 
 
 # -- back-off ---------------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """What a shard consumer's step does about an error its own states did not handle (the generic branch of
 :meth:`shardwise.lifecycle.consumer.ShardConsumer.step`), by :func:`shardwise.errors.classify`:
 
-* **transient** (throttling, 5xx, timeouts, a busy database): one WARNING line, retried with back-off;
+* **transient** (throttling, 5xx, timeouts, a busy database) and **not ready** ("retry later": a merge child
+  waiting for its other parent's lease): one WARNING line, retried with back-off;
 * **per item** (a malformed item, an invalid argument, a processor that did not checkpoint at shard end, a
   missing shard): one ERROR line, retried with back-off; it concerns this shard only;
-* **permanent or not ready** (missing stream or table, damaged database, access denied, configuration found
-  bad late): one ERROR line, retried with back-off, and reported with its count of consecutive occurrences to
+* **permanent or missing** (missing stream or lease table, damaged database, access denied, configuration
+  found bad late): one ERROR line, retried with back-off, and reported with its count of consecutive occurrences to
   ``on_permanent`` — the worker stops once that count reaches its limit;
 * **unexpected** (a bug, or an exception of the record processor): logged with its traceback the first time
   and then at most once a minute; otherwise one ERROR line.
@@ -79,7 +80,7 @@ class StepFaults:
                 self._on_permanent(f"shard consumer {self._shard_id}", exc, self._permanent)
             return delay_ms
         self._permanent = 0
-        if fault is Fault.TRANSIENT:
+        if fault in (Fault.TRANSIENT, Fault.NOT_READY):
             self._log.warning("%s: %s; retrying in %d ms", where, exc, delay_ms)
         elif fault is Fault.PER_ITEM:
             self._log.error("%s: %s; retrying in %d ms", where, exc, delay_ms)

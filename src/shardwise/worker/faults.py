@@ -6,7 +6,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from shardwise.errors import Fault, classify
+from shardwise.errors import classify
 from shardwise.retry import backoff_s
 from shardwise.worker.config import WorkerConfig
 
@@ -24,8 +24,8 @@ def initialize_with_retries(
     stopping: Callable[[], bool],
     on_attempt: Callable[[int], None] = lambda _attempt: None,
 ) -> None:
-    """Call ``initialize`` until it succeeds. A transient or "not ready" error (a table or stream being
-    created) is retried up to ``config.max_initialization_attempts`` in all, after a back-off from
+    """Call ``initialize`` until it succeeds. A transient, "not ready" or "missing" error (a table or stream
+    being created) is retried up to ``config.max_initialization_attempts`` in all, after a back-off from
     ``initialization_backoff_ms`` doubling up to ``initialization_max_backoff_ms``, with jitter, each failure
     logged as one WARNING line; any other error, the last attempt's, or one during a shutdown is raised.
     ``on_attempt`` is told the number of each attempt before it is made."""
@@ -37,7 +37,7 @@ def initialize_with_retries(
             return
         except Exception as exc:
             fault = classify(exc)
-            if fault not in (Fault.TRANSIENT, Fault.NOT_READY) or attempt == attempts or stopping():
+            if not fault.retried_at_start or attempt == attempts or stopping():
                 raise
             delay_s = backoff_s(
                 attempt, config.initialization_backoff_ms / 1000, config.initialization_max_backoff_ms / 1000, rng

@@ -2,10 +2,11 @@
 
 A run that raises is retried sooner than the loop's interval, after a back-off that starts at
 ``retry_backoff_s`` and doubles (with jitter) up to the interval, and is logged by its fault
-(:func:`shardwise.errors.classify`): transient and per-item errors as one WARNING line; a permanent or "not
-ready" error as one ERROR line, reported with its count of consecutive occurrences to ``on_permanent`` (the
-worker stops once the count reaches its limit); an unexpected exception (a bug) with its traceback, at most once
-a minute per loop, else as one ERROR line. A successful run resets the counts.
+(:func:`shardwise.errors.classify`): transient, "not ready" and per-item errors as one WARNING line; a
+permanent or "missing" error (stream, lease table) as one ERROR line, reported with its count of consecutive
+occurrences to ``on_permanent`` (the worker stops once the count reaches its limit); an unexpected exception (a
+bug) with its traceback, at most once a minute per loop, else as one ERROR line. A successful run resets the
+counts.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class TaskFaults:
                 self._faults.on_permanent(self.name, exc, self._permanent)
             return delay_s
         self._permanent = 0
-        if fault in (Fault.TRANSIENT, Fault.PER_ITEM):
+        if fault in (Fault.TRANSIENT, Fault.NOT_READY, Fault.PER_ITEM):
             logger.warning("%s: %s; retrying in %.1f s", what, exc, delay_s)
         elif self._tracebacks.allow():
             logger.exception("%s: unexpected error; retrying in %.1f s", what, delay_s)

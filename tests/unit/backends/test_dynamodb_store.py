@@ -25,6 +25,7 @@ from shardwise.errors import (
     DependencyError,
     InvalidStateError,
     ResourceNotFoundError,
+    TableNotFoundError,
     ThrottlingError,
 )
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange
@@ -535,7 +536,7 @@ def test_unreachable_endpoint_raises_dependency_error(table_name: str) -> None:
         ("ProvisionedThroughputExceededException", ThrottlingError),
         ("ThrottlingException", ThrottlingError),
         ("RequestLimitExceeded", ThrottlingError),
-        ("ResourceNotFoundException", ResourceNotFoundError),
+        ("ResourceNotFoundException", TableNotFoundError),
         ("ValidationException", DependencyError),
         ("InternalServerError", DependencyError),
         ("AccessDeniedException", AccessDeniedError),

@@ -38,6 +38,7 @@ from shardwise.errors import (
     InvalidStateError,
     ResourceNotFoundError,
     ShardNotFoundError,
+    StreamNotFoundError,
     ThrottlingError,
 )
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange, hash_key_for
@@ -319,7 +320,7 @@ def test_unknown_stream_is_resource_not_found(kinesis_local: Server) -> None:
         stream.get_shard_iterator("shardId-000000000000", StartingPosition.trim_horizon())
     for caught in (listed, iterated):
         # The stream is missing, not one shard: permanent for a worker, and the message says what to do.
-        assert type(caught.value) is ResourceNotFoundError
+        assert type(caught.value) is StreamNotFoundError
         assert "create the stream" in str(caught.value)
 
 
@@ -372,7 +373,7 @@ def test_unreachable_endpoint_is_a_dependency_error() -> None:
         ("ProvisionedThroughputExceededException", 400, ThrottlingError),
         ("LimitExceededException", 400, ThrottlingError),
         ("KMSThrottlingException", 400, ThrottlingError),
-        ("ResourceNotFoundException", 400, ResourceNotFoundError),
+        ("ResourceNotFoundException", 400, StreamNotFoundError),
         ("InvalidArgumentException", 400, InvalidArgumentError),
         ("ResourceInUseException", 400, InvalidStateError),
         ("KMSAccessDeniedException", 400, AccessDeniedError),

@@ -15,7 +15,7 @@ import pytest
 
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.backends.sqlite.stream import LocalStreamStore
-from shardwise.errors import DependencyError, ResourceNotFoundError, ShardNotFoundError
+from shardwise.errors import DependencyError, StreamNotFoundError
 from shardwise.leasing.renewer import LeaseRenewer
 from shardwise.leasing.shard_sync import InitialPosition, ShardSyncer
 from shardwise.lifecycle.consumer import ConsumerConfig, ShardConsumer
@@ -113,8 +113,7 @@ def test_a_deleted_stream_is_reported_as_permanent_with_its_count_in_a_row(
         (f"shard consumer {SHARD}", 3),
         (f"shard consumer {SHARD}", 4),
     ]
-    assert all(isinstance(exc, ResourceNotFoundError) for _source, exc, _count in env.reports)
-    assert not any(isinstance(exc, ShardNotFoundError) for _source, exc, _count in env.reports)
+    assert all(type(exc) is StreamNotFoundError for _source, exc, _count in env.reports)
     # The first retry after KCL's task back-off, later ones longer.
     assert waits[1] == BACKOFF_MS
     assert waits[2] > BACKOFF_MS
@@ -172,7 +171,7 @@ def test_a_success_in_between_resets_the_permanent_count() -> None:
         log=logging.getLogger("test"),
         on_permanent=lambda _source, _exc, count: reports.append(count),
     )
-    missing = ResourceNotFoundError("stream gone")
+    missing = StreamNotFoundError("stream gone")
     faults.failed(missing, "PROCESSING", 1)
     faults.failed(missing, "PROCESSING", 2)
     faults.failed(missing, "PROCESSING", 1)  # consecutive failures 1 again: the step before succeeded

@@ -14,8 +14,9 @@ import pytest
 from shardwise.errors import (
     AccessDeniedError,
     DependencyError,
+    InvalidStateError,
     MalformedItemError,
-    ResourceNotFoundError,
+    StreamNotFoundError,
     ThrottlingError,
     UnusableStoreError,
 )
@@ -56,7 +57,7 @@ def make_loop(
 
 
 def test_permanent_errors_are_counted_in_a_row_and_reported(caplog: pytest.LogCaptureFixture) -> None:
-    missing = ResourceNotFoundError("stream 'orders' does not exist; create it")
+    missing = StreamNotFoundError("stream 'orders' does not exist; create it")
     damaged = UnusableStoreError("database disk image is malformed")
     reports: list[tuple[str, BaseException, int]] = []
     loop = make_loop(Script(missing, missing, None, damaged, damaged, damaged), reports, FakeClock())
@@ -109,16 +110,26 @@ def test_the_first_retry_never_waits_longer_than_the_interval() -> None:
     assert loop.run_once() <= INTERVAL_S
 
 
-def test_per_item_errors_are_one_warning_line_and_not_reported(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        MalformedItemError("shardId-1", "leaseCounter is 'x'"),
+        InvalidStateError("shardId-1: merge child waits for the lease of its other parent; retry later"),
+    ],
+    ids=["per item", "not ready"],
+)
+def test_per_item_and_not_ready_errors_are_one_warning_line_and_not_reported(
+    caplog: pytest.LogCaptureFixture, error: Exception
+) -> None:
     reports: list[tuple[str, BaseException, int]] = []
-    loop = make_loop(Script(MalformedItemError("shardId-1", "leaseCounter is 'x'")), reports, FakeClock())
+    loop = make_loop(Script(*[error] * 8), reports, FakeClock())
     with caplog.at_level(logging.DEBUG, logger="shardwise.worker.loops"):
-        loop.run_once()
+        for _ in range(8):
+            loop.run_once()
     assert reports == []
-    (record,) = caplog.records
-    assert record.levelno == logging.WARNING
-    assert record.exc_info is None
-    assert "shardId-1" in record.getMessage()
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 8
+    assert all(r.exc_info is None for r in caplog.records)
+    assert "shardId-1" in caplog.records[0].getMessage()
 
 
 def test_a_bug_gets_a_traceback_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:

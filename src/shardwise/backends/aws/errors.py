@@ -4,7 +4,8 @@ DynamoDB tables (the lease table and the coordinator item tables) translate thro
 
 * ``ProvisionedThroughputExceededException``, ``ThrottlingException``, ``RequestLimitExceeded``
   → :class:`~shardwise.errors.ThrottlingError` (after botocore's own retries);
-* ``ResourceNotFoundException`` → :class:`~shardwise.errors.ResourceNotFoundError`;
+* ``ResourceNotFoundException`` → :class:`~shardwise.errors.ResourceNotFoundError` (the lease table's:
+  :class:`~shardwise.errors.TableNotFoundError`);
 * the credential and permission codes (:data:`ACCESS_DENIED_CODES`: ``AccessDeniedException``,
   ``UnrecognizedClientException``, ``InvalidSignatureException``, ``ExpiredTokenException``, …) and botocore's
   ``NoCredentialsError`` → :class:`~shardwise.errors.AccessDeniedError` (permanent: retrying cannot fix them);
@@ -119,6 +120,8 @@ class TableErrors:
 
     subject: str
     missing_hint: str
+    #: The class of "the table does not exist" (the lease store says :class:`TableNotFoundError`).
+    missing_error: type[ResourceNotFoundError] = ResourceNotFoundError
 
     @staticmethod
     def code(exc: ClientError) -> str:
@@ -155,7 +158,7 @@ class TableErrors:
 
     def missing(self, operation: str) -> ResourceNotFoundError:
         """The error for "the table does not exist", as ``ResourceNotFoundException`` is translated."""
-        return ResourceNotFoundError(f"{self.subject} does not exist (DynamoDB {operation}): {self.missing_hint}")
+        return self.missing_error(f"{self.subject} does not exist (DynamoDB {operation}): {self.missing_hint}")
 
     def botocore_error(self, operation: str, exc: BotoCoreError) -> Exception:
         denied = access_denied(f"DynamoDB {operation} on {self.subject}", exc)

@@ -17,7 +17,7 @@ Kinesis error code                                                          shar
 ``ExpiredIteratorException``                                                :class:`ExpiredIteratorError`
 ``ProvisionedThroughputExceededException``, ``LimitExceededException``,     :class:`ThrottlingError`
 ``KMSThrottlingException``, ``ThrottlingException``
-``ResourceNotFoundException`` for the stream                                :class:`ResourceNotFoundError`
+``ResourceNotFoundException`` for the stream                                :class:`StreamNotFoundError`
 ``ResourceNotFoundException`` for one shard of an existing stream           :class:`ShardNotFoundError`
 ``AccessDeniedException``, ``UnrecognizedClientException``,                 :class:`AccessDeniedError`
 ``InvalidSignatureException``, ``ExpiredTokenException`` (all of
@@ -63,6 +63,7 @@ from shardwise.errors import (
     ResourceNotFoundError,
     ShardNotFoundError,
     ShardwiseError,
+    StreamNotFoundError,
     ThrottlingError,
 )
 from shardwise.hashkeys import HashKeyRange, parse_hash_key
@@ -459,7 +460,7 @@ def _translate(exc: ClientError, operation: str, stream_name: str, shard_id: str
     if code == "ResourceNotFoundException":
         if shard_id is not None and _names_a_shard(detail):
             return ShardNotFoundError(message)
-        return ResourceNotFoundError(
+        return StreamNotFoundError(
             f"{message}; create the stream (or fix the stream name, region or endpoint) and start the worker again"
         )
     if code in ACCESS_DENIED_CODES:

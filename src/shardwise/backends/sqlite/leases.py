@@ -20,7 +20,7 @@ from typing import Any
 from shardwise.backends.sqlite.backend import SQLiteBackend
 from shardwise.backends.sqlite.connection import SQLiteDatabase
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
-from shardwise.errors import ConfigurationError, MalformedItemError, ResourceNotFoundError
+from shardwise.errors import ConfigurationError, MalformedItemError, TableNotFoundError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import RESERVED_KEYS, Lease
 
@@ -165,7 +165,7 @@ class SQLiteLeaseStore:
     def _require_table(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT 1 FROM shardwise_lease_tables WHERE table_name = ?", (self._table,)).fetchone()
         if row is None:
-            raise ResourceNotFoundError(
+            raise TableNotFoundError(
                 f"lease table {self._table!r} does not exist in {self._db.path}; create it first "
                 "(create_table_if_not_exists, or start a worker for the application)"
             )
