@@ -456,3 +456,25 @@ def test_kinesalite_closed_shard_ends_without_child_shards(lite_stream: StreamFa
         batch = reader.read()
     assert batch.child_shards == []  # quirk: kinesalite reports no ChildShards
     assert len(stream.list_shards()) == 3
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Stream translated under account 123456789012 not found.", StreamNotFoundError),  # AWS, kinesalite
+        ("Stream arn arn:aws:kinesis:us-east-1:0:stream/translated not found", StreamNotFoundError),  # kinesis-local
+        ("Shard shardId-000000000007 in stream translated under account 1 does not exist", ShardNotFoundError),
+        ("Could not find shardId shardId-000000000007 in stream translated", ShardNotFoundError),
+        ("Unable to find record with provided SequenceNumber SequenceNumber(1) in stream Some(t)", ShardNotFoundError),
+    ],
+)
+def test_a_missing_shard_is_told_from_a_missing_stream(message: str, expected: type[Exception]) -> None:
+    client = boto3.session.Session().client("kinesis", region_name=REGION, config=NO_RETRIES)
+    stream = KinesisStream("translated", client=client)
+    with Stubber(client) as stubber:
+        stubber.add_client_error(
+            "get_shard_iterator", service_error_code="ResourceNotFoundException", service_message=message
+        )
+        with pytest.raises(expected) as caught:
+            stream.get_shard_iterator("shardId-000000000007", StartingPosition.trim_horizon())
+    assert type(caught.value) is expected

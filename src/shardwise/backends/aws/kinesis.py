@@ -458,7 +458,7 @@ def _translate(exc: ClientError, operation: str, stream_name: str, shard_id: str
     if code in _THROTTLING_CODES:
         return ThrottlingError(message)
     if code == "ResourceNotFoundException":
-        if shard_id is not None and _names_a_shard(detail):
+        if shard_id is not None and not _names_the_stream(detail):
             return ShardNotFoundError(message)
         return StreamNotFoundError(
             f"{message}; create the stream (or fix the stream name, region or endpoint) and start the worker again"
@@ -473,11 +473,13 @@ def _translate(exc: ClientError, operation: str, stream_name: str, shard_id: str
     return DependencyError(f"{message} (HTTP {status})" if status else message)
 
 
-def _names_a_shard(detail: str) -> bool:
-    """Whether a ``ResourceNotFoundException`` message is about a shard rather than the stream: Kinesis says
-    "Shard shardId-… in stream … does not exist", but "Stream … not found" for a missing stream."""
+def _names_the_stream(detail: str) -> bool:
+    """Whether a ``ResourceNotFoundException`` message says the *stream* is missing: Kinesis says "Stream …
+    under account … not found." (kinesalite and kinesis-local alike), but names the shard ("Shard … does not
+    exist", "Could not find shardId …") or the position (kinesis-local: "Unable to find record with provided
+    SequenceNumber …") when only those are missing."""
     lowered = detail.lower()
-    return "shard" in lowered and not lowered.startswith("stream")
+    return lowered.startswith("stream") and "not found" in lowered
 
 
 def _shard_filter_request(shard_filter: ShardFilter) -> dict[str, Any]:
