@@ -6,6 +6,7 @@ DynamoDB + Kinesis are for production.
 """
 
 from shardwise.errors import (
+    AccessDeniedError,
     ConfigurationError,
     DependencyError,
     ExpiredIteratorError,
@@ -13,13 +14,18 @@ from shardwise.errors import (
     InvalidStateError,
     MalformedItemError,
     ResourceNotFoundError,
+    ShardNotFoundError,
     ShardwiseError,
+    StreamNotFoundError,
+    TableNotFoundError,
     ThrottlingError,
+    UnusableStoreError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "ConfigurationError",
     "DependencyError",
     "ExpiredIteratorError",
@@ -27,7 +33,11 @@ __all__ = [
     "InvalidStateError",
     "MalformedItemError",
     "ResourceNotFoundError",
+    "ShardNotFoundError",
     "ShardwiseError",
+    "StreamNotFoundError",
+    "TableNotFoundError",
     "ThrottlingError",
+    "UnusableStoreError",
     "__version__",
 ]

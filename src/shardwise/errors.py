@@ -6,8 +6,14 @@ translated into this tree at the backend boundary, so callers never need to impo
     ShardwiseError
     ├── ConfigurationError        bad configuration, arguments or files; fix the input and retry
     ├── MalformedItemError        an item in a table cannot be read as what its key says it is
+    ├── AccessDeniedError         the credentials are missing, invalid or expired, or lack a permission
     ├── InvalidStateError         a table or stream is missing, not ready, or in a state the call cannot use
-    │   └── ResourceNotFoundError the named table, stream or shard does not exist
+    │   ├── ResourceNotFoundError the named table, stream or item table does not exist
+    │   │   ├── StreamNotFoundError   the stream the worker consumes does not exist
+    │   │   ├── TableNotFoundError    the lease table does not exist
+    │   │   └── ShardNotFoundError    one shard does not exist (any more) in a stream that does
+    │   └── UnusableStoreError    the store exists but cannot be used: a damaged or foreign database file,
+    │                             a read-only file
     ├── InvalidArgumentError      a request the backend refused as invalid (bad iterator, bad sequence number)
     │   └── ExpiredIteratorError  a shard iterator is older than its lifetime; ask for a new one
     ├── UnsupportedFeatureVersionError  this worker cannot run a level the fleet has finalized
@@ -19,24 +25,59 @@ translated into this tree at the backend boundary, so callers never need to impo
 
 A *lost race* is not an error: conditional lease operations return ``None`` (falsy) when their condition did
 not hold, and only infrastructure faults raise.
+
+What a worker does about an error is :func:`classify`'s answer (a :class:`Fault`):
+
+==================  ==========================================================  ===================================
+Fault               errors                                                      a worker ...
+==================  ==========================================================  ===================================
+``TRANSIENT``       :class:`DependencyError` (throttling, 5xx, timeouts,        retries with back-off and jitter,
+                    connection resets, ``database is locked``); the builtin     forever, one WARNING line each
+                    ``TimeoutError`` and ``ConnectionError``
+``NOT_READY``       :class:`InvalidStateError`, :class:`ResourceNotFoundError`  retries at start within the bound;
+                    ("retry later": a table not yet active, a merge child       while running: as ``TRANSIENT``
+                    waiting for its other parent, an item table being created)
+``MISSING``         :class:`StreamNotFoundError`, :class:`TableNotFoundError`   retries at start (it may be being
+                    (the stream consumed, the lease table)                      created) within the bound; while
+                                                                                running: as ``PERMANENT``
+``PERMANENT``       :class:`ConfigurationError`, :class:`AccessDeniedError`,    stops at once at start; while
+                    :class:`UnusableStoreError`,                                running after a bounded number of
+                    :class:`UnsupportedFeatureVersionError`                     consecutive occurrences
+``PER_ITEM``        :class:`MalformedItemError`, :class:`CheckpointError`       keeps it to the lease, shard or
+                    (lease lost, bad checkpoint), :class:`InvalidArgumentError` item concerned; never stops
+                    (expired iterator), :class:`ShardNotFoundError`, any other
+                    :class:`ShardwiseError`
+``UNEXPECTED``      anything else (a bug, or a record processor's exception)    retries; logs the traceback, at
+                                                                                most once a minute per source
+==================  ==========================================================  ===================================
 """
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
+    "AccessDeniedError",
     "CheckpointError",
     "ConfigurationError",
     "DependencyError",
     "ExpiredIteratorError",
+    "Fault",
     "InvalidArgumentError",
     "InvalidCheckpointError",
     "InvalidStateError",
     "LeaseLostError",
     "MalformedItemError",
     "ResourceNotFoundError",
+    "ShardNotFoundError",
     "ShardwiseError",
+    "StreamNotFoundError",
+    "TableNotFoundError",
     "ThrottlingError",
     "UnsupportedFeatureVersionError",
+    "UnusableStoreError",
+    "classify",
+    "is_transient",
 ]
 
 
@@ -65,7 +106,29 @@ class InvalidStateError(ShardwiseError):
 
 
 class ResourceNotFoundError(InvalidStateError):
-    """The named table, stream or shard does not exist."""
+    """The named table or stream does not exist."""
+
+
+class StreamNotFoundError(ResourceNotFoundError):
+    """The stream does not exist (or was deleted). The message names it and how to create it."""
+
+
+class TableNotFoundError(ResourceNotFoundError):
+    """The lease table does not exist (or was deleted). The message names it and the fix."""
+
+
+class ShardNotFoundError(ResourceNotFoundError):
+    """One shard does not exist (any more: closed longer ago than the retention period) in a stream that does."""
+
+
+class UnusableStoreError(InvalidStateError):
+    """The store exists but cannot be used: a damaged database page, a file that is not a database, a read-only
+    file. Retrying does not help; the message names the file and the fix (restore it, or use another)."""
+
+
+class AccessDeniedError(ShardwiseError):
+    """The backend refused the credentials (missing, invalid, expired) or the permission for a call. The
+    message names the service's code and what to check (credentials, IAM policy)."""
 
 
 class InvalidArgumentError(ShardwiseError):
@@ -115,3 +178,48 @@ class DependencyError(ShardwiseError):
 
 class ThrottlingError(DependencyError):
     """The backend throttled the request (provisioned throughput or request-rate limit exceeded)."""
+
+
+class Fault(enum.Enum):
+    """What a worker does about an error (see the table in the module docstring)."""
+
+    TRANSIENT = "transient"
+    NOT_READY = "not ready"
+    MISSING = "missing"
+    PERMANENT = "permanent"
+    PER_ITEM = "per item"
+    UNEXPECTED = "unexpected"
+
+    @property
+    def ends_worker(self) -> bool:
+        """Whether this fault, seen by a running worker often enough in a row, ends it."""
+        return self in (Fault.PERMANENT, Fault.MISSING)
+
+    @property
+    def retried_at_start(self) -> bool:
+        """Whether initialization retries this fault (within its bound): it may heal by itself."""
+        return self in (Fault.TRANSIENT, Fault.NOT_READY, Fault.MISSING)
+
+
+def classify(exc: BaseException) -> Fault:
+    """The :class:`Fault` of ``exc`` (the one decision every retry loop of the worker asks)."""
+    if isinstance(exc, DependencyError):
+        return Fault.TRANSIENT
+    if isinstance(exc, (ConfigurationError, AccessDeniedError, UnusableStoreError, UnsupportedFeatureVersionError)):
+        return Fault.PERMANENT
+    if isinstance(exc, ShardNotFoundError):
+        return Fault.PER_ITEM
+    if isinstance(exc, (StreamNotFoundError, TableNotFoundError)):
+        return Fault.MISSING
+    if isinstance(exc, InvalidStateError):
+        return Fault.NOT_READY
+    if isinstance(exc, ShardwiseError):
+        return Fault.PER_ITEM  # malformed items, checkpoints, invalid arguments (expired iterators), ...
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return Fault.TRANSIENT
+    return Fault.UNEXPECTED
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` later is expected to succeed (throttling, 5xx, timeouts, a busy database)."""
+    return classify(exc) is Fault.TRANSIENT

@@ -27,7 +27,7 @@ ARCHITECTURE_DOC = REPO / "docs" / "architecture.md"
 #: its own layer or above. ``docs/architecture.md`` prints this table; every top-level module or package under
 #: ``src/shardwise`` must be placed in it (a new one is placed on purpose, not by default).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "hashkeys", "metrics"),  # L0
+    ("errors", "hashkeys", "metrics", "retry"),  # L0
     ("checkpoint",),  # L1
     ("retrieval", "leases"),  # L2
     ("tables", "processor"),  # L3

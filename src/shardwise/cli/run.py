@@ -246,9 +246,12 @@ def run(
     try:
         worker.run()
     except ShardwiseError as exc:
-        raise click.ClickException(str(exc)) from exc
+        attempts = worker.initialization_attempts
+        tried = f" (gave up after {attempts} initialization attempts)" if attempts > 1 else ""
+        raise click.ClickException(f"worker {worker.worker_id} could not start: {exc}{tried}") from exc
     if worker.stop_reason is not None:
-        # Stopped cleanly (processors checkpointed, leases released) because of a feature level it cannot run.
+        # Stopped cleanly (processors checkpointed, leases released where possible) because of a feature level
+        # it cannot run or a permanent error (missing stream, damaged database, access denied).
         raise click.ClickException(str(worker.stop_reason))
 
 

@@ -33,6 +33,7 @@ from shardwise.errors import ConfigurationError, DependencyError, LeaseLostError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 from shardwise.lifecycle.checkpoint_failures import after_checkpoint_failure
+from shardwise.lifecycle.faults import OnPermanentError, StepFaults
 from shardwise.lifecycle.holder import LeaseHolder
 from shardwise.lifecycle.states import ConsumerEvent, ConsumerState, ShutdownReason, transition
 from shardwise.processor import (
@@ -128,6 +129,7 @@ class ShardConsumer:
         config: ConsumerConfig,
         clock_ns: Callable[[], int] = time.monotonic_ns,
         on_records: Callable[[str, int, int], None] | None = None,
+        on_permanent_error: OnPermanentError | None = None,
     ) -> None:
         self.shard_id = lease.lease_key
         self.token = token
@@ -150,6 +152,13 @@ class ShardConsumer:
         self._processor_initialized = False
         self._failures = 0
         self._checkpoint_failures = 0
+        self._faults = StepFaults(
+            lease.lease_key,
+            task_backoff_time_ms=config.task_backoff_time_ms,
+            clock_ns=clock_ns,
+            log=logger,
+            on_permanent=on_permanent_error,
+        )
         self._lock = threading.Lock()
         self.checkpointer = Checkpointer(
             lease.lease_key,
@@ -199,7 +208,9 @@ class ShardConsumer:
     # -- the step ----------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Do one unit of work. Never raises: errors are logged and the step is retried after a backoff."""
+        """Do one unit of work. Never raises: errors are logged and the step is retried after a back-off that
+        grows with jitter; a permanent error (missing stream, damaged database, access denied) is also reported
+        to ``on_permanent_error``, which stops the worker once it repeats (:mod:`shardwise.lifecycle.faults`)."""
         with self._lock:
             try:
                 failures = self._failures
@@ -208,16 +219,9 @@ class ShardConsumer:
                     self._failures = 0
             except LeaseLostError:
                 self._lose_lease()
-            except Exception:
+            except Exception as exc:
                 self._failures += 1
-                logger.exception(
-                    "shard %s: error in state %s (attempt %d); retrying in %d ms",
-                    self.shard_id,
-                    self._state.value,
-                    self._failures,
-                    self._config.task_backoff_time_ms,
-                )
-                self._due_in(self._config.task_backoff_time_ms)
+                self._due_in(self._faults.failed(exc, self._state.value, self._failures))
 
     def _step(self) -> None:
         if self._state is not ConsumerState.SHUTTING_DOWN and not self._renewer.holds(self.shard_id, self.token):

@@ -96,6 +96,16 @@ class WorkerConfig:
     shutdown_timeout_ms: int = 30_000
     # How often every worker scans the lease table for malformed lease items (and repeats its warning per item).
     malformed_lease_report_interval_ms: int = 60_000
+    # Faults (shardwise.errors.classify): initialization is tried up to max_initialization_attempts times (KCL's
+    # maxInitializationAttempts) while its errors are transient or "not ready", with a back-off from
+    # initialization_backoff_ms doubling up to initialization_max_backoff_ms (with jitter); a loop retries a
+    # failed run after retry_backoff_ms, doubling up to its interval; a permanent error seen
+    # permanent_error_limit times in a row by one loop or shard consumer stops the worker.
+    max_initialization_attempts: int = 20
+    initialization_backoff_ms: int = 1_000
+    initialization_max_backoff_ms: int = 5_000
+    retry_backoff_ms: int = 1_000
+    permanent_error_limit: int = 5
 
     def __post_init__(self) -> None:
         if not self.application_name:
@@ -120,6 +130,11 @@ class WorkerConfig:
             "dispatch_poll_interval_ms",
             "shutdown_timeout_ms",
             "malformed_lease_report_interval_ms",
+            "max_initialization_attempts",
+            "initialization_backoff_ms",
+            "initialization_max_backoff_ms",
+            "retry_backoff_ms",
+            "permanent_error_limit",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)}")

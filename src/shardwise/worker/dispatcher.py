@@ -24,6 +24,7 @@ from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 from shardwise.leasing.renewer import LeaseRenewer
 from shardwise.lifecycle.consumer import ShardConsumer
+from shardwise.lifecycle.faults import OnPermanentError
 from shardwise.lifecycle.states import ShutdownReason
 from shardwise.processor import RecordProcessor, RecordProcessorFactory
 from shardwise.retrieval.model import ChildShard
@@ -53,6 +54,7 @@ class Dispatcher:
         create_child_leases: Callable[[Lease, Sequence[ChildShard]], None],
         on_shard_end: Callable[[], None],
         clock_ns: Callable[[], int],
+        on_permanent_error: OnPermanentError | None = None,
     ) -> None:
         self._config = config
         self._worker_id = config.worker_id
@@ -65,6 +67,7 @@ class Dispatcher:
         self._create_child_leases = create_child_leases
         self._on_shard_end = on_shard_end
         self._clock_ns = clock_ns
+        self._on_permanent_error = on_permanent_error  # a shard consumer's permanent errors, for the worker
         self._consumers: dict[tuple[str, str], ShardConsumer] = {}
         self._running: dict[tuple[str, str], concurrent.futures.Future[None]] = {}
         self._handoffs: dict[str, int] = {}  # lease key -> ns when the leader's handoff was noticed
@@ -134,6 +137,7 @@ class Dispatcher:
                 config=self._config.consumer,
                 clock_ns=self._clock_ns,
                 on_records=self._on_records,
+                on_permanent_error=self._on_permanent_error,
             )
             if stopping:
                 consumer.request_shutdown()

@@ -17,6 +17,7 @@ from shardwise.versions.migration import TRANSITION_RETRY_NS, MigrationCoordinat
 from shardwise.versions.migration_rules import ClientVersionConfig, MigrationStep
 from shardwise.versions.migration_state import MigrationStore
 from shardwise.worker.config import WorkerConfig
+from shardwise.worker.loops import LoopFaults, TaskFaults
 
 __all__ = ["MigrationRunner", "open_migration"]
 
@@ -70,7 +71,8 @@ class MigrationRunner:
     The thread (:meth:`start`) runs the change watcher every ``client_version_poll_interval_ms`` — the first
     poll after that plus a random 0 – ``client_version_poll_jitter_ms`` — and the readiness monitor every
     ``readiness_check_interval_ms`` while the state has one (1 s after a failed flip write), and ends once the
-    client version is final.
+    client version is final. A failed run is logged by its fault (``faults``: one line, a traceback only for a
+    bug and at most once a minute; a permanent error reported to the worker as the loops' are).
     """
 
     def __init__(
@@ -80,11 +82,14 @@ class MigrationRunner:
         *,
         clock_ns: Callable[[], int],
         rng: random.Random | None = None,
+        faults: LoopFaults | None = None,
     ) -> None:
         self._coordinator = coordinator
         self._apply = apply
         self._clock_ns = clock_ns
         self._rng = rng if rng is not None else random.Random()
+        self._watcher_faults = TaskFaults("client version watcher", faults)
+        self._monitor_faults = TaskFaults("readiness monitor", faults)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -141,15 +146,17 @@ class MigrationRunner:
             if chosen.watch and now >= next_poll:
                 try:
                     self.run_step(coordinator.poll_once())
-                except Exception:
-                    logger.exception("worker %s: the client version watcher failed; it polls again", worker_id)
+                    self._watcher_faults.succeeded()
+                except Exception as exc:
+                    self._watcher_faults.failed(exc, poll_ns / 1e9)  # it polls again at its cadence
                 next_poll = self._clock_ns() + poll_ns
             chosen = coordinator.behaviour
             if chosen is not None and chosen.readiness_monitor and now >= next_readiness:
                 try:
                     self.run_step(coordinator.check_readiness_once())
-                except Exception:
-                    logger.exception("worker %s: the readiness monitor failed; it runs again", worker_id)
+                    self._monitor_faults.succeeded()
+                except Exception as exc:
+                    self._monitor_faults.failed(exc, readiness_ns / 1e9)  # it runs again at its cadence
                 delay = TRANSITION_RETRY_NS if coordinator.transition_failed else readiness_ns
                 next_readiness = self._clock_ns() + delay
             chosen = coordinator.behaviour

@@ -32,6 +32,13 @@ to 3.x only assigns expired or unassigned leases (no rebalancing until the whole
 Graceful shutdown (:meth:`Worker.request_shutdown`, SIGTERM/SIGINT in the CLI): taking stops, every processor
 gets ``shutdown_requested`` (and checkpoints), each lease is released so another worker can take it at once,
 then the worker exits; past ``shutdown_timeout_ms`` it exits anyway and the remaining leases simply expire.
+
+Faults (:func:`shardwise.errors.classify`): initialization (lease table, stream, KCL 3.x items) is retried
+while its errors are transient or "not ready" (a table or stream being created), up to
+``max_initialization_attempts`` (KCL's bound, 20) with back-off and jitter; anything else fails at once. While
+running, a permanent error (missing stream or table, damaged database, access denied, configuration found bad
+late) seen ``permanent_error_limit`` times in a row by one loop or one shard consumer stops the worker: it
+shuts down gracefully and :attr:`Worker.stop_reason` says why. Transient errors are retried, never fatal.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from shardwise.errors import DependencyError, ShardwiseError, UnsupportedFeatureVersionError
+from shardwise.errors import ShardwiseError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 from shardwise.leasing.bad_items import MalformedLeaseReporter
@@ -66,18 +73,17 @@ from shardwise.versions.migration_rules import ClientVersionConfig, MigrationSte
 from shardwise.versions.migration_state import MIGRATION_KEY, ClientVersion
 from shardwise.worker.config import AssignmentMode, WorkerConfig, WorkerStats
 from shardwise.worker.dispatcher import Dispatcher
+from shardwise.worker.faults import initialize_with_retries
 from shardwise.worker.features import FeatureVersions, refused_at_start, stopped_while_running
 from shardwise.worker.generations import GENERATIONS, Generation, GenerationContext, request_owner_index
 from shardwise.worker.items import CoordinatorItems, kcl_2x_peers
-from shardwise.worker.loops import Loops
+from shardwise.worker.loops import LoopFaults, Loops
 from shardwise.worker.migration import MigrationRunner, open_migration
 from shardwise.worker_metrics import LeaseThroughputRecorder, WorkerMetricsCollector, select_cpu_source
 
 __all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
-
-_INITIALIZATION_ATTEMPTS = 20
 
 
 class Worker:
@@ -94,10 +100,12 @@ class Worker:
         clock_ns: Callable[[], int] = time.monotonic_ns,
         clock_epoch_s: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.worker_id = config.worker_id
         self._store = store
+        self._source = source
         self._metrics = metrics or NullMetricsSink()
         self._clock_ns = clock_ns
         self._clock_epoch_s = clock_epoch_s
@@ -132,6 +140,7 @@ class Worker:
             create_child_leases=self._create_child_leases,
             on_shard_end=lambda: self._loops.wake("taker"),
             clock_ns=clock_ns,
+            on_permanent_error=self._on_permanent,
         )
         self._collector = WorkerMetricsCollector(
             select_cpu_source(config=config.worker_metrics), config.worker_metrics, clock_ns
@@ -143,7 +152,12 @@ class Worker:
         # Feature versions: where the finalized levels are read and this worker's ranges advertised, and why the
         # worker stopped if it met a level it cannot run.
         self._features = FeatureVersions(config, self._items, clock_epoch_s=clock_epoch_s)
-        self.stop_reason: UnsupportedFeatureVersionError | None = None
+        #: Why the worker stopped on its own (a feature level it cannot run, a permanent error), else ``None``.
+        self.stop_reason: ShardwiseError | None = None
+        #: How many initialization attempts :meth:`run` made.
+        self.initialization_attempts = 0
+        self._stop_lock = threading.Lock()
+        self._sleep = sleep or self._sleep_unless_stopping
         self._context = GenerationContext(
             config,
             store,
@@ -172,7 +186,13 @@ class Worker:
         self._loops_started = False
         self._reported_once = False
         self._stopped = threading.Event()
-        self._loops = Loops()
+        self._loop_faults = LoopFaults(
+            retry_backoff_s=config.retry_backoff_ms / 1000,
+            on_permanent=self._on_permanent,
+            rng=self._context.rng,
+            clock_ns=clock_ns,
+        )
+        self._loops = Loops(self._loop_faults)
         leases = config.leases
         metrics_cfg = config.worker_metrics
         self._loops.add("shard-sync", lambda: config.shard_sync_interval_ms / 1000, self._sync)
@@ -306,22 +326,15 @@ class Worker:
         self._loops.wake("metrics-report")
 
     def run(self) -> None:
-        """Run until :meth:`request_shutdown` (then shut down gracefully). Blocks the calling thread.
+        """Run until :meth:`request_shutdown` or a permanent error (then shut down gracefully; :attr:`stop_reason`
+        says why). Blocks the calling thread.
 
-        Initialization (lease table, KCL 3.x items and owner index) is retried on transient backend faults,
-        like KCL's ``maxInitializationAttempts`` (20 attempts, 1 s apart); configuration errors fail at once.
+        Initialization (lease table, stream, KCL 3.x items and owner index) is retried while its errors are
+        transient or "not ready", up to ``max_initialization_attempts`` (KCL's ``maxInitializationAttempts``)
+        with back-off and jitter; other errors (configuration, access denied, a damaged database) fail at once.
+        The last error is raised; :attr:`initialization_attempts` says how many attempts were made.
         """
-        for attempt in range(1, _INITIALIZATION_ATTEMPTS + 1):
-            try:
-                self._initialize()
-                break
-            except DependencyError as exc:
-                if attempt == _INITIALIZATION_ATTEMPTS or self._dispatcher.stopping:
-                    raise
-                logger.warning(
-                    "worker %s: initialization attempt %d failed, retrying: %s", self.worker_id, attempt, exc
-                )
-                time.sleep(1.0)
+        self._initialize_with_retries()
         logger.info(
             "worker %s starts on application %s (lease table %s), stream %s, lease assignment %s",
             self.worker_id,
@@ -365,8 +378,29 @@ class Worker:
 
     # -- initialization -----------------------------------------------------------------------------
 
+    def _initialize_with_retries(self) -> None:
+        def attempt(number: int) -> None:
+            self.initialization_attempts = number
+
+        initialize_with_retries(
+            self._initialize,
+            self.config,
+            rng=self._context.rng,
+            sleep=self._sleep,
+            stopping=lambda: self._dispatcher.stopping,
+            on_attempt=attempt,
+        )
+
+    def _sleep_unless_stopping(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._dispatcher.stopping and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+
     def _initialize(self) -> None:
         self._store.create_table_if_not_exists()
+        # The stream must exist (KCL's leader syncs shards during initialization): a missing stream is retried
+        # within the bound (it may be being created), then fails the start with the stream named.
+        self._source.list_shards()
         self._check_features()
         if self.config.client_version_config is not None:
             self._initialize_migration(self.config.client_version_config)
@@ -391,7 +425,9 @@ class Worker:
                 clock_epoch_s=self._clock_epoch_s,
                 rng=self._context.rng,
             )
-            self._migration = MigrationRunner(coordinator, self._apply, clock_ns=self._clock_ns, rng=self._context.rng)
+            self._migration = MigrationRunner(
+                coordinator, self._apply, clock_ns=self._clock_ns, rng=self._context.rng, faults=self._loop_faults
+            )
         self._migration.initialize()
 
     # -- feature versions ---------------------------------------------------------------------------
@@ -405,9 +441,23 @@ class Worker:
     def _unsupported(self, problem: tuple[str, int, SupportedRange], source: str) -> None:
         if not self._loops_started:
             raise refused_at_start(problem, source)
-        if self.stop_reason is None:
-            self.stop_reason = stopped_while_running(problem, source)
-            logger.error("worker %s: %s", self.worker_id, self.stop_reason)
+        self._stop_for(stopped_while_running(problem, source))
+
+    def _on_permanent(self, source: str, exc: BaseException, consecutive: int) -> None:
+        """A loop or shard consumer saw a permanent error ``consecutive`` times in a row: at the limit the worker
+        stops (gracefully: processors still get ``shutdown_requested``, leases are released where possible)."""
+        if consecutive < self.config.permanent_error_limit or not isinstance(exc, ShardwiseError):
+            return
+        logger.error("worker %s stops: the %s failed %d times in a row", self.worker_id, source, consecutive)
+        self._stop_for(exc)
+
+    def _stop_for(self, reason: ShardwiseError) -> None:
+        with self._stop_lock:
+            first = self.stop_reason is None
+            if first:
+                self.stop_reason = reason
+        if first:
+            logger.error("worker %s: %s", self.worker_id, reason)
         self.request_shutdown()
 
     def _advertise(self) -> None:

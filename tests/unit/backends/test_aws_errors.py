@@ -6,16 +6,32 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 
 from shardwise.backends.aws.errors import (
     ConditionFailed,
     TableErrors,
+    access_denied,
     cancellation_reason_codes,
     error_code,
     error_message,
 )
-from shardwise.errors import DependencyError, ResourceNotFoundError, ThrottlingError
+from shardwise.errors import (
+    AccessDeniedError,
+    DependencyError,
+    Fault,
+    ResourceNotFoundError,
+    ThrottlingError,
+    classify,
+)
 
 ERRORS = TableErrors("lease table 'app'", "create it first")
 
@@ -87,3 +103,54 @@ def test_a_failed_condition_is_a_lost_race_only_where_asked() -> None:
         raise client_error("ConditionalCheckFailedException")
     with pytest.raises(DependencyError, match="ConditionalCheckFailedException"), ERRORS.translating("GetItem"):
         raise client_error("ConditionalCheckFailedException")
+
+
+# -- permanent and transient faults (issue 13) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "MissingAuthenticationTokenException",
+    ],
+)
+def test_credential_and_permission_codes_are_access_denied(code: str) -> None:
+    translated = ERRORS.client_error("GetItem", client_error(code, "The security token included is invalid."))
+    assert type(translated) is AccessDeniedError
+    assert classify(translated) is Fault.PERMANENT
+    assert str(translated).startswith(f"DynamoDB GetItem on lease table 'app' was refused ({code}: ")
+    assert "check the AWS credentials" in str(translated)
+
+
+def test_5xx_is_a_transient_dependency_error_naming_the_status() -> None:
+    exc = client_error("InternalServerError", "oops", ResponseMetadata={"HTTPStatusCode": 500})
+    translated = ERRORS.client_error("Scan", exc)
+    assert type(translated) is DependencyError
+    assert "(HTTP 500)" in str(translated)
+    assert classify(translated) is Fault.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:9"),
+        ConnectTimeoutError(endpoint_url="http://127.0.0.1:9"),
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+        ConnectionClosedError(endpoint_url="http://127.0.0.1:9"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_timeouts_and_connection_errors_are_transient(error: BotoCoreError) -> None:
+    with pytest.raises(DependencyError) as caught, ERRORS.translating("Scan"):
+        raise error
+    assert classify(caught.value) is Fault.TRANSIENT
+
+
+def test_missing_credentials_are_access_denied() -> None:
+    with pytest.raises(AccessDeniedError, match="Unable to locate credentials"), ERRORS.translating("Scan"):
+        raise NoCredentialsError()
+    assert access_denied("x", client_error("ThrottlingException")) is None

@@ -20,10 +20,12 @@ from shardwise.backends.aws.lease_table import DynamoDBLeaseStoreConfig
 from shardwise.backends.aws.leases import DynamoDBLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON, ExtendedSequenceNumber
 from shardwise.errors import (
+    AccessDeniedError,
     ConfigurationError,
     DependencyError,
     InvalidStateError,
     ResourceNotFoundError,
+    TableNotFoundError,
     ThrottlingError,
 )
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange
@@ -534,10 +536,12 @@ def test_unreachable_endpoint_raises_dependency_error(table_name: str) -> None:
         ("ProvisionedThroughputExceededException", ThrottlingError),
         ("ThrottlingException", ThrottlingError),
         ("RequestLimitExceeded", ThrottlingError),
-        ("ResourceNotFoundException", ResourceNotFoundError),
+        ("ResourceNotFoundException", TableNotFoundError),
         ("ValidationException", DependencyError),
         ("InternalServerError", DependencyError),
-        ("AccessDeniedException", DependencyError),
+        ("AccessDeniedException", AccessDeniedError),
+        ("UnrecognizedClientException", AccessDeniedError),
+        ("ExpiredTokenException", AccessDeniedError),
     ],
 )
 def test_service_errors_are_translated(table_name: str, code: str, expected: type[Exception]) -> None:

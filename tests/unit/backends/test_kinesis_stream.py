@@ -30,12 +30,15 @@ from botocore.stub import Stubber
 
 from shardwise.backends.aws.kinesis import KinesisAdmin, KinesisStream, PutResult
 from shardwise.errors import (
+    AccessDeniedError,
     ConfigurationError,
     DependencyError,
     ExpiredIteratorError,
     InvalidArgumentError,
     InvalidStateError,
     ResourceNotFoundError,
+    ShardNotFoundError,
+    StreamNotFoundError,
     ThrottlingError,
 )
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange, hash_key_for
@@ -311,15 +314,19 @@ def test_child_shards_after_split_and_merge(local_stream: StreamFactory) -> None
 
 def test_unknown_stream_is_resource_not_found(kinesis_local: Server) -> None:
     stream = KinesisStream("no-such-stream", endpoint_url=kinesis_local.endpoint_url, region_name=REGION)
-    with pytest.raises(ResourceNotFoundError, match="no-such-stream"):
+    with pytest.raises(ResourceNotFoundError, match="no-such-stream") as listed:
         stream.list_shards()
-    with pytest.raises(ResourceNotFoundError, match="no-such-stream"):
+    with pytest.raises(ResourceNotFoundError, match="no-such-stream") as iterated:
         stream.get_shard_iterator("shardId-000000000000", StartingPosition.trim_horizon())
+    for caught in (listed, iterated):
+        # The stream is missing, not one shard: permanent for a worker, and the message says what to do.
+        assert type(caught.value) is StreamNotFoundError
+        assert "create the stream" in str(caught.value)
 
 
-def test_unknown_shard_is_resource_not_found(local_stream: StreamFactory) -> None:
+def test_unknown_shard_is_shard_not_found(local_stream: StreamFactory) -> None:
     stream, _ = local_stream(1)
-    with pytest.raises(ResourceNotFoundError, match="shardId-000000000042"):
+    with pytest.raises(ShardNotFoundError, match="shardId-000000000042"):
         stream.get_shard_iterator("shardId-000000000042", StartingPosition.trim_horizon())
 
 
@@ -366,11 +373,16 @@ def test_unreachable_endpoint_is_a_dependency_error() -> None:
         ("ProvisionedThroughputExceededException", 400, ThrottlingError),
         ("LimitExceededException", 400, ThrottlingError),
         ("KMSThrottlingException", 400, ThrottlingError),
-        ("ResourceNotFoundException", 400, ResourceNotFoundError),
+        ("ResourceNotFoundException", 400, StreamNotFoundError),
         ("InvalidArgumentException", 400, InvalidArgumentError),
         ("ResourceInUseException", 400, InvalidStateError),
-        ("KMSAccessDeniedException", 400, DependencyError),
+        ("KMSAccessDeniedException", 400, AccessDeniedError),
+        ("AccessDeniedException", 400, AccessDeniedError),
+        ("UnrecognizedClientException", 400, AccessDeniedError),
+        ("InvalidSignatureException", 403, AccessDeniedError),
+        ("ExpiredTokenException", 403, AccessDeniedError),
         ("InternalFailure", 500, DependencyError),
+        ("ServiceUnavailable", 503, DependencyError),
     ],
 )
 def test_client_errors_are_translated(code: str, status: int, expected: type[Exception]) -> None:
@@ -444,3 +456,25 @@ def test_kinesalite_closed_shard_ends_without_child_shards(lite_stream: StreamFa
         batch = reader.read()
     assert batch.child_shards == []  # quirk: kinesalite reports no ChildShards
     assert len(stream.list_shards()) == 3
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Stream translated under account 123456789012 not found.", StreamNotFoundError),  # AWS, kinesalite
+        ("Stream arn arn:aws:kinesis:us-east-1:0:stream/translated not found", StreamNotFoundError),  # kinesis-local
+        ("Shard shardId-000000000007 in stream translated under account 1 does not exist", ShardNotFoundError),
+        ("Could not find shardId shardId-000000000007 in stream translated", ShardNotFoundError),
+        ("Unable to find record with provided SequenceNumber SequenceNumber(1) in stream Some(t)", ShardNotFoundError),
+    ],
+)
+def test_a_missing_shard_is_told_from_a_missing_stream(message: str, expected: type[Exception]) -> None:
+    client = boto3.session.Session().client("kinesis", region_name=REGION, config=NO_RETRIES)
+    stream = KinesisStream("translated", client=client)
+    with Stubber(client) as stubber:
+        stubber.add_client_error(
+            "get_shard_iterator", service_error_code="ResourceNotFoundException", service_message=message
+        )
+        with pytest.raises(expected) as caught:
+            stream.get_shard_iterator("shardId-000000000007", StartingPosition.trim_horizon())
+    assert type(caught.value) is expected

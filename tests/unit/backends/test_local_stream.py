@@ -28,6 +28,7 @@ from shardwise.errors import (
     InvalidArgumentError,
     InvalidStateError,
     ResourceNotFoundError,
+    UnusableStoreError,
 )
 from shardwise.hashkeys import MAX_HASH_KEY, HashKeyRange
 from shardwise.retrieval.model import (
@@ -648,7 +649,7 @@ def test_refuses_a_file_that_is_not_a_shardwise_database(tmp_path: Path) -> None
         LocalStreamStore(foreign)
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(ConfigurationError, match=r"garbage\.db"):
+    with pytest.raises(UnusableStoreError, match=r"garbage\.db .*not a database"):
         LocalStreamStore(garbage)
 
 

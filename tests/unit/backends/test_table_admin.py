@@ -18,7 +18,13 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from shardwise.backends import Backend, BackendConfig, ServiceError, open_backend, service_error
-from shardwise.errors import ConfigurationError, DependencyError, ResourceNotFoundError, ShardwiseError
+from shardwise.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    DependencyError,
+    ResourceNotFoundError,
+    ShardwiseError,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -235,7 +241,7 @@ class TestDynamoDB:
     def test_a_check_that_fails(self, client: DynamoDBClient) -> None:
         error = client_error("AccessDeniedException", "no", "DescribeTable")
         admin = failing(client, "describe_table", error).table_admin()
-        with pytest.raises(DependencyError) as caught:
+        with pytest.raises(AccessDeniedError) as caught:  # permanent: not a DependencyError to retry
             admin.table_status("anything")
         fault = service_error(caught.value)
         assert fault is not None

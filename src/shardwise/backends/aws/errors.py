@@ -4,8 +4,14 @@ DynamoDB tables (the lease table and the coordinator item tables) translate thro
 
 * ``ProvisionedThroughputExceededException``, ``ThrottlingException``, ``RequestLimitExceeded``
   → :class:`~shardwise.errors.ThrottlingError` (after botocore's own retries);
-* ``ResourceNotFoundException`` → :class:`~shardwise.errors.ResourceNotFoundError`;
-* any other service error, and connection or protocol errors → :class:`~shardwise.errors.DependencyError`;
+* ``ResourceNotFoundException`` → :class:`~shardwise.errors.ResourceNotFoundError` (the lease table's:
+  :class:`~shardwise.errors.TableNotFoundError`);
+* the credential and permission codes (:data:`ACCESS_DENIED_CODES`: ``AccessDeniedException``,
+  ``UnrecognizedClientException``, ``InvalidSignatureException``, ``ExpiredTokenException``, …) and botocore's
+  ``NoCredentialsError`` → :class:`~shardwise.errors.AccessDeniedError` (permanent: retrying cannot fix them);
+* any other service error (5xx included), and connection, timeout or protocol errors (``ReadTimeoutError``,
+  ``ConnectTimeoutError``, ``EndpointConnectionError``, ``ConnectionClosedError``) →
+  :class:`~shardwise.errors.DependencyError` (transient);
 * a failed condition, where the caller asked for it, → :class:`ConditionFailed`, which the stores catch and
   turn into their "lost the race" answer (``None`` or ``False``), never into an error.
 
@@ -19,15 +25,18 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-from shardwise.errors import DependencyError, ResourceNotFoundError, ThrottlingError
+from shardwise.errors import AccessDeniedError, DependencyError, ResourceNotFoundError, ThrottlingError
 
 __all__ = [
+    "ACCESS_DENIED_CODES",
     "CONDITION_FAILED",
+    "CREDENTIALS_FIX",
     "DYNAMODB_THROTTLING_CODES",
     "ConditionFailed",
     "TableErrors",
+    "access_denied",
     "cancellation_reason_codes",
     "error_code",
     "error_message",
@@ -36,6 +45,28 @@ __all__ = [
 #: DynamoDB's throttling error codes (KCL treats them alike: back off and retry later).
 DYNAMODB_THROTTLING_CODES = frozenset(
     {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+#: Codes that mean the credentials are missing, wrong or expired, or lack a permission (DynamoDB and Kinesis).
+ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "InvalidClientTokenId",
+        "MissingAuthenticationToken",
+        "MissingAuthenticationTokenException",
+        "IncompleteSignature",
+        "IncompleteSignatureException",
+        "KMSAccessDeniedException",
+    }
+)
+#: The fix an :class:`AccessDeniedError` names.
+CREDENTIALS_FIX = (
+    "check the AWS credentials (environment, profile or role: `aws sts get-caller-identity`) and that their "
+    "IAM policy allows this call"
 )
 #: The error code of a conditional request whose condition did not hold.
 CONDITION_FAILED = "ConditionalCheckFailedException"
@@ -60,6 +91,21 @@ def cancellation_reason_codes(exc: ClientError) -> list[str]:
     return [str(reason.get("Code", "None")) for reason in reasons if isinstance(reason, Mapping)]
 
 
+def access_denied(service_call: str, exc: ClientError | BotoCoreError) -> AccessDeniedError | None:
+    """The :class:`AccessDeniedError` for ``exc`` if it is a credential or permission error, else ``None``.
+
+    ``service_call`` names the call ("DynamoDB GetItem on lease table 'app'"). Only the service's code and
+    message are kept: neither ever holds a secret (AWS never echoes a secret key or a session token)."""
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        if code not in ACCESS_DENIED_CODES:
+            return None
+        return AccessDeniedError(f"{service_call} was refused ({code}: {error_message(exc)}); {CREDENTIALS_FIX}")
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return AccessDeniedError(f"{service_call}: {exc}; {CREDENTIALS_FIX}")
+    return None
+
+
 class ConditionFailed(Exception):
     """Raised inside a :meth:`TableErrors.translating` block whose conditional request lost its race."""
 
@@ -74,6 +120,8 @@ class TableErrors:
 
     subject: str
     missing_hint: str
+    #: The class of "the table does not exist" (the lease store says :class:`TableNotFoundError`).
+    missing_error: type[ResourceNotFoundError] = ResourceNotFoundError
 
     @staticmethod
     def code(exc: ClientError) -> str:
@@ -99,11 +147,21 @@ class TableErrors:
             return ThrottlingError(f"DynamoDB {operation} on {self.subject} was throttled ({code}): {message}")
         if code == "ResourceNotFoundException":
             return self.missing(operation)
-        return DependencyError(f"DynamoDB {operation} on {self.subject} failed ({code or 'unknown error'}): {message}")
+        denied = access_denied(f"DynamoDB {operation} on {self.subject}", exc)
+        if denied is not None:
+            return denied
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        where = f" (HTTP {status})" if status else ""
+        return DependencyError(
+            f"DynamoDB {operation} on {self.subject} failed ({code or 'unknown error'}){where}: {message}"
+        )
 
     def missing(self, operation: str) -> ResourceNotFoundError:
         """The error for "the table does not exist", as ``ResourceNotFoundException`` is translated."""
-        return ResourceNotFoundError(f"{self.subject} does not exist (DynamoDB {operation}): {self.missing_hint}")
+        return self.missing_error(f"{self.subject} does not exist (DynamoDB {operation}): {self.missing_hint}")
 
     def botocore_error(self, operation: str, exc: BotoCoreError) -> Exception:
+        denied = access_denied(f"DynamoDB {operation} on {self.subject}", exc)
+        if denied is not None:
+            return denied
         return DependencyError(f"DynamoDB {operation} on {self.subject} failed: {exc}")

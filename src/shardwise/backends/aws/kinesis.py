@@ -17,12 +17,16 @@ Kinesis error code                                                          shar
 ``ExpiredIteratorException``                                                :class:`ExpiredIteratorError`
 ``ProvisionedThroughputExceededException``, ``LimitExceededException``,     :class:`ThrottlingError`
 ``KMSThrottlingException``, ``ThrottlingException``
-``ResourceNotFoundException``                                               :class:`ResourceNotFoundError`
+``ResourceNotFoundException`` for the stream                                :class:`StreamNotFoundError`
+``ResourceNotFoundException`` for one shard of an existing stream           :class:`ShardNotFoundError`
+``AccessDeniedException``, ``UnrecognizedClientException``,                 :class:`AccessDeniedError`
+``InvalidSignatureException``, ``ExpiredTokenException`` (all of
+:data:`~shardwise.backends.aws.errors.ACCESS_DENIED_CODES`); no credentials
 ``InvalidArgumentException``, ``ValidationException``; client-side          :class:`InvalidArgumentError`
 parameter validation
 ``ResourceInUseException`` (stream not ACTIVE for an admin call)            :class:`InvalidStateError`
 no region configured                                                        :class:`ConfigurationError`
-any other ``ClientError`` or ``BotoCoreError`` (timeouts, connection)       :class:`DependencyError`
+any other ``ClientError`` (5xx) or ``BotoCoreError`` (timeouts, connection) :class:`DependencyError`
 =========================================================================  ===================================
 """
 
@@ -42,15 +46,24 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("shardwise.backends.aws.kinesis needs boto3: pip install 'shardwise[aws]'") from exc
 
 from shardwise.backends.aws.client import kinesis_client
-from shardwise.backends.aws.errors import error_code, error_message
+from shardwise.backends.aws.errors import (
+    ACCESS_DENIED_CODES,
+    CREDENTIALS_FIX,
+    access_denied,
+    error_code,
+    error_message,
+)
 from shardwise.errors import (
+    AccessDeniedError,
     ConfigurationError,
     DependencyError,
     ExpiredIteratorError,
     InvalidArgumentError,
     InvalidStateError,
     ResourceNotFoundError,
+    ShardNotFoundError,
     ShardwiseError,
+    StreamNotFoundError,
     ThrottlingError,
 )
 from shardwise.hashkeys import HashKeyRange, parse_hash_key
@@ -246,6 +259,9 @@ class KinesisStream:
         except ParamValidationError as exc:
             raise InvalidArgumentError(f"Kinesis {operation} on stream {self._stream_name!r}: {exc}") from exc
         except BotoCoreError as exc:
+            denied = access_denied(f"Kinesis {operation} on stream {self._stream_name!r}", exc)
+            if denied is not None:
+                raise denied from exc
             raise DependencyError(f"Kinesis {operation} on stream {self._stream_name!r} failed: {exc}") from exc
 
     @contextlib.contextmanager
@@ -442,13 +458,28 @@ def _translate(exc: ClientError, operation: str, stream_name: str, shard_id: str
     if code in _THROTTLING_CODES:
         return ThrottlingError(message)
     if code == "ResourceNotFoundException":
-        return ResourceNotFoundError(message)
+        if shard_id is not None and not _names_the_stream(detail):
+            return ShardNotFoundError(message)
+        return StreamNotFoundError(
+            f"{message}; create the stream (or fix the stream name, region or endpoint) and start the worker again"
+        )
+    if code in ACCESS_DENIED_CODES:
+        return AccessDeniedError(f"{message}; {CREDENTIALS_FIX}")
     if code in _INVALID_ARGUMENT_CODES:
         return InvalidArgumentError(message)
     if code == "ResourceInUseException":
         return InvalidStateError(message)
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return DependencyError(f"{message} (HTTP {status})" if status else message)
+
+
+def _names_the_stream(detail: str) -> bool:
+    """Whether a ``ResourceNotFoundException`` message says the *stream* is missing: Kinesis says "Stream …
+    under account … not found." (kinesalite and kinesis-local alike), but names the shard ("Shard … does not
+    exist", "Could not find shardId …") or the position (kinesis-local: "Unable to find record with provided
+    SequenceNumber …") when only those are missing."""
+    lowered = detail.lower()
+    return lowered.startswith("stream") and "not found" in lowered
 
 
 def _shard_filter_request(shard_filter: ShardFilter) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from shardwise.backends.aws.lease_items import (
 from shardwise.backends.aws.lease_table import OWNER_INDEX_NAME, DynamoDBLeaseStoreConfig, LeaseTable
 from shardwise.backends.aws.table import CapacityMeter, check_table_name
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
-from shardwise.errors import ConfigurationError, MalformedItemError
+from shardwise.errors import ConfigurationError, MalformedItemError, TableNotFoundError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import RESERVED_KEYS, Lease
 from shardwise.leases.store import LeaseScan, MalformedLease, RawLeaseItem
@@ -105,6 +105,7 @@ class DynamoDBLeaseStore:
         self._errors = TableErrors(
             f"lease table {config.table_name!r}",
             "create it with create_table_if_not_exists(), or check the table name, region and endpoint",
+            missing_error=TableNotFoundError,
         )
         self._table = LeaseTable(self._client, config, self._errors, self._capacity)
         self._reported: set[tuple[str, str]] = set()

@@ -27,7 +27,7 @@ from shardwise.backends.sqlite.lease_rows import (
     raw_fields,
 )
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
-from shardwise.errors import ConfigurationError, MalformedItemError, ResourceNotFoundError
+from shardwise.errors import ConfigurationError, MalformedItemError, TableNotFoundError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import RESERVED_KEYS, Lease
 from shardwise.leases.store import LeaseScan, MalformedLease, RawLeaseItem
@@ -124,7 +124,7 @@ class SQLiteLeaseStore:
     def _require_table(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT 1 FROM shardwise_lease_tables WHERE table_name = ?", (self._table,)).fetchone()
         if row is None:
-            raise ResourceNotFoundError(
+            raise TableNotFoundError(
                 f"lease table {self._table!r} does not exist in {self._db.path}; create it first "
                 "(create_table_if_not_exists, or start a worker for the application)"
             )

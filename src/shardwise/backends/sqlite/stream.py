@@ -33,8 +33,9 @@ kept non-decreasing per stream so that sequence order and arrival order agree.
 Errors: unknown stream or shard → :class:`~shardwise.errors.ResourceNotFoundError`; stream exists / shard not
 open → :class:`~shardwise.errors.InvalidStateError`; invalid requests (bad partition key, data too large, bad
 hash key, bad sequence number, bad or foreign iterator) → :class:`~shardwise.errors.InvalidArgumentError`;
-expired iterator → :class:`~shardwise.errors.ExpiredIteratorError`; a file that is not (or not a compatible)
-shardwise database, or bad store settings → :class:`~shardwise.errors.ConfigurationError`; SQLite failures,
+expired iterator → :class:`~shardwise.errors.ExpiredIteratorError`; a database of another application or an
+incompatible schema, or bad store settings → :class:`~shardwise.errors.ConfigurationError`; a file that is not
+a database, a damaged or read-only one → :class:`~shardwise.errors.UnusableStoreError`; other SQLite failures,
 including ``database is locked`` after the busy timeout → :class:`~shardwise.errors.DependencyError`.
 """
 

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shardwise.backends.sqlite.connection import SQLiteDatabase, translate_errors
-from shardwise.errors import ConfigurationError, ResourceNotFoundError
+from shardwise.errors import ConfigurationError, ShardNotFoundError, StreamNotFoundError
 from shardwise.hashkeys import HashKeyRange
 from shardwise.retrieval.model import Shard
 
@@ -120,15 +120,15 @@ def epoch_ms(timestamp: datetime) -> int:
     return int(timestamp.timestamp() * 1000)
 
 
-def _not_found_stream(name: str, path: object) -> ResourceNotFoundError:
-    return ResourceNotFoundError(
+def _not_found_stream(name: str, path: object) -> StreamNotFoundError:
+    return StreamNotFoundError(
         f"stream {name!r} does not exist in {path}; create it with LocalStreamStore.create_stream "
         f"or `shardwise stream create {name} --shards N --db {path}`"
     )
 
 
-def _not_found_shard(stream: str, shard_id: str) -> ResourceNotFoundError:
-    return ResourceNotFoundError(
+def _not_found_shard(stream: str, shard_id: str) -> ShardNotFoundError:
+    return ShardNotFoundError(
         f"shard {shard_id!r} does not exist in stream {stream!r} (or it was closed longer ago than the "
         "retention period); list the shards with list_shards or `shardwise stream describe`"
     )
@@ -300,7 +300,7 @@ class StreamTables:
     # -- rows --------------------------------------------------------------------------------------------
 
     def stream_row(self, conn: sqlite3.Connection, name: str) -> StreamRow:
-        """The stream's row; :class:`ResourceNotFoundError` if there is no such stream."""
+        """The stream's row; :class:`StreamNotFoundError` if there is no such stream."""
         row = conn.execute(
             "SELECT stream_id, name, retention_hours, created_ms, next_counter, next_shard_index, "
             "last_arrival_ms, last_trim_ms FROM shardwise_streams WHERE name = ?",
