@@ -11,6 +11,7 @@ a hand-moved clock, and stores that block or fail the way a partition or a bad l
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,9 +132,17 @@ class Env:
         if counter is None:
             taken = self.store.take_lease(self.lease(key), "w1")
         else:
-            self.store.delete_lease(key)
-            taken = Lease(key, TRIM_HORIZON, lease_owner="w1", lease_counter=counter)
-            assert self.store.create_lease_if_not_exists(taken) is not None
+            # A counter the store itself refuses to write (it could not be renewed): put it in the row by hand,
+            # as a damaged or hand-edited item would have it.
+            owned = self.store.take_lease(self.lease(key), "w1")
+            assert owned is not None
+            with sqlite3.connect(self.store.path) as conn:
+                conn.execute(
+                    "UPDATE shardwise_leases SET lease_counter = ? WHERE table_name = ? AND lease_key = ?",
+                    (counter, self.store.table_name, key),
+                )
+            conn.close()
+            taken = owned.with_changes(lease_counter=counter)
         assert taken is not None
         return taken, self.renewer.add_leases([taken])[key]
 
