@@ -16,6 +16,7 @@ is left alone.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from shardwise.errors import ShardwiseError
@@ -28,16 +29,29 @@ logger = logging.getLogger(__name__)
 
 
 class LeaseDiscoverer:
-    def __init__(self, store: LeaseStore, index: OwnerIndex, worker_id: str, held_keys: Callable[[], set[str]]) -> None:
+    def __init__(
+        self,
+        store: LeaseStore,
+        index: OwnerIndex,
+        worker_id: str,
+        held_keys: Callable[[], set[str]],
+        *,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
         self._store = store
         self._index = index
         self._worker_id = worker_id
         self._held_keys = held_keys
+        self._clock_ns = clock_ns
+        #: When each lease the latest run found was renewed: the clock read right before its renewal request,
+        #: from which the renewer counts the lease's local expiry.
+        self.last_stamps: dict[str, int] = {}
 
     def discover(self) -> list[Lease]:
         """Leases newly assigned to this worker and ready to process (not held yet, not in handoff)."""
         held = self._held_keys()
         found: list[Lease] = []
+        self.last_stamps = {}
         for key in self._index.list_lease_keys_for_owner(self._worker_id):
             if key in held:
                 continue
@@ -55,6 +69,7 @@ class LeaseDiscoverer:
 
     def _renew(self, lease: Lease) -> Lease | None:
         """Renew a discovered lease once before it is processed; ``None`` if it is not ours after all."""
+        self.last_stamps[lease.lease_key] = self._clock_ns()
         try:
             renewed = self._store.renew_lease(lease)
         except ShardwiseError as exc:  # this lease only: the next discovery run tries it again

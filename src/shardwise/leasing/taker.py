@@ -106,6 +106,9 @@ class LeaseTaker:
         self._lock = threading.Lock()
 
         self.last_scan: tuple[int, list[Lease]] | None = None  # (scan time ns, leases) of the latest run
+        #: When each lease the latest run took was written: the clock read right before its take request, from
+        #: which the renewer counts the lease's local expiry.
+        self.last_take_stamps: dict[str, int] = {}
 
     @property
     def worker_id(self) -> str:
@@ -205,7 +208,9 @@ class LeaseTaker:
 
         taken: list[Lease] = []
         untaken: list[str] = []
+        self.last_take_stamps = {}
         for lease in (*decision.to_take, *to_steal):
+            self.last_take_stamps[lease.lease_key] = self._clock_ns()
             new = self._take(lease)
             if new is None:
                 untaken.append(lease.lease_key)

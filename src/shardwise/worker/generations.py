@@ -22,7 +22,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -117,6 +117,11 @@ class Generation(Protocol):
         """One run of the discoverer loop: leases newly assigned to this worker."""
         ...
 
+    def acquisition_stamps(self) -> Mapping[str, int]:
+        """For each lease the latest take or discovery brought: the monotonic ns read right before the write that
+        made it this worker's (the take, or the discovery's renewal) — where its local expiry starts."""
+        ...
+
     def discovery_interval_s(self) -> float:
         """The delay before the discoverer loop's next run."""
         ...
@@ -178,6 +183,9 @@ class LeaseCountGeneration:
 
     def discover(self) -> list[Lease]:
         return []
+
+    def acquisition_stamps(self) -> Mapping[str, int]:
+        return self.taker.last_take_stamps
 
     def discovery_interval_s(self) -> float:
         return self._context.config.lease_discovery_interval_ms / 1000
@@ -268,7 +276,9 @@ class UtilizationGeneration:
             ),
         )
         renewer = context.renewer
-        self.discoverer = LeaseDiscoverer(store, store, context.worker_id, lambda: set(renewer.held()))
+        self.discoverer = LeaseDiscoverer(
+            store, store, context.worker_id, lambda: set(renewer.held()), clock_ns=context.clock_ns
+        )
 
     def enter(self, *, rebalance_hold_until_ns: int | None) -> None:
         self._was_leader = False
@@ -337,6 +347,10 @@ class UtilizationGeneration:
         else:
             self._discovery_interval_ms = min(ceiling, self._discovery_interval_ms * 2)
         return found
+
+    def acquisition_stamps(self) -> Mapping[str, int]:
+        discoverer = self.discoverer
+        return {} if discoverer is None else discoverer.last_stamps
 
     def discovery_interval_s(self) -> float:
         return self._discovery_interval_ms / 1000

@@ -488,8 +488,9 @@ class Worker:
             if self._dispatcher.stopping:
                 return
             started = self._clock_ns()  # the local expiry of what is taken counts from before the take's writes
-            taken = self._generation.take()
-            self._dispatcher.start_consumers(taken, acquired_at_ns=started)
+            generation = self._generation
+            taken = generation.take()
+            self._dispatcher.start_consumers(taken, acquired_at_ns=_stamps(taken, generation, started))
         if taken:
             logger.info("worker %s took leases %s", self.worker_id, ", ".join(lease.lease_key for lease in taken))
 
@@ -509,10 +510,11 @@ class Worker:
     def _discover(self) -> None:
         if self._dispatcher.stopping:
             return
-        started = self._clock_ns()  # the local expiry of what is found counts from before the discovery's reads
-        found = self._generation.discover()
+        started = self._clock_ns()  # the local expiry of what is found counts from before its renewal
+        generation = self._generation
+        found = generation.discover()
         if found:
-            self._dispatcher.start_consumers(found, acquired_at_ns=started)
+            self._dispatcher.start_consumers(found, acquired_at_ns=_stamps(found, generation, started))
             logger.info("worker %s discovered leases %s", self.worker_id, ", ".join(lease.lease_key for lease in found))
 
     def _capture(self) -> None:
@@ -580,3 +582,12 @@ class Worker:
     def _create_child_leases(self, parent: Lease, children: Sequence[ChildShard]) -> None:
         self._syncer.create_child_leases(parent, children)
         self._loops.wake("taker", "assigner")
+
+
+def _stamps(leases: Sequence[Lease], generation: Generation, started_ns: int) -> dict[str, int]:
+    """Where each acquired lease's local expiry starts: right before the write that made it ours (the take, or
+    the discovery's renewal), else — conservatively — when the run started. A per-lease stamp matters when a run
+    writes many leases against a slow store: a stamp from the start of the run could leave the last lease
+    expired before it is even held."""
+    stamps = generation.acquisition_stamps()
+    return {lease.lease_key: stamps.get(lease.lease_key, started_ns) for lease in leases}

@@ -59,3 +59,32 @@ def test_a_lease_the_leader_reassigns_meanwhile_is_not_discovered(tmp_path: Path
     assert current is not None
     assert current.lease_owner == "w2"
     store.close()
+
+
+class SlowStore(SQLiteLeaseStore):
+    """Every renewal takes 5 s on the test's clock (a store under load)."""
+
+    def __init__(self, path: Path, table_name: str, clock: list[int]) -> None:
+        super().__init__(path, table_name)
+        self.clock = clock
+
+    def renew_lease(self, lease: Lease, *, throughput_kbps: float | None = None) -> Lease | None:
+        self.clock[0] += 5_000_000_000
+        return super().renew_lease(lease, throughput_kbps=throughput_kbps)
+
+
+def test_each_discovered_lease_is_stamped_right_before_its_own_renewal(tmp_path: Path) -> None:
+    """A slow discovery run must not leave its last leases stamped at the run's start (they would be expired on
+    this worker's clock before they are even held)."""
+    clock = [1_000]
+    store = SlowStore(tmp_path / "leases.db", "app", clock)
+    store.create_table_if_not_exists()
+    keys = [f"shardId-00000000000{n}" for n in range(3)]
+    for key in keys:
+        owned(store, key, ME)
+    discoverer = LeaseDiscoverer(store, store, ME, held_keys=set, clock_ns=lambda: clock[0])
+    found = discoverer.discover()
+    assert sorted(lease.lease_key for lease in found) == keys
+    stamps = sorted(discoverer.last_stamps.values())
+    assert stamps == [1_000, 1_000 + 5_000_000_000, 1_000 + 10_000_000_000]
+    store.close()

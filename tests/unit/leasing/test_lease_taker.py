@@ -258,3 +258,21 @@ def test_max_leases_for_worker_limits_the_first_run(store: HookedStore, clock: F
     assert a.take_leases() == []  # at the max: priority takes nothing more
     metrics = a.last_metrics
     assert metrics is not None and metrics.lease_spillover == 2
+
+
+def test_each_taken_lease_is_stamped_right_before_its_own_take(tmp_path: Path, clock: FakeClock) -> None:
+    """A slow take run must not leave its last leases stamped at the run's start: the renewer counts each lease's
+    local expiry from its stamp."""
+
+    class SlowTakes(HookedStore):
+        def take_lease(self, lease: Lease, owner: str) -> Lease | None:
+            clock.advance(5_000_000_000)
+            return super().take_lease(lease, owner)
+
+    store = SlowTakes(tmp_path / "slow.db", "app")
+    store.create_table_if_not_exists()
+    create_leases(store, 3)
+    start = clock.now
+    a = taker(store, "A", clock)
+    assert len(a.take_leases()) == 3
+    assert sorted(a.last_take_stamps.values()) == [start, start + 5_000_000_000, start + 10_000_000_000]
