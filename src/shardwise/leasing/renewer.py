@@ -26,6 +26,7 @@ as one line, anything else with its traceback) and affects that lease only; the 
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -60,8 +61,13 @@ class LeaseRenewer:
         clock_ns: Callable[[], int] = time.monotonic_ns,
         throughput_kbps: Callable[[str], float | None] | None = None,
         on_handoff: Callable[[str, str], None] | None = None,
+        max_renewal_threads: int = 20,
     ) -> None:
+        if max_renewal_threads < 1:
+            raise ConfigurationError(f"max_renewal_threads must be >= 1, got {max_renewal_threads}")
         self._store = store
+        self._max_renewal_threads = max_renewal_threads
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._worker_id = worker_id
         margin_ms = local_expiry_margin_ms
         if margin_ms is None:
@@ -153,20 +159,13 @@ class LeaseRenewer:
         lost: list[str] = []
         with self._map_lock:
             keys = sorted(self._held)
-        for key in keys:
-            try:
-                outcome = self._renew_one(key)
-            except ShardwiseError as exc:
-                logger.warning(
-                    "could not renew lease %s (%s: %s); it expires unless a later renewal succeeds",
-                    key,
-                    type(exc).__name__,
-                    exc,
-                )
-                continue
-            except Exception:
-                logger.exception("unexpected error renewing lease %s; it expires unless a later renewal succeeds", key)
-                continue
+        if len(keys) > 1 and self._max_renewal_threads > 1:
+            # In parallel, as KCL's renewer does (maxLeaseRenewalThreads): one slow call against a loaded store
+            # must not hold the other leases' renewals back past their local expiry.
+            outcomes = list(self._renewal_pool().map(self._renew_kept_per_lease, keys))
+        else:
+            outcomes = [self._renew_kept_per_lease(key) for key in keys]
+        for key, outcome in zip(keys, outcomes, strict=True):
             if outcome is True:
                 renewed.append(key)
             elif outcome is False:
@@ -174,6 +173,29 @@ class LeaseRenewer:
         if lost:
             logger.warning("worker %s lost leases %s", self._worker_id, ", ".join(lost))
         return RenewalResult(tuple(renewed), tuple(lost))
+
+    def _renewal_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._map_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._max_renewal_threads, thread_name_prefix="lease-renewal"
+                )
+            return self._pool
+
+    def _renew_kept_per_lease(self, key: str) -> bool | None:
+        """:meth:`_renew_one`, with an error on this lease logged and kept to it (``None``: not renewed)."""
+        try:
+            return self._renew_one(key)
+        except ShardwiseError as exc:
+            logger.warning(
+                "could not renew lease %s (%s: %s); it expires unless a later renewal succeeds",
+                key,
+                type(exc).__name__,
+                exc,
+            )
+        except Exception:
+            logger.exception("unexpected error renewing lease %s; it expires unless a later renewal succeeds", key)
+        return None
 
     def _renew_one(self, key: str) -> bool | None:
         """True renewed, False lost, None not renewed this time; errors propagate (renew_all keeps them per

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import TRIM_HORIZON, ExtendedSequenceNumber
-from shardwise.errors import DependencyError, LeaseLostError
+from shardwise.errors import ConfigurationError, DependencyError, LeaseLostError
 from shardwise.leases.model import Lease
 from shardwise.leasing.renewer import LeaseRenewer
 
@@ -323,3 +324,44 @@ def test_a_checkpoint_between_handoff_and_renewal_does_not_hide_the_handoff(
     renewer.write_checkpoint(lease.lease_key, token, ExtendedSequenceNumber("100"), pending=None, pending_state=None)
     renewer.renew_all()
     assert seen == [(lease.lease_key, "w2")]
+
+
+class WaitingStore(SQLiteLeaseStore):
+    """Renewing the first lease waits (up to 10 s) until the second lease's renewal has started."""
+
+    def __init__(self, path: Path, table_name: str) -> None:
+        super().__init__(path, table_name)
+        self.second_started = threading.Event()
+        self.first_waited: bool | None = None
+
+    def renew_lease(self, lease: Lease, *, throughput_kbps: float | None = None) -> Lease | None:
+        if lease.lease_key.endswith("0"):
+            self.first_waited = self.second_started.wait(10)
+        else:
+            self.second_started.set()
+        return super().renew_lease(lease, throughput_kbps=throughput_kbps)
+
+
+def test_leases_are_renewed_in_parallel(tmp_path: Path, clock: FakeClock) -> None:
+    """One slow renewal does not hold the others back (KCL renews on a pool of maxLeaseRenewalThreads)."""
+    store = WaitingStore(tmp_path / "leases.db", "app")
+    store.create_table_if_not_exists()
+    keys = ["shardId-000000000000", "shardId-000000000001"]
+    leases = []
+    for key in keys:
+        created = store.create_lease_if_not_exists(Lease(key, TRIM_HORIZON))
+        assert created is not None
+        taken = store.take_lease(created, "w1")
+        assert taken is not None
+        leases.append(taken)
+    renewer = LeaseRenewer(store, "w1", failover_time_ms=10_000, clock_ns=clock)
+    renewer.add_leases(leases)
+    result = renewer.renew_all()
+    assert result.renewed == tuple(keys)
+    assert store.first_waited is True, "the second lease's renewal started while the first one was under way"
+    store.close()
+
+
+def test_max_renewal_threads_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="max_renewal_threads"):
+        LeaseRenewer(SQLiteLeaseStore(tmp_path / "x.db", "app"), "w1", failover_time_ms=10_000, max_renewal_threads=0)
