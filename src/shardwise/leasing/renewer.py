@@ -90,24 +90,17 @@ class LeaseRenewer:
         with self._map_lock:
             return self._locks.setdefault(key, threading.Lock())
 
-    def add_leases(
-        self, leases: Iterable[Lease], *, acquired_at_ns: int | Mapping[str, int] | None = None
-    ) -> dict[str, str]:
+    def add_leases(self, leases: Iterable[Lease], *, acquired_at_ns: Mapping[str, int] | None = None) -> dict[str, str]:
         """Start holding freshly acquired leases; returns the new token of each.
 
         ``acquired_at_ns``: when each lease was acquired (read before the take's or the discovery's request for
-        it; one value for all, or one per lease key), so the local expiry counts from no later than other workers'
+        it, per lease key), so the local expiry counts from no later than other workers'
         observation of the new counter; default (and for a key the mapping lacks): now."""
         now = self._clock_ns()
         tokens: dict[str, str] = {}
         with self._map_lock:
             for lease in leases:
-                if acquired_at_ns is None:
-                    at = now
-                elif isinstance(acquired_at_ns, int):
-                    at = acquired_at_ns
-                else:
-                    at = acquired_at_ns.get(lease.lease_key, now)
+                at = now if acquired_at_ns is None else acquired_at_ns.get(lease.lease_key, now)
                 token = uuid.uuid4().hex
                 self._held[lease.lease_key] = HeldLease(lease, token, at)
                 tokens[lease.lease_key] = token

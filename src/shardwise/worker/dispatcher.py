@@ -96,9 +96,7 @@ class Dispatcher:
         with self._lock:
             return list(self._consumers.values())
 
-    def start_consumers(
-        self, leases: Sequence[Lease], *, acquired_at_ns: int | Mapping[str, int] | None = None
-    ) -> None:
+    def start_consumers(self, leases: Sequence[Lease], *, acquired_at_ns: Mapping[str, int] | None = None) -> None:
         """Hold ``leases`` (renewed from now on; their local expiry counts from ``acquired_at_ns``, when the take
         or discovery that brought them started) and start a shard consumer for each."""
         if not leases:
