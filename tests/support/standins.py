@@ -8,6 +8,7 @@ another address. Nothing here targets any address but 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -118,12 +119,13 @@ def _node() -> str:
 
 
 def start_moto(log_dir: Path) -> Server:
-    """moto's standalone server (DynamoDB, and Kinesis for trivial uses)."""
+    """moto's standalone server (DynamoDB, and Kinesis for trivial uses), one request at a time through its
+    backends (``moto_serial.py``: moto's own server lets two racing conditional writes both succeed)."""
     port = free_port()
-    moto = Path(sys.executable).with_name("moto_server")
-    if not moto.exists():
-        raise StandInUnavailable(f"{moto} not found; install the dev extra (pip install -e '.[dev]')")
-    return _start("moto", [str(moto), "-H", HOST, "-p", str(port)], port, log_dir)
+    if importlib.util.find_spec("moto") is None:
+        raise StandInUnavailable("moto is not installed; install the dev extra (pip install -e '.[dev]')")
+    serial = Path(__file__).resolve().with_name("moto_serial.py")
+    return _start("moto", [sys.executable, str(serial), "-H", HOST, "-p", str(port)], port, log_dir)
 
 
 def start_kinesis_local(log_dir: Path) -> Server:
