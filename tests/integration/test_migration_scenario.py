@@ -41,7 +41,7 @@ import pytest
 from shardwise.admin.migrate import MODIFIED_BY_ROLLBACK, MODIFIED_BY_ROLLFORWARD
 from shardwise.leases.store import OwnerIndex
 from shardwise.versions.migration_rules import METRIC_2X_WORKER, METRIC_3X_WORKER
-from shardwise.versions.migration_state import ClientVersion
+from shardwise.versions.migration_state import ClientVersion, MigrationState
 from support.fleet import Backend, Fleet, FleetError, StreamAdmin, taker_interval_s
 from support.scenario import ClientVersionScenario, FreshStreams
 from support.traffic import ShardTicker
@@ -146,6 +146,31 @@ class Scenario(ClientVersionScenario):
         assert result is not None
         return result
 
+    def wait_flip(
+        self, balanced: Mapping[str, str | None], timeout_s: float, what: str
+    ) -> tuple[MigrationState, dict[str, str | None]]:
+        """Wait for the flip to 3X_WITH_ROLLBACK; returns its state and the lease owners just before it.
+
+        Each poll reads the owners, then the version: owners read before a version still unflipped are from
+        before the flip, at most one poll (0.25 s) before it. A balanced 2.x fleet moves a lease only when it
+        expires (a renewal later than the failover time, which a loaded moto can cause within the 35 s
+        stabilization period), so the snapshot taken when the fleet first balanced is not "just before"."""
+        before = dict(balanced)
+
+        def reached() -> MigrationState | None:
+            owners = self.owners()
+            state = self.migration()
+            if state is not None and state.version is ClientVersion.V3X_WITH_ROLLBACK:
+                return state
+            before.clear()
+            before.update(owners)
+            return None
+
+        describe = lambda: f"{what}: cv 3X_WITH_ROLLBACK; now {self.migration()}"  # noqa: E731
+        state = self.fleet.wait_until(reached, timeout_s, describe)
+        assert state is not None
+        return state, before
+
     def owner_index_status(self) -> str | None:
         store = self.fleet.store
         assert isinstance(store, OwnerIndex)
@@ -231,7 +256,7 @@ def test_rolling_upgrade_from_2x_to_3x(scenario: Scenario, tick_s: float) -> Non
         bound_s = KCL_REELECTION_S + (READINESS_MS + STABILIZATION_MS + 2 * REPORTER_MS) / 1000 + 15
         remaining_s = max(10.0, bound_s - (time.monotonic() - last_restart))
         try:
-            flipped = scenario.wait_version(ClientVersion.V3X_WITH_ROLLBACK, remaining_s, "the automatic flip")
+            flipped, before = scenario.wait_flip(before, remaining_s, "the automatic flip")
         except FleetError:
             elected = scenario.self_elected()
             if not any(elected.values()) and scenario.version() is ClientVersion.UPGRADE_FROM_2X:
@@ -282,7 +307,7 @@ def test_rollback_and_rollforward_with_the_cli(scenario: Scenario, backend: Back
         before = scenario.wait_balanced(6 * TAKER_S + 20, "a compatible fleet started")
         assert scenario.version() is ClientVersion.UPGRADE_FROM_2X, "flipped before the fleet was balanced"
         print(f"{time.monotonic() - started:.0f}s: compatible fleet balanced; waiting for the flip")
-        scenario.wait_version(ClientVersion.V3X_WITH_ROLLBACK, flip_bound_s, "the automatic flip")
+        _, before = scenario.wait_flip(before, flip_bound_s, "the automatic flip")
         _flip_and_check(scenario, before, "after the first flip")
         if backend.kind == "aws":
             assert scenario.owner_index_status() == "ACTIVE"
@@ -312,7 +337,7 @@ def test_rollback_and_rollforward_with_the_cli(scenario: Scenario, backend: Back
         before = scenario.wait_balanced(6 * TAKER_S + 20, "rolled forward")
         assert scenario.version() is ClientVersion.UPGRADE_FROM_2X, "flipped before the fleet was balanced"
         print(f"{time.monotonic() - started:.0f}s: rolled forward; {scenario.counts()}")
-        flipped = scenario.wait_version(ClientVersion.V3X_WITH_ROLLBACK, flip_bound_s + 20, "the flip again")
+        flipped, before = scenario.wait_flip(before, flip_bound_s + 20, "the flip again")
         assert flipped.modified_by in WORKERS, flipped
         _flip_and_check(scenario, before, "after the second flip")
         if backend.kind == "aws":
