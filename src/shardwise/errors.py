@@ -58,6 +58,8 @@ import enum
 
 __all__ = [
     "AccessDeniedError",
+    "ChangelogConflictError",
+    "ChangelogMissingError",
     "CheckpointError",
     "ConfigurationError",
     "DependencyError",
@@ -71,6 +73,7 @@ __all__ = [
     "ResourceNotFoundError",
     "ShardNotFoundError",
     "ShardwiseError",
+    "StateStoreError",
     "StreamNotFoundError",
     "TableNotFoundError",
     "ThrottlingError",
@@ -170,6 +173,21 @@ class LeaseLostError(CheckpointError):
     """The worker no longer holds the lease of this shard, so it may not checkpoint it."""
 
     kcl_name = "ShutdownException"
+
+
+class StateStoreError(ShardwiseError):
+    """A shard's local state store cannot be used as it is: written by a newer format or another engine,
+    corrupt or truncated, or asked for something its contract forbids. The message names the store's path and
+    what happens or what to do (the framework wipes and restores a store it cannot read)."""
+
+
+class ChangelogConflictError(LeaseLostError):
+    """A state commit found the shard's changelog head moved by another worker: this worker no longer owns the
+    shard (the shard consumer treats it as a lost lease; its uncommitted changes are discarded)."""
+
+
+class ChangelogMissingError(TableNotFoundError):
+    """The state changelog table does not exist and could not be created. The message names it and the fix."""
 
 
 class DependencyError(ShardwiseError):
