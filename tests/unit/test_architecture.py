@@ -453,8 +453,8 @@ def test_checker_reports_a_long_module_and_a_package_missing_from_the_table() ->
     assert check_length(_source("shardwise.worker.worker", "x = 1\n" * MAX_LINES)) == []
     [long] = check_length(_source("shardwise.worker.worker", "x = 1\n" * (MAX_LINES + 1)))
     assert (long.line, long.rule) == (MAX_LINES + 1, RULE_LINES)
-    violations = check_table([*layer_of(), "state"], layer_of())
-    assert [v.what for v in violations] == ["state is not placed in any layer"]
+    violations = check_table([*layer_of(), "newpackage"], layer_of())
+    assert [v.what for v in violations] == ["newpackage is not placed in any layer"]
     assert [v.what for v in check_table(["errors"], {"errors": 0, "gone": 1})] == [
         "LAYERS names gone, which does not exist"
     ]
