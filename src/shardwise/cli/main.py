@@ -15,6 +15,7 @@ from shardwise.cli.leases import leases
 from shardwise.cli.logs import configure_logging
 from shardwise.cli.migrate import migrate
 from shardwise.cli.run import run
+from shardwise.cli.state import state
 from shardwise.cli.stream import stream
 
 __all__ = ["cli", "main"]
@@ -44,6 +45,7 @@ cli.add_command(leases)
 cli.add_command(stream)
 cli.add_command(migrate)
 cli.add_command(features)
+cli.add_command(state)
 
 
 def main() -> None:
