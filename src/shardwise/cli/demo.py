@@ -9,14 +9,15 @@ from pathlib import Path
 
 import click
 
-from shardwise.demo import DemoOptions, run_demo
+from shardwise.cli._output import echo_table
+from shardwise.demo import DemoOptions, StatefulDemoOptions, StatefulDemoSummary, run_demo, run_stateful_demo
 from shardwise.errors import ShardwiseError
 
 __all__ = ["demo"]
 
 
 @click.command()
-@click.option("--shards", type=click.IntRange(min=2), default=8, show_default=True)
+@click.option("--shards", type=click.IntRange(min=2), default=8, show_default=True, help="(--stateful: at least 4)")
 @click.option("--records", type=click.IntRange(min=100), default=20_000, show_default=True)
 @click.option(
     "--workers",
@@ -53,6 +54,19 @@ __all__ = ["demo"]
     show_default=True,
     help="Lease assignment generation; with utilization-3x the killed worker is the leader.",
 )
+@click.option(
+    "--stateful",
+    is_flag=True,
+    help="Run the counting processor (per-key counts in a state store) through two kills (replacements start with "
+    "an empty state directory), a split and a merge; print expected vs counted per key.",
+)
+@click.option(
+    "--keys",
+    type=click.IntRange(min=1),
+    default=24,
+    show_default=True,
+    help="Partition keys the stateful demo counts.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def demo(
     shards: int,
@@ -62,11 +76,14 @@ def demo(
     failover_time_ms: int,
     workdir: Path | None,
     assignment: str,
+    stateful: bool,
+    keys: int,
     as_json: bool,
 ) -> None:
     """Run a fleet of worker processes on a local stream; kill one, reshard, and verify nothing was lost.
 
-    Exit status 0 only if every record produced was processed.
+    Exit status 0 only if every record produced was processed. With --stateful: exit status 0 only if every
+    key's count equals the records produced for it.
     """
     progress_to_tty = sys.stderr.isatty()
 
@@ -75,6 +92,28 @@ def demo(
             click.echo(f"\r\x1b[2K{line}", err=True, nl=False)
         elif not line.startswith("produced"):
             click.echo(line, err=True)
+
+    if stateful:
+        with tempfile.TemporaryDirectory(prefix="shardwise-demo-") as tmp:
+            try:
+                result = run_stateful_demo(
+                    StatefulDemoOptions(
+                        workdir=workdir or Path(tmp),
+                        shards=shards,
+                        records=records,
+                        keys=keys,
+                        workers=workers,
+                        produce_seconds=produce_seconds,
+                        failover_time_ms=failover_time_ms,
+                    ),
+                    progress,
+                )
+            except ShardwiseError as exc:
+                raise click.ClickException(str(exc)) from exc
+        if progress_to_tty:
+            click.echo("", err=True)
+        _echo_stateful(result, as_json)
+        return
 
     with tempfile.TemporaryDirectory(prefix="shardwise-demo-") as tmp:
         options = DemoOptions(
@@ -107,4 +146,26 @@ def demo(
         click.echo(f"split shard:               {summary.split_shard}")
         click.echo(f"elapsed:                   {summary.elapsed_seconds:.0f} s")
     if summary.lost != 0:
+        raise SystemExit(1)
+
+
+def _echo_stateful(summary: StatefulDemoSummary, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        echo_table(
+            ["KEY", "EXPECTED", "COUNTED", ""],
+            [
+                [key, str(n), str(summary.counted.get(key, 0)), "" if summary.counted.get(key, 0) == n else "MISMATCH"]
+                for key, n in summary.expected.items()
+            ],
+        )
+        click.echo(f"records produced:  {summary.produced}")
+        click.echo(f"records counted:   {sum(summary.counted.values())}")
+        click.echo(f"killed workers:    {', '.join(summary.killed_workers) or '-'} (replaced with empty state)")
+        click.echo(f"split shard:       {summary.split_shard or '-'}")
+        click.echo(f"merged shards:     {' + '.join(summary.merged_shards) or '-'}")
+        click.echo(f"elapsed:           {summary.elapsed_seconds:.0f} s")
+        click.echo("counts: exact" if summary.exact else "counts: NOT exact")
+    if not summary.exact:
         raise SystemExit(1)

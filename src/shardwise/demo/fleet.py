@@ -1,4 +1,4 @@
-"""``shardwise demo``: a fleet of worker processes consuming a local stream, with failures, verified.
+"""``shardwise demo`` (the classic demo): a fleet of worker processes consuming a local stream, with failures, verified.
 
 The demo creates a local stream, produces records while several ``shardwise run`` worker processes consume
 them, SIGKILLs one worker mid-run, starts a replacement, splits a shard, and finally checks that every
@@ -28,7 +28,7 @@ from shardwise.hashkeys import MAX_HASH_KEY
 from shardwise.leadership.lock import LEADER_KEY, lock_from_record
 from shardwise.processor import BaseRecordProcessor, InitializationInput, ProcessRecordsInput
 
-__all__ = ["DemoOptions", "DemoProcessor", "DemoSummary", "run_demo"]
+__all__ = ["DemoOptions", "DemoProcessor", "DemoSummary", "DemoWorkers", "run_demo"]
 
 RESULTS_ENV = "SHARDWISE_DEMO_RESULTS"
 WORKER_ENV = "SHARDWISE_DEMO_WORKER"
@@ -114,17 +114,30 @@ class DemoSummary:
         return asdict(self)
 
 
-class _Fleet:
+class DemoWorkers:
     """The worker processes of the demo, each a ``shardwise run`` subprocess."""
 
-    def __init__(self, options: DemoOptions, db: Path, results: Path) -> None:
+    def __init__(
+        self,
+        options: DemoOptions,
+        db: Path,
+        results: Path | None,
+        *,
+        processor: str = "shardwise.demo:DemoProcessor",
+        application: str = "demo-app",
+        stream: str = "demo",
+    ) -> None:
         self._options = options
         self._db = db
         self._results = results
+        self._processor = processor
+        self._application = application
+        self._stream = stream
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._count = 0
 
-    def start_worker(self) -> str:
+    def start_worker(self, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> str:
+        """Start a worker (``extra_args`` after the demo's flags, ``env`` added to its environment); its id."""
         self._count += 1
         worker_id = f"demo-worker-{self._count}"
         failover = self._options.failover_time_ms
@@ -133,11 +146,11 @@ class _Fleet:
             "-m",
             "shardwise",
             "run",
-            "shardwise.demo:DemoProcessor",
+            self._processor,
             "--app",
-            "demo-app",
+            self._application,
             "--stream",
-            "demo",
+            self._stream,
             "--db",
             str(self._db),
             "--worker-id",
@@ -168,8 +181,11 @@ class _Fleet:
                 "--set",
                 f"worker_metrics.reporter_frequency_ms={failover // 2}",
             ]
+        argv += extra_args or []
         log = (self._options.workdir / f"{worker_id}.log").open("wb")
-        env = {**os.environ, RESULTS_ENV: str(self._results), WORKER_ENV: worker_id}
+        env = {**os.environ, **(env or {}), WORKER_ENV: worker_id}
+        if self._results is not None:
+            env[RESULTS_ENV] = str(self._results)
         self.processes[worker_id] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603 - our own CLI
         log.close()
         return worker_id
@@ -229,7 +245,7 @@ def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None
     leases = SQLiteLeaseStore(db, "demo-app")
     leases.create_table_if_not_exists()
     results = _results_db(results_path)
-    fleet = _Fleet(options, db, results_path)
+    fleet = DemoWorkers(options, db, results_path)
     produced = 0
     killed: str | None = None
     split: str | None = None
