@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 from shardwise.checkpoint.checkpointer import Checkpointer
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.retrieval.model import ChildShard, Record
+from shardwise.state.port import StateStore
 
 __all__ = [
     "BaseRecordProcessor",
@@ -37,6 +38,8 @@ __all__ = [
     "RecordProcessorFactory",
     "ShardEndedInput",
     "ShutdownRequestedInput",
+    "StatefulRecordProcessor",
+    "is_stateful",
 ]
 
 
@@ -46,6 +49,7 @@ class InitializationInput:
     extended_sequence_number: ExtendedSequenceNumber
     pending_checkpoint_sequence_number: ExtendedSequenceNumber | None = None
     pending_checkpoint_state: bytes | None = None
+    state: StateStore | None = None  # the shard's store, restored (stateful processors only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ class ProcessRecordsInput:
     checkpointer: Checkpointer
     millis_behind_latest: int | None = None
     child_shards: Sequence[ChildShard] = field(default_factory=tuple)
+    state: StateStore | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +70,14 @@ class LeaseLostInput:
 class ShardEndedInput:
     shard_id: str
     checkpointer: Checkpointer
+    state: StateStore | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ShutdownRequestedInput:
     shard_id: str
     checkpointer: Checkpointer
+    state: StateStore | None = None
 
 
 @runtime_checkable
@@ -107,3 +114,44 @@ class BaseRecordProcessor(abc.ABC):
 
     def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
         shutdown_requested_input.checkpointer.checkpoint()
+
+
+class StatefulRecordProcessor(BaseRecordProcessor):
+    """A processor with a per-shard state store: ``process_records_input.state`` (also on the initialize,
+    shard-ended and shutdown-requested inputs) is the shard's :class:`~shardwise.state.port.StateStore`, opened
+    and restored by the framework before the first ``process_records``.
+
+    Writes are pending until a commit, which the framework makes at every checkpoint (state first, then the
+    lease checkpoint: the position goes into the store in the same atomic write as the data), at
+    ``shard_ended``'s checkpoint, and every ``state.commit_interval_ms`` (it then checkpoints everything
+    delivered). A failed ``process_records`` and ``lease_lost`` discard what is pending; records already
+    committed to the store are never delivered again, so each record changes the state exactly once. Checkpoint
+    without an argument (everything delivered), as the state already holds the effect of every record of the
+    batch::
+
+        from shardwise.state.typed import JSON, TypedView
+
+        class Counter(StatefulRecordProcessor):
+            def process_records(self, process_records_input):
+                counts = TypedView(process_records_input.state, JSON)
+                for record in process_records_input.records:
+                    counts.put(record.partition_key, (counts.get(record.partition_key) or 0) + 1)
+                process_records_input.checkpointer.checkpoint()
+
+    A shard born of a **merge** starts with both parents' state; :meth:`merge_state` decides a key both
+    parents have (by default the parent later in lease-key order wins). A split hands each child the parent's
+    whole state.
+    """
+
+    stateful = True
+
+    def merge_state(self, key: bytes, left: bytes, right: bytes) -> bytes:
+        """The value of ``key`` in a merged shard whose parents hold ``left`` (the parent earlier in lease-key
+        order) and ``right``. Override to combine (e.g. add counts); the default keeps ``right``."""
+        return right
+
+
+def is_stateful(processor: object) -> bool:
+    """Whether the framework gives ``processor`` a state store: a :class:`StatefulRecordProcessor` (or any
+    processor with ``stateful = True``), or an amazon-kclpy-shaped one with ``shardwise_stateful = True``."""
+    return getattr(processor, "stateful", False) is True or getattr(processor, "shardwise_stateful", False) is True

@@ -29,8 +29,8 @@ ARCHITECTURE_DOC = REPO / "docs" / "architecture.md"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "hashkeys", "metrics", "retry"),  # L0
     ("checkpoint",),  # L1
-    ("retrieval", "leases"),  # L2
-    ("tables", "processor", "state"),  # L3
+    ("retrieval", "leases", "state"),  # L2: state/ sits below processor.py, whose inputs carry a StateStore
+    ("tables", "processor"),  # L3
     ("lifecycle", "assignment"),  # L4
     ("backends", "worker_metrics"),  # L5: worker_metrics sits below the 3.x assigner (leasing) that reads it
     ("leasing", "leadership"),  # L6
