@@ -27,6 +27,7 @@ Timings are shortened: failover 2 s, commit interval 500 ms, parent shards polle
 
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def _reshard(admin: StreamAdmin) -> tuple[list[str], str]:
         (s for s in admin.list_shards() if s.is_open and s.shard_id not in children),
         key=lambda s: s.hash_key_range.start,
     )
-    pair = next((a, b) for a, b in zip(rest, rest[1:], strict=False) if a.hash_key_range.is_adjacent_to(b.hash_key_range))
+    pair = next((a, b) for a, b in itertools.pairwise(rest) if a.hash_key_range.is_adjacent_to(b.hash_key_range))
     return children, admin.merge(pair[0].shard_id, pair[1].shard_id)
 
 
@@ -159,9 +160,7 @@ def test_a_stateless_application_becomes_stateful_without_reprocessing(
     before.start()
     before.finish(timeout_s=60, stop=False)
     produced_before = before.done
-    fleet.wait_until(
-        lambda: _delivered(fleet) >= produced_before, 120, lambda: f"{produced_before} records recorded"
-    )
+    fleet.wait_until(lambda: _delivered(fleet) >= produced_before, 120, lambda: f"{produced_before} records recorded")
     for worker_id in ("w1", "w2"):
         assert fleet.terminate(worker_id) == 0, fleet.report()  # a graceful stop checkpoints and releases
 
@@ -220,5 +219,3 @@ def test_downgrade_to_sidecar_format_and_back(fresh_streams: FreshStreams, backe
     fleet.start("w1", w1_state)  # its level-1 stores are upgraded in place
     fleet.start("w2", ["--set", state_dirs(tmp_path, "w2", 1)])
     phase(4)
-
-

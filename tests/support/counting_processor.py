@@ -16,8 +16,9 @@ import signal
 import threading
 from pathlib import Path
 
-from shardwise.demo.counting import CountingProcessor
 from shardwise.lifecycle.stateful import set_commit_observer
+
+from shardwise.demo.counting import CountingProcessor
 
 __all__ = ["KILL_AT_ENV", "KILL_MARK_ENV", "KillingCountingProcessor"]
 
@@ -25,16 +26,15 @@ KILL_AT_ENV = "SHARDWISE_TEST_KILL_AT"
 KILL_MARK_ENV = "SHARDWISE_TEST_KILL_MARK"
 STAGES = ("after-changelog", "after-store")
 
-_installed = False
 _lock = threading.Lock()
+_installed: list[bool] = []  # one entry once the hook is installed (or found not wanted) in this process
 
 
 def _install() -> None:
-    global _installed
     with _lock:
         if _installed:
             return
-        _installed = True
+        _installed.append(True)
     spec = os.environ.get(KILL_AT_ENV)
     if not spec:
         return

@@ -29,7 +29,6 @@ from shardwise.state.engines import open_local_store
 from shardwise.state.port import (
     FORMAT_IN_STORE,
     KNOWN_FORMATS,
-    Change,
     Changelog,
     ChangelogHead,
     CommitMeta,
@@ -254,7 +253,7 @@ def wipe_shard(
     return local, logged
 
 
-def read_state(changelog: Changelog, shard_id: str) -> Iterator[Change]:
+def read_state(changelog: Changelog, shard_id: str) -> Iterator[tuple[bytes, bytes]]:
     """The shard's committed state as the changelog holds it (live keys only, key order not guaranteed); nothing
     when the shard has no changelog."""
     plan = changelog.plan_restore(shard_id, lineage=None, after_commit=None)

@@ -12,6 +12,7 @@ exactly.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -77,9 +78,11 @@ def _key(record: int, keys: int) -> str:
 def _adjacent_pair(shards: list[Shard], avoid: set[str]) -> tuple[str, str] | None:
     """Two adjacent open shards, neither in ``avoid``."""
     open_shards = sorted((s for s in shards if s.is_open), key=lambda s: s.hash_key_range.start)
-    for left, right in zip(open_shards, open_shards[1:], strict=False):
-        if left.shard_id not in avoid and right.shard_id not in avoid and left.hash_key_range.is_adjacent_to(
-            right.hash_key_range
+    for left, right in itertools.pairwise(open_shards):
+        if (
+            left.shard_id not in avoid
+            and right.shard_id not in avoid
+            and left.hash_key_range.is_adjacent_to(right.hash_key_range)
         ):
             return left.shard_id, right.shard_id
     return None

@@ -177,7 +177,13 @@ def test_describe_on_dynamodb(request: pytest.FixtureRequest, tmp_path: Path) ->
     config = BackendConfig(backend="aws", region=REGION, endpoint_url=endpoint)
     changelog = open_backend(config).open_changelog(name)
     _fill(leases, changelog)
-    app = App(name, leases, changelog, tmp_path / "state", ["--backend", "aws", "--region", REGION, "--endpoint-url", endpoint])
+    app = App(
+        name,
+        leases,
+        changelog,
+        tmp_path / "state",
+        ["--backend", "aws", "--region", REGION, "--endpoint-url", endpoint],
+    )
 
     result = app.run("describe", "--json")
 
