@@ -16,7 +16,7 @@ from shardwise.backends import backend_of
 from shardwise.cli._options import BACKEND_OPTIONS, apply_options
 from shardwise.cli._output import echo_table
 from shardwise.cli.leases import _open_existing
-from shardwise.errors import ShardwiseError
+from shardwise.errors import ChangelogMissingError, ShardwiseError
 from shardwise.leases.store import LeaseStore
 from shardwise.state.port import Changelog
 
@@ -61,6 +61,10 @@ def _open(flags: Mapping[str, Any]) -> tuple[LeaseStore, Changelog]:
 def _guarded(action: Callable[[], None]) -> None:
     try:
         action()
+    except ChangelogMissingError as exc:
+        raise click.ClickException(
+            f"{exc} (has the application run a stateful processor yet? else check --changelog-table)"
+        ) from exc
     except ShardwiseError as exc:
         raise click.ClickException(str(exc)) from exc
 

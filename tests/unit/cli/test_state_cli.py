@@ -5,6 +5,7 @@ read-back (:func:`~shardwise.demo.counting.leaf_counts`, ``merge_state``)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,3 +212,30 @@ def test_a_merge_keeps_the_larger_count() -> None:
     processor = CountingProcessor()
     assert processor.merge_state(b"k", b"3", b"12") == b"12"
     assert processor.merge_state(b"k", b"12", b"3") == b"12"
+
+
+def test_a_changelog_item_of_the_wrong_shape_gets_one_line(app: App, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.execute("UPDATE shardwise_state_heads SET commit_no = 'one' WHERE shard_id = ?", (FREE,))
+
+    for args in (("describe",), ("restore", "--shard", FREE)):
+        result = app.run(*args)
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert FREE in result.output and "commit" in result.output
+    assert not local_store_path(app.state_dir, app.name, FREE).exists()  # nothing half-restored
+
+
+@pytest.mark.aws
+def test_a_missing_changelog_table_gets_one_line(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    endpoint = request.getfixturevalue("moto_server").endpoint_url
+    name = f"state-cli-{uuid.uuid4().hex[:10]}"
+    leases = DynamoDBLeaseStore(
+        DynamoDBLeaseStoreConfig(table_name=name, table_poll_interval_s=0.05), endpoint_url=endpoint, region_name=REGION
+    )
+    leases.create_table_if_not_exists()
+    args = ["--backend", "aws", "--region", REGION, "--endpoint-url", endpoint]
+
+    result = CliRunner().invoke(cli, ["state", "describe", "--app", name, *args], catch_exceptions=False)
+
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert f"{name}-state" in result.output and "--changelog-table" in result.output
