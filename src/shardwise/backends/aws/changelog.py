@@ -201,6 +201,8 @@ class DynamoDBChangelog:
                         "BillingMode": "PAY_PER_REQUEST",
                     }
                 )
+            except DependencyError:
+                raise  # transient: the caller retries
             except ShardwiseError as exc:
                 raise ChangelogMissingError(
                     f"state changelog table {self._table!r} does not exist and could not be created ({exc}); "
