@@ -62,6 +62,8 @@ _SCHEMA = (
         commit_no INTEGER NOT NULL,
         PRIMARY KEY (changelog, shard_id, key)
     )""",
+    # A delta restore reads the rows written after a commit: without this, it would scan the shard's state.
+    "CREATE INDEX IF NOT EXISTS shardwise_state_kv_by_commit ON shardwise_state_kv (changelog, shard_id, commit_no)",
 )
 
 _HEAD_COLUMNS = (
