@@ -480,6 +480,33 @@ def test_a_state_row_of_the_wrong_shape_is_a_malformed_item(backend: Backend) ->
         full_state(changelog)
 
 
+@pytest.mark.aws
+def test_a_committed_chunk_gone_missing_is_a_malformed_item(dynamodb: DynamoDBChangelog, moto_server: Any) -> None:
+    history(dynamodb, DictStore(), commits=2)
+    client = _dynamodb_client(moto_server.endpoint_url)
+    items = client.query(
+        TableName=dynamodb.name,
+        KeyConditionExpression="#p = :p AND begins_with(sk, :log)",
+        ExpressionAttributeNames={"#p": "shard"},
+        ExpressionAttributeValues={":p": {"S": SHARD}, ":log": {"S": "log#00000000000000000001#"}},
+    )["Items"]
+    client.delete_item(TableName=dynamodb.name, Key={"shard": items[0]["shard"], "sk": items[0]["sk"]})
+    with pytest.raises(MalformedItemError, match=f"{SHARD}/log#00000000000000000001#"):
+        full_state(dynamodb)
+    delta = dynamodb.plan_restore(SHARD, lineage=LINEAGE, after_commit=1)  # does not need commit 1
+    assert delta is not None
+    assert not delta.full
+
+
+def test_applications_sharing_a_database_file_have_their_own_changelogs(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "shared.db")
+    orders, payments = backend.open_changelog("orders"), backend.open_changelog("payments")
+    orders.append(SHARD, [(b"o", b"1")], meta(1), format_level=FORMAT_IN_STORE)
+    assert payments.head(SHARD) is None
+    assert payments.shard_ids() == []
+    assert orders.shard_ids() == [SHARD]
+
+
 def test_a_database_without_the_state_tables_gets_them(tmp_path: Path) -> None:
     path = tmp_path / "leases-only.db"
     SQLiteLeaseStore(path, "app").create_table_if_not_exists()

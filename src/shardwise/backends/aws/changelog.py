@@ -405,11 +405,8 @@ class DynamoDBChangelog:
                 changes.extend(decode_chunk(data, key))
             commits.append(changes)
             writer = _s(first, "prev", f"{shard_id}/{what}")
-            if commit > 1:
-                previous = [
-                    item for (c, w), group in groups.items() if c == commit - 1 and w == writer for item in group
-                ]
-                expected = _n(previous[0], "chunks", f"{shard_id}/{what}", 1) if previous else 0
+            previous = groups.get((commit - 1, writer))
+            expected = _n(previous[0], "chunks", f"{shard_id}/{what}", 1) if previous else 0
         commits.reverse()
         return commits
 
