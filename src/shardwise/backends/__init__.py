@@ -16,6 +16,7 @@ from shardwise.backends.port import Backend, BackendBound, Capabilities, Service
 from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
+from shardwise.state.port import Changelog
 from shardwise.tables.items import CoordinatorTables, Layout
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ __all__ = [
     "TableAdmin",
     "backend_of",
     "open_backend",
+    "open_changelog",
     "open_coordinator_tables",
     "open_lease_store",
     "open_stream_source",
@@ -89,6 +91,11 @@ def backend_of(store: LeaseStore) -> Backend:
 
 def open_lease_store(backend: BackendConfig, table_name: str) -> LeaseStore:
     return open_backend(backend).open_lease_store(table_name)
+
+
+def open_changelog(backend: BackendConfig, application_name: str, *, table_name: str | None = None) -> Changelog:
+    """The state changelog of ``application_name`` on the backend ``backend`` names (``<app>-state`` by default)."""
+    return open_backend(backend).open_changelog(application_name, table_name=table_name)
 
 
 def open_stream_source(backend: BackendConfig, stream_name: str) -> StreamSource:

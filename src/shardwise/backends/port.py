@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
+from shardwise.state.port import Changelog
 from shardwise.tables.items import CoordinatorTables, ItemTable, Layout, Namespace
 
 __all__ = ["Backend", "BackendBound", "Capabilities", "ServiceError", "TableAdmin"]
@@ -148,6 +149,15 @@ class Backend(Protocol):
 
     def table_admin(self) -> TableAdmin:
         """The administration of this backend's tables."""
+        ...
+
+    def open_changelog(self, application_name: str, *, table_name: str | None = None) -> Changelog:
+        """The state changelog of an application (issue 14): the durable copy of each shard's committed state.
+        ``table_name`` defaults to ``<application_name>-state`` (config ``state.changelog_table``): a DynamoDB
+        table (on-demand; created by :meth:`~shardwise.state.port.Changelog.ensure_exists`, like the lease
+        table), or a partition of the state tables in the embedded database file (created on first use).
+        Opening makes no call; the first operation on a missing DynamoDB table raises
+        :class:`~shardwise.errors.ChangelogMissingError`."""
         ...
 
 

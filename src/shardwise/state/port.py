@@ -208,6 +208,18 @@ class Changelog(Protocol):
         unfinished one."""
         ...
 
+    def needs_compaction(self, shard_id: str) -> bool:
+        """Whether the changes kept since the shard's last snapshot exceed max(100, the keys of that snapshot):
+        the framework then calls :meth:`compact` with the committed state (cheap to ask: reads the head)."""
+        ...
+
+    def compact(self, shard_id: str, state: Iterator[Change], meta: CommitMeta) -> None:
+        """Record ``state`` (the committed state at ``meta``, which must be the head: else
+        :class:`~shardwise.errors.ChangelogConflictError`) as the shard's snapshot, so a full restore reads it
+        instead of the whole log, then delete what the snapshot makes obsolete (best-effort). A backend that
+        keeps the materialized state (SQLite) may ignore ``state`` and only purge its tombstones."""
+        ...
+
     def delete(self, shard_id: str) -> None:
         """Forget the shard's changelog (a wiped shard starts over)."""
         ...

@@ -10,6 +10,7 @@ from shardwise.backends.port import Capabilities, TableAdmin
 from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
+from shardwise.state.port import Changelog
 from shardwise.tables.items import CoordinatorTables, ItemTable, Layout, Namespace
 
 if TYPE_CHECKING:
@@ -100,3 +101,8 @@ class AwsBackend:
         from shardwise.backends.aws.admin import DynamoDBTableAdmin  # noqa: PLC0415 - admin imports leases
 
         return DynamoDBTableAdmin(self._dynamodb)
+
+    def open_changelog(self, application_name: str, *, table_name: str | None = None) -> Changelog:
+        from shardwise.backends.aws.changelog import DynamoDBChangelog  # noqa: PLC0415
+
+        return DynamoDBChangelog(self._dynamodb, table_name or f"{application_name}-state")

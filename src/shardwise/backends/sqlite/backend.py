@@ -9,6 +9,7 @@ from shardwise.backends.sqlite.connection import SQLiteDatabase
 from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
+from shardwise.state.port import Changelog
 from shardwise.tables.items import CoordinatorTables, ItemTable, Layout, Namespace
 
 __all__ = ["CAPABILITIES", "SQLiteBackend"]
@@ -96,3 +97,8 @@ class SQLiteBackend:
         from shardwise.backends.sqlite.admin import SQLiteTableAdmin  # noqa: PLC0415 - admin imports leases
 
         return SQLiteTableAdmin(self._db, self._file)
+
+    def open_changelog(self, application_name: str, *, table_name: str | None = None) -> Changelog:
+        from shardwise.backends.sqlite.changelog import SQLiteChangelog  # noqa: PLC0415
+
+        return SQLiteChangelog(self._db, table_name or f"{application_name}-state")
