@@ -220,8 +220,12 @@ def test_commit_numbers_follow_on_within_a_lineage(store: LocalStore) -> None:
     store.commit(meta(8))
     store.commit(meta(3, lineage="lineage-b"))  # a new lineage may start anywhere
     assert store.committed() == meta(3, lineage="lineage-b")
-    with pytest.raises(StateStoreError):
+    with pytest.raises(StateStoreError, match="start at 1"):
         store.commit(meta(0, lineage="lineage-c"))
+    for lineage in ("", "has space", "ünïcode"):
+        with pytest.raises(StateStoreError, match="lineage"):
+            store.commit(meta(1, lineage=lineage))
+    assert store.committed() == meta(3, lineage="lineage-b")
 
 
 def test_an_empty_commit_moves_the_position(store: LocalStore) -> None:

@@ -35,6 +35,7 @@ from shardwise.leases.store import LeaseStore
 from shardwise.lifecycle.checkpoint_failures import after_checkpoint_failure
 from shardwise.lifecycle.faults import OnPermanentError, StepFaults
 from shardwise.lifecycle.holder import LeaseHolder
+from shardwise.lifecycle.stateful import ShardState, StatefulHolder, StateServices
 from shardwise.lifecycle.states import ConsumerEvent, ConsumerState, ShutdownReason, transition
 from shardwise.processor import (
     InitializationInput,
@@ -43,10 +44,12 @@ from shardwise.processor import (
     RecordProcessor,
     ShardEndedInput,
     ShutdownRequestedInput,
+    is_stateful,
 )
 from shardwise.retrieval.model import ChildShard, Record, StartingPosition
 from shardwise.retrieval.reader import ReadBatch, ShardReader
 from shardwise.retrieval.source import StreamSource
+from shardwise.state.port import StateStore
 
 __all__ = ["ConsumerConfig", "ShardConsumer", "ShardEndError", "starting_position"]
 
@@ -130,6 +133,7 @@ class ShardConsumer:
         clock_ns: Callable[[], int] = time.monotonic_ns,
         on_records: Callable[[str, int, int], None] | None = None,
         on_permanent_error: OnPermanentError | None = None,
+        state: StateServices | None = None,
     ) -> None:
         self.shard_id = lease.lease_key
         self.token = token
@@ -160,10 +164,14 @@ class ShardConsumer:
             on_permanent=on_permanent_error,
         )
         self._lock = threading.Lock()
+        # A stateful processor: its store is opened at initialize; every checkpoint commits it first.
+        self._state_services = state if state is not None and is_stateful(processor) else None
+        self._holder = StatefulHolder(renewer) if self._state_services is not None else None
+        self._start = lease.checkpoint  # where reading started: records at or before it are not delivered
         self.checkpointer = Checkpointer(
             lease.lease_key,
             token,
-            renewer,
+            self._holder or renewer,
             last_checkpoint=lease.checkpoint,
             pending_checkpoint=lease.pending_checkpoint,
         )
@@ -173,6 +181,17 @@ class ShardConsumer:
     @property
     def state(self) -> ConsumerState:
         return self._state
+
+    @property
+    def shard_state(self) -> ShardState | None:
+        """The shard's state (a stateful processor, once initialized), else ``None``."""
+        return None if self._holder is None else self._holder.state
+
+    @property
+    def _store_view(self) -> StateStore | None:
+        """What the processor's inputs carry: the shard's store (stateful processors only)."""
+        state = self.shard_state
+        return None if state is None else state.store
 
     @property
     def shutdown_reason(self) -> ShutdownReason | None:
@@ -201,6 +220,8 @@ class ShardConsumer:
             self._reason = reason
         logger.debug("shard %s: %s --%s--> %s", self.shard_id, self._state.value, event.value, new_state.value)
         self._state = new_state
+        if new_state is ConsumerState.SHUTDOWN_COMPLETE and self.shard_state is not None:
+            self.shard_state.close()  # what is still pending is discarded
 
     def _due_in(self, millis: int) -> None:
         self._next_due_ns = self._clock_ns() + millis * 1_000_000
@@ -273,12 +294,24 @@ class ShardConsumer:
             # Taken at SHARD_END (a previous owner finished it): make sure the children exist, nothing else.
             self._fire(ConsumerEvent.SHARD_ENDED, ShutdownReason.SHARD_END)
             return
+        start = lease.checkpoint
+        if self._holder is not None:
+            # Open and restore the shard's state before the processor hears of it; its position wins.
+            state = self._holder.state or self._open_state(lease)
+            start = state.start_position(lease.checkpoint)
+            if state.finished:  # committed at SHARD_END; only the lease checkpoint was missing
+                self._renewer.write_checkpoint(self.shard_id, self.token, SHARD_END, pending=None, pending_state=None)
+                self._fire(ConsumerEvent.SHARD_ENDED, ShutdownReason.SHARD_END)
+                return
+            if start > lease.checkpoint:
+                self.checkpointer.advance(start)
+        self._start = start
         # Work out where to read before telling the processor anything: a configuration error here must not
         # call initialize() again on every retry.
         reader = ShardReader(
             self._source,
             self.shard_id,
-            starting_position(lease.checkpoint, self._config.initial_timestamp),
+            starting_position(start, self._config.initial_timestamp),
             shard_range=lease.hash_key_range,
         )
         self._processor.initialize(
@@ -287,22 +320,40 @@ class ShardConsumer:
                 extended_sequence_number=lease.checkpoint,
                 pending_checkpoint_sequence_number=lease.pending_checkpoint,
                 pending_checkpoint_state=lease.pending_checkpoint_state,
+                state=self._store_view,
             )
         )
         self._processor_initialized = True
         self._reader = reader
         self._fire(ConsumerEvent.INITIALIZED)
 
+    def _open_state(self, lease: Lease) -> ShardState:
+        assert self._state_services is not None
+        assert self._holder is not None
+        merge = getattr(self._processor, "merge_state", None)
+        state = ShardState.open(
+            self._state_services,
+            shard_id=self.shard_id,
+            lease_checkpoint=lease.checkpoint,
+            parent_shard_ids=lease.parent_shard_ids,
+            lease_store=self._store,
+            merge=merge if callable(merge) else None,
+        )
+        self._holder.state = state
+        return state
+
     def _process(self) -> None:
         assert self._reader is not None
         if self._pending is None:
             batch = self._reader.read(limit=self._config.max_records)
-            start = self._initial.checkpoint
-            records = (
-                batch.records if start.is_sentinel else [r for r in batch.records if r.extended_sequence_number > start]
-            )
-            self._pending = (records, batch)
+            self._pending = (batch.records, batch)
         records, batch = self._pending
+        start = self._start
+        state = self.shard_state
+        if state is not None and state.position is not None:
+            start = max(start, state.position)  # a batch delivered again: what the store holds is not applied again
+        if not start.is_sentinel:
+            records = [r for r in records if r.extended_sequence_number > start]
         delayed = False
         if not self._renewer.holds(self.shard_id, self.token):
             # Lost or expired on this worker's clock while reading: deliver nothing.
@@ -320,11 +371,14 @@ class ShardConsumer:
                         checkpointer=self.checkpointer,
                         millis_behind_latest=batch.millis_behind_latest,
                         child_shards=tuple(batch.child_shards),
+                        state=self._store_view,
                     )
                 )
             except LeaseLostError:
                 raise
             except Exception:
+                if state is not None:
+                    state.discard()
                 # The batch is delivered again: until then its records may not be checkpointed (e.g. by a
                 # shutdown_requested that checkpoints "everything delivered" during the backoff).
                 self.checkpointer.retract(permitted)
@@ -352,6 +406,10 @@ class ShardConsumer:
                 delayed = True
             elif self.checkpointer.wrote:
                 self._checkpoint_failures = 0
+            if state is not None and records and not delayed and state.commit_due():
+                delayed = self._interval_commit()
+                if delayed and self._state is not ConsumerState.PROCESSING:
+                    return  # the lease was given up
         self._pending = None
         if batch.shard_ended:
             self.checkpointer.advance(SHARD_END)
@@ -364,6 +422,20 @@ class ShardConsumer:
             self._next_due_ns = 0
         else:
             self._due_in(self._config.idle_time_between_reads_ms)
+
+    def _interval_commit(self) -> bool:
+        """The commit interval passed: checkpoint everything delivered (which commits the state); True when that
+        failed (then backing off, or the lease was given up)."""
+        self.checkpointer.reset_write_result()
+        try:
+            self.checkpointer.checkpoint()
+        except LeaseLostError:
+            raise
+        except Exception as exc:
+            self._checkpoint_failed(exc, "the state commit is tried again at the next batch")
+            return True
+        self._checkpoint_failures = 0
+        return False
 
     def _checkpoint_failed(self, error: Exception, then: str) -> bool:
         """Back off after a failed checkpoint, or give the lease up after too many permanent failures (True)."""
@@ -406,7 +478,7 @@ class ShardConsumer:
 
     def _notify_shutdown_requested(self) -> None:
         self._processor.shutdown_requested(
-            ShutdownRequestedInput(shard_id=self.shard_id, checkpointer=self.checkpointer)
+            ShutdownRequestedInput(shard_id=self.shard_id, checkpointer=self.checkpointer, state=self._store_view)
         )
         self._fire(ConsumerEvent.SHUTDOWN_NOTIFIED, ShutdownReason.REQUESTED)
         self._next_due_ns = 0
@@ -424,6 +496,8 @@ class ShardConsumer:
     def _shut_down(self) -> None:
         reason = self._reason
         if reason is ShutdownReason.LEASE_LOST:
+            if self.shard_state is not None:
+                self.shard_state.discard()
             if self._processor_initialized:
                 self._processor.lease_lost(LeaseLostInput(shard_id=self.shard_id))
             self._renewer.drop(self.shard_id, self.token)
@@ -450,7 +524,9 @@ class ShardConsumer:
         if self._processor_initialized and not held.lease.is_complete:
             self.checkpointer.reset_write_result()
             try:
-                self._processor.shard_ended(ShardEndedInput(shard_id=self.shard_id, checkpointer=self.checkpointer))
+                self._processor.shard_ended(
+                    ShardEndedInput(shard_id=self.shard_id, checkpointer=self.checkpointer, state=self._store_view)
+                )
             except LeaseLostError:
                 raise
             except Exception:

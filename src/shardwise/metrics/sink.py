@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "BYTES",
     "COUNT",
     "MILLISECONDS",
     "NONE",
@@ -46,6 +47,7 @@ __all__ = [
 
 #: CloudWatch unit names used by KCL's metrics.
 COUNT = "Count"
+BYTES = "Bytes"
 MILLISECONDS = "Milliseconds"
 PERCENT = "Percent"
 NONE = "None"

@@ -11,7 +11,7 @@ finalized). This module holds:
   against the finalized levels, every live worker's supported range and the dependencies of the proposed set;
 * **admission**: which finalized level a worker cannot run with (:func:`admission_problem`).
 
-Three features exist so far. Two of them are *reflected* from KCL's ``Migration3.0`` item so that Java KCL
+Four features exist so far. Two of them are *reflected* from KCL's ``Migration3.0`` item so that Java KCL
 workers and AWS's ``KclMigrationTool.py`` keep working (:func:`levels_from_client_version`):
 
 =================  =======================================================  =========================
@@ -22,6 +22,9 @@ lease.assignment   1 lease-count taking (KCL 2.x), 2 utilization-aware      1: 2
 lease.discovery    1 table scan, 2 owner index ``LeaseOwnerToLeaseKeyIndex``  1: 2X; 2: the others
 table.layout       1 legacy coordinator + worker-metrics tables, 2 single   (the layout the
                    table (KCL 3.5)                                          coordinator items are in)
+state.format       1 offsets in a sidecar checkpoint file beside the        (not reflected)
+                   store (Kafka Streams <= 4.2), 2 offsets inside the
+                   store, atomic with the data (KIP-1035; release 0.4)
 =================  =======================================================  =========================
 """
 
@@ -41,6 +44,7 @@ __all__ = [
     "MAX_LEVEL",
     "REGISTRY",
     "RELEASES",
+    "STATE_FORMAT",
     "TABLE_LAYOUT",
     "Feature",
     "FeatureLevel",
@@ -70,9 +74,10 @@ MAX_LEVEL = 32767
 LEASE_ASSIGNMENT = "lease.assignment"
 LEASE_DISCOVERY = "lease.discovery"
 TABLE_LAYOUT = "table.layout"
+STATE_FORMAT = "state.format"
 
 #: shardwise releases that changed a feature default, oldest first (``--release-version`` takes these).
-RELEASES: tuple[str, ...] = ("0.1", "0.2", "0.3")
+RELEASES: tuple[str, ...] = ("0.1", "0.2", "0.3", "0.4")
 CURRENT_RELEASE = RELEASES[-1]
 
 
@@ -145,6 +150,14 @@ REGISTRY: Mapping[str, Feature] = {
                     1, "0.1", "separate <app>-CoordinatorState and <app>-WorkerMetricStats tables (KCL 3.0-3.4)"
                 ),
                 FeatureLevel(2, "0.2", "single table: the items live in the lease table (KCL 3.5)"),
+            ),
+        ),
+        Feature(
+            STATE_FORMAT,
+            "where a stateful processor's store keeps its input position",
+            (
+                FeatureLevel(1, "0.3", "offsets in a sidecar checkpoint file beside the store (Kafka Streams <= 4.2)"),
+                FeatureLevel(2, "0.4", "offsets inside the store, atomic with the data (KIP-1035)"),
             ),
         ),
     )

@@ -22,6 +22,7 @@ from shardwise.versions.features import (
     MAX_LEVEL,
     REGISTRY,
     RELEASES,
+    STATE_FORMAT,
     TABLE_LAYOUT,
     FeaturesConfig,
     FeatureUpdate,
@@ -48,7 +49,7 @@ SAFE = UpgradeType.SAFE_DOWNGRADE
 UNSAFE = UpgradeType.UNSAFE_DOWNGRADE
 
 R = SupportedRange
-ALL = {LEASE_ASSIGNMENT: R(0, 2), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2)}
+ALL = {LEASE_ASSIGNMENT: R(0, 2), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
 NOTHING: dict[str, int] = {LEASE_ASSIGNMENT: 0, LEASE_DISCOVERY: 0, TABLE_LAYOUT: 0}
 V2X_LEVELS = {LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 1, TABLE_LAYOUT: 2}
 UPG_LEVELS = {LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 2, TABLE_LAYOUT: 2}
@@ -85,17 +86,18 @@ def invalid(level: int, feature: str, text: str) -> str:
 
 class TestRegistry:
     def test_features_in_registry_order(self) -> None:
-        assert list(REGISTRY) == [LEASE_ASSIGNMENT, LEASE_DISCOVERY, TABLE_LAYOUT]
-        assert RELEASES == ("0.1", "0.2", "0.3")
-        assert CURRENT_RELEASE == "0.3"
+        assert list(REGISTRY) == [LEASE_ASSIGNMENT, LEASE_DISCOVERY, TABLE_LAYOUT, STATE_FORMAT]
+        assert RELEASES == ("0.1", "0.2", "0.3", "0.4")
+        assert CURRENT_RELEASE == "0.4"
         assert MAX_LEVEL == 32767
 
     @pytest.mark.parametrize(
         ("release", "expected"),
         [
-            ("0.1", {LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 1, TABLE_LAYOUT: 1}),
-            ("0.2", {LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 2, TABLE_LAYOUT: 2}),
-            ("0.3", {LEASE_ASSIGNMENT: 2, LEASE_DISCOVERY: 2, TABLE_LAYOUT: 2}),
+            ("0.1", {LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 1, TABLE_LAYOUT: 1, STATE_FORMAT: 0}),
+            ("0.2", {LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 2, TABLE_LAYOUT: 2, STATE_FORMAT: 0}),
+            ("0.3", {LEASE_ASSIGNMENT: 2, LEASE_DISCOVERY: 2, TABLE_LAYOUT: 2, STATE_FORMAT: 1}),
+            ("0.4", {LEASE_ASSIGNMENT: 2, LEASE_DISCOVERY: 2, TABLE_LAYOUT: 2, STATE_FORMAT: 2}),
         ],
     )
     def test_default_levels_per_release(self, release: str, expected: dict[str, int]) -> None:
@@ -128,7 +130,8 @@ class TestRegistry:
             ("0", None),
             ("", None),
             ("0.x", None),
-            ("0.4", None),
+            ("0.4", "0.4"),
+            ("0.5", None),
             ("-0.1", None),
         ],
     )
@@ -136,9 +139,20 @@ class TestRegistry:
         assert parse_release(text) == expected
 
     def test_release_pin_ranges(self) -> None:
-        assert release_pin_ranges("0.1") == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 1), TABLE_LAYOUT: R(0, 1)}
-        assert release_pin_ranges("0.2") == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2)}
-        assert release_pin_ranges("0.3") == ALL
+        assert release_pin_ranges("0.1") == {
+            LEASE_ASSIGNMENT: R(0, 1),
+            LEASE_DISCOVERY: R(0, 1),
+            TABLE_LAYOUT: R(0, 1),
+            STATE_FORMAT: R(0, 0),
+        }
+        assert release_pin_ranges("0.2") == {
+            LEASE_ASSIGNMENT: R(0, 1),
+            LEASE_DISCOVERY: R(0, 2),
+            TABLE_LAYOUT: R(0, 2),
+            STATE_FORMAT: R(0, 0),
+        }
+        assert release_pin_ranges("0.3") == {**ALL, STATE_FORMAT: R(0, 1)}
+        assert release_pin_ranges("0.4") == ALL
 
 
 # ========================================================================================== supported ranges
@@ -165,21 +179,23 @@ class TestWorkerSupportedRanges:
 
     def test_final_3x_never_leaves_3x(self) -> None:
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, final_3x=True)
-        assert ranges == {LEASE_ASSIGNMENT: R(2, 2), LEASE_DISCOVERY: R(2, 2), TABLE_LAYOUT: R(0, 2)}
+        assert ranges == {LEASE_ASSIGNMENT: R(2, 2), LEASE_DISCOVERY: R(2, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
 
     def test_pure_2x(self) -> None:
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=False)
-        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2)}
+        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
 
     def test_pure_3x(self) -> None:
         ranges = worker_supported_ranges(assignment="utilization-3x", follows_migration=False)
-        assert ranges == {LEASE_ASSIGNMENT: R(2, 2), LEASE_DISCOVERY: R(2, 2), TABLE_LAYOUT: R(0, 2)}
+        assert ranges == {LEASE_ASSIGNMENT: R(2, 2), LEASE_DISCOVERY: R(2, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
 
     def test_release_pin(self) -> None:
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, release="0.2")
-        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2)}
+        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 0)}
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, release="0.1")
-        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 1), TABLE_LAYOUT: R(0, 1)}
+        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 1), TABLE_LAYOUT: R(0, 1), STATE_FORMAT: R(0, 0)}
+        ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, release="0.3")
+        assert ranges[STATE_FORMAT] == R(0, 1)
 
     def test_a_pure_3x_worker_pinned_before_3x_supports_no_assignment(self) -> None:
         ranges = worker_supported_ranges(assignment="utilization-3x", follows_migration=False, release="0.2")
@@ -191,7 +207,7 @@ class TestWorkerSupportedRanges:
         ranges = worker_supported_ranges(
             assignment="lease-count-2x", follows_migration=True, max_levels={LEASE_ASSIGNMENT: 1}
         )
-        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2)}
+        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
         ranges = worker_supported_ranges(
             assignment="utilization-3x", follows_migration=False, max_levels={LEASE_DISCOVERY: 1, TABLE_LAYOUT: 0}
         )
@@ -224,7 +240,7 @@ class TestFleetAndAdmission:
         assert first_unsupported({TABLE_LAYOUT: 2}, ranges) == (TABLE_LAYOUT, 2, R(0, 0))
 
     def test_admission_problem_in_kafkas_words(self) -> None:
-        ranges = {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2)}
+        ranges = {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
         assert admission_problem({LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 0}, ranges) is None
         assert admission_problem({LEASE_ASSIGNMENT: 2}, ranges) == (
             "the worker does not support finalized version 2 of lease.assignment. "
@@ -277,7 +293,7 @@ class TestValidateUpdates:
             1,
             "foo",
             "This release of shardwise does not know this feature (it knows lease.assignment, lease.discovery, "
-            "table.layout).",
+            "table.layout, state.format).",
         )
 
     def test_unknown_level(self) -> None:
@@ -439,7 +455,7 @@ class TestValidateUpdates:
             1,
             "foo",
             "This release of shardwise does not know this feature (it knows lease.assignment, lease.discovery, "
-            "table.layout).",
+            "table.layout, state.format).",
         )
 
 

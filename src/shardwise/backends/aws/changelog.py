@@ -201,6 +201,8 @@ class DynamoDBChangelog:
                         "BillingMode": "PAY_PER_REQUEST",
                     }
                 )
+            except DependencyError:
+                raise  # transient: the caller retries
             except ShardwiseError as exc:
                 raise ChangelogMissingError(
                     f"state changelog table {self._table!r} does not exist and could not be created ({exc}); "
@@ -218,15 +220,23 @@ class DynamoDBChangelog:
         item = response.get("Item")
         return None if item is None else _parse_head(shard_id, item)
 
-    def _query(self, shard_id: str, low: str, high: str, *, keys_only: bool = False) -> Iterator[Item]:
-        """Items of ``shard_id`` with ``low <= sk <= high``, in sort-key order (consistent reads, paginated)."""
+    def _query(
+        self, shard_id: str, low: str | None = None, high: str = "", *, keys_only: bool = False
+    ) -> Iterator[Item]:
+        """Items of ``shard_id`` with ``low <= sk <= high`` (all of them when ``low`` is None), in sort-key order
+        (consistent reads, paginated)."""
         request: dict[str, Any] = {
             "TableName": self._table,
-            "KeyConditionExpression": "#p = :p AND #s BETWEEN :lo AND :hi",
-            "ExpressionAttributeNames": {"#p": "shard", "#s": "sk"},
-            "ExpressionAttributeValues": {":p": {"S": shard_id}, ":lo": {"S": low}, ":hi": {"S": high}},
+            "KeyConditionExpression": "#p = :p",
+            "ExpressionAttributeNames": {"#p": "shard"},
+            "ExpressionAttributeValues": {":p": {"S": shard_id}},
             "ConsistentRead": True,
         }
+        if low is not None:
+            request["KeyConditionExpression"] = "#p = :p AND #s BETWEEN :lo AND :hi"
+            request["ExpressionAttributeValues"].update({":lo": {"S": low}, ":hi": {"S": high}})
+        if low is not None or keys_only:
+            request["ExpressionAttributeNames"]["#s"] = "sk"
         if keys_only:
             request["ProjectionExpression"] = "#p, #s"
         while True:
@@ -395,11 +405,8 @@ class DynamoDBChangelog:
                 changes.extend(decode_chunk(data, key))
             commits.append(changes)
             writer = _s(first, "prev", f"{shard_id}/{what}")
-            if commit > 1:
-                previous = [
-                    item for (c, w), group in groups.items() if c == commit - 1 and w == writer for item in group
-                ]
-                expected = _n(previous[0], "chunks", f"{shard_id}/{what}", 1) if previous else 0
+            previous = groups.get((commit - 1, writer))
+            expected = _n(previous[0], "chunks", f"{shard_id}/{what}", 1) if previous else 0
         commits.reverse()
         return commits
 
@@ -481,7 +488,7 @@ class DynamoDBChangelog:
 
     def delete(self, shard_id: str) -> None:
         # The items as they are now, the head first: a new lineage's items written after this read are kept.
-        keys = [_s(item, "sk", shard_id) for item in self._query(shard_id, "", "~", keys_only=True)]
+        keys = [_s(item, "sk", shard_id) for item in self._query(shard_id, keys_only=True)]
         self._delete_keys(shard_id, [_HEAD] + [sk for sk in keys if sk != _HEAD] if _HEAD in keys else keys)
 
     def shard_ids(self) -> list[str]:
@@ -510,7 +517,7 @@ class DynamoDBChangelog:
         keys = sum(1 for _ in plan.changes)
         items = 0
         size = 0
-        for item in self._query(shard_id, "", "~"):
+        for item in self._query(shard_id):
             items += 1
             data = item.get("data", {}).get("B")
             size += len(data) if isinstance(data, bytes | bytearray) else 0

@@ -14,6 +14,7 @@ and the key; sqlite3 errors are translated by :mod:`shardwise.backends.sqlite.co
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -61,6 +62,8 @@ _SCHEMA = (
         commit_no INTEGER NOT NULL,
         PRIMARY KEY (changelog, shard_id, key)
     )""",
+    # A delta restore reads the rows written after a commit: without this, it would scan the shard's state.
+    "CREATE INDEX IF NOT EXISTS shardwise_state_kv_by_commit ON shardwise_state_kv (changelog, shard_id, commit_no)",
 )
 
 _HEAD_COLUMNS = (
@@ -135,6 +138,16 @@ class SQLiteChangelog:
                     conn.execute(statement)
             self._ready = True
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot of the head and the rows (WAL: writers go on)."""
+        with self._db.reading() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
     def _read_head(self, conn: sqlite3.Connection, shard_id: str) -> _Head | None:
         row = conn.execute(
             f"SELECT {_HEAD_COLUMNS} FROM shardwise_state_heads WHERE changelog = ? AND shard_id = ?",
@@ -192,7 +205,7 @@ class SQLiteChangelog:
 
     def plan_restore(self, shard_id: str, *, lineage: str | None, after_commit: int | None) -> RestorePlan | None:
         self.ensure_exists()
-        with self._db.transaction() as conn:  # one snapshot of head and rows
+        with self._snapshot() as conn:
             current = self._read_head(conn, shard_id)
             if current is None:
                 return None
@@ -261,7 +274,7 @@ class SQLiteChangelog:
 
     def stats(self, shard_id: str) -> ChangelogStats | None:
         self.ensure_exists()
-        with self._db.transaction() as conn:
+        with self._snapshot() as conn:
             if self._read_head(conn, shard_id) is None:
                 return None
             live, rows, size = conn.execute(

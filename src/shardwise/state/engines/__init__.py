@@ -9,13 +9,14 @@ A store lives in its own directory (``<state.dir>/<application>/<shard_id>/``): 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from shardwise.errors import StateStoreError
 from shardwise.state.engines import rocksdb as rocksdb_engine
 from shardwise.state.engines import sqlite as sqlite_engine
-from shardwise.state.engines.base import COMMITTING_MARKER, EngineStore
+from shardwise.state.engines.base import COMMITTING_MARKER, EngineStore, directory_size
 from shardwise.state.engines.formats import Action, Decision, Found, decide
 from shardwise.state.engines.sidecar import (
     SIDECAR_NAME,
@@ -24,9 +25,9 @@ from shardwise.state.engines.sidecar import (
     remove_sidecar,
     write_sidecar,
 )
-from shardwise.state.port import FORMAT_IN_STORE, FORMAT_SIDECAR, CommitMeta, OpenedStore
+from shardwise.state.port import FORMAT_IN_STORE, FORMAT_SIDECAR, KNOWN_FORMATS, CommitMeta, OpenedStore
 
-__all__ = ["ENGINES", "EngineStore", "open_local_store"]
+__all__ = ["ENGINES", "EngineStore", "StoreDescription", "describe_local_store", "open_local_store", "wipe_local_store"]
 
 ENGINES = ("sqlite", "rocksdb")
 _MODULES: dict[str, ModuleType] = {"sqlite": sqlite_engine, "rocksdb": rocksdb_engine}
@@ -137,3 +138,49 @@ def _apply(
         remove_sidecar(path)
         (path / COMMITTING_MARKER).unlink(missing_ok=True)
     return sidecar if write_level == FORMAT_SIDECAR else in_store
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDescription:
+    """A store on disk as an operator sees it (read without changing anything)."""
+
+    path: Path
+    engine: str | None  # None: no store there
+    format_level: int | None
+    committed: CommitMeta | None
+    key_count: int | None  # None when the store cannot be read
+    size_bytes: int
+    problem: str | None  # why the next open would wipe it (one line), None when it opens as it is
+
+
+def describe_local_store(path: Path, *, shard_id: str) -> StoreDescription:
+    """What is in ``path`` (for ``shardwise state describe``): engine, level, committed position, keys, size,
+    and whether the next open (by a worker of this version) would wipe it. Changes nothing on disk; reads a
+    store a running worker holds (RocksDB is opened read-only)."""
+    if not path.is_dir():
+        return StoreDescription(path, None, None, None, None, 0, None)
+    found_engines = [name for name, module in _MODULES.items() if module.owns(path)]
+    engine = found_engines[0] if found_engines else ENGINES[0]
+    size = directory_size(path)
+    if engine == "rocksdb" and not rocksdb_engine.available():
+        return StoreDescription(path, engine, None, None, None, size, "rocksdict is not installed here")
+    found, in_store, sidecar = _look(path, shard_id=shard_id, engine=engine)
+    top = max(KNOWN_FORMATS)
+    decision = decide(found, engine=engine, write_level=top, readable_level=top, where=f"state store {path}")
+    if not found_engines:
+        problem = decision.detail if decision.action == Action.WIPE else None
+        return StoreDescription(path, None, None, None, None, size, problem)
+    if decision.action == Action.WIPE:
+        return StoreDescription(path, engine, found.level, None, None, size, decision.detail)
+    committed = sidecar if found.level == FORMAT_SIDECAR else in_store
+    try:
+        keys: int | None = _MODULES[engine].count_keys(path)
+    except Exception:  # an engine fault while counting: the describe line says so instead of a count
+        keys = None
+    return StoreDescription(path, engine, found.level, committed, keys, size, None)
+
+
+def wipe_local_store(path: Path) -> None:
+    """Remove the store in ``path`` (``shardwise state wipe``; the framework restores it on the next open)."""
+    if path.is_dir():
+        shutil.rmtree(path)

@@ -130,8 +130,7 @@ class EngineStore(ABC):
                 f"state store {self._path}: commit {meta.commit} of lineage {meta.lineage} does not follow the "
                 f"store's commit {last.commit}; only commit {last.commit + 1} (or a new lineage) may come next"
             )
-        if meta.commit < 1:
-            raise StateStoreError(f"state store {self._path}: commit numbers start at 1, got {meta.commit}")
+        self._check_meta(meta)
         changes = self.pending()
         delta = self._count_delta(changes) if self._count is not None else None
         self._durable_write(changes, meta, replace=False)
@@ -147,6 +146,7 @@ class EngineStore(ABC):
                 f"state store {self._path}: restore needs an empty pending batch ({len(self._pending)} pending "
                 "changes); discard or commit them first"
             )
+        self._check_meta(meta)
         applied = self._durable_write(changes, meta, replace=replace)
         self._count = None
         self._committed_meta = meta
@@ -175,6 +175,16 @@ class EngineStore(ABC):
         marker.unlink()
         fsync_directory(self._path)
         return applied
+
+    def _check_meta(self, meta: CommitMeta) -> None:
+        if meta.commit < 1:
+            raise StateStoreError(f"state store {self._path}: commit numbers start at 1, got {meta.commit}")
+        lineage = meta.lineage
+        if not lineage or len(lineage) > 200 or not lineage.isascii() or not lineage.isprintable() or " " in lineage:
+            raise StateStoreError(
+                f"state store {self._path}: lineage {lineage!r} must be 1 to 200 printable ASCII characters "
+                "without spaces (a uuid4 hex)"
+            )
 
     def _known_count(self) -> int:
         if self._count is None:

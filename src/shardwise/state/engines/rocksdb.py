@@ -90,10 +90,12 @@ def _options(*, create: bool) -> Any:
     return options
 
 
-def _open(path: Path, *, level: int | None, create: bool = False) -> Any:
+def _open(path: Path, *, level: int | None, create: bool = False, read_only: bool = False) -> Any:
     """Open with exactly the column families of ``level`` (None: whatever is there)."""
     rd = require()
     directory = str(path / DIR_NAME)
+    if read_only:
+        return rd.Rdict(directory, _options(create=False), access_type=rd.AccessType.read_only())
     if level is None:
         return rd.Rdict(directory, _options(create=create))
     families = {OFFSETS_CF: rd.Options(raw_mode=True)} if level == FORMAT_IN_STORE else {}
@@ -128,7 +130,7 @@ def probe(path: Path) -> RocksProbe:
     db = None
     try:
         families = rd.Rdict.list_cf(str(directory))
-        db = _open(path, level=None)
+        db = _open(path, level=None, read_only=True)
         iterator = db.iter()
         iterator.seek_to_first()
         empty = not iterator.valid()
@@ -145,6 +147,22 @@ def probe(path: Path) -> RocksProbe:
     finally:
         if db is not None:
             db.close()
+
+
+def count_keys(path: Path) -> int:
+    """The committed keys, read without taking the store's lock (a worker may hold it)."""
+    db = _open(path, level=None, read_only=True)
+    try:
+        iterator = db.iter()
+        iterator.seek_to_first()
+        count = 0
+        while iterator.valid():
+            count += 1
+            iterator.next()
+        del iterator
+        return count
+    finally:
+        db.close()
 
 
 def create(path: Path, *, level: int) -> None:

@@ -25,7 +25,7 @@ from shardwise.errors import StateStoreError
 from shardwise.state.engines.base import EngineStore
 from shardwise.state.port import FORMAT_IN_STORE, Change, CommitMeta
 
-__all__ = ["FILE_NAME", "SqliteProbe", "SqliteStore", "create", "owns", "probe", "set_format", "wipe"]
+__all__ = ["FILE_NAME", "SqliteProbe", "SqliteStore", "count_keys", "create", "owns", "probe", "set_format", "wipe"]
 
 FILE_NAME = "store.sqlite"
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -119,6 +119,15 @@ _META_DDL = (
     "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 0), commit_number INTEGER NOT NULL, "
     "sequence_number TEXT NOT NULL, sub_sequence_number INTEGER NOT NULL, lineage TEXT NOT NULL)"
 )
+
+
+def count_keys(path: Path) -> int:
+    """The committed keys, read only."""
+    conn = sqlite3.connect(f"file:{path / FILE_NAME}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM kv").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def create(path: Path, *, level: int) -> None:
