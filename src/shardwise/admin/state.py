@@ -3,7 +3,8 @@
 * :func:`describe_state` lists, per shard (a lease, a changelog or a local store names it): the format level (of
   the local store when the state directory has one, else of the changelog head), the committed position and
   commit (the changelog head's), the lease checkpoint and owner, the key count and the changelog's size. A local
-  store is inspected on a *copy* (opening a store may upgrade, convert or wipe it, and describe changes nothing).
+  store is read without changing anything (:func:`~shardwise.state.engines.describe_local_store`): describe
+  never upgrades, converts or wipes.
 * :func:`restore_shard` rebuilds a shard's local store from its changelog: the store is deleted, created anew
   in the changelog head's format level and filled with the head's state.
 * :func:`wipe_shard` deletes a shard's local store and, with ``changelog=True``, its changelog too (the shard's
@@ -16,8 +17,6 @@ worker on a graceful shutdown and taken away once it expires, so stopping the wo
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,13 @@ from pathlib import Path
 from shardwise.errors import ConfigurationError, StateStoreError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
-from shardwise.state.engines import open_local_store
+from shardwise.state.engines import ENGINES, describe_local_store, open_local_store, wipe_local_store
 from shardwise.state.port import (
     FORMAT_IN_STORE,
     KNOWN_FORMATS,
     Changelog,
     ChangelogHead,
     CommitMeta,
-    OpenOutcome,
     restore_from,
 )
 
@@ -42,13 +40,12 @@ __all__ = [
     "ShardState",
     "StateHeld",
     "describe_state",
+    "inspect_local",
     "local_store_path",
     "read_state",
     "restore_shard",
     "wipe_shard",
 ]
-
-ENGINES = ("sqlite", "rocksdb")
 
 
 class StateHeld(StateStoreError):
@@ -101,43 +98,14 @@ def local_store_path(state_dir: Path, application_name: str, shard_id: str) -> P
     return state_dir / application_name / shard_id
 
 
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def inspect_local(path: Path, shard_id: str, engine: str) -> LocalView | None:
-    """The local store at ``path`` as a worker would find it (None: no store there), read on a copy."""
-    if not path.is_dir() or not any(path.iterdir()):
+def inspect_local(path: Path, shard_id: str) -> LocalView | None:
+    """The local store at ``path`` as a worker would find it (None: no store there); changes nothing."""
+    found = describe_local_store(path, shard_id=shard_id)
+    if found.engine is None and found.problem is None:
         return None
-    size = _size(path)
-    with tempfile.TemporaryDirectory(prefix="shardwise-state-describe-") as tmp:
-        copy = Path(tmp) / shard_id
-        shutil.copytree(path, copy)
-        # Opened at level 2 and readable up to 2: a level-1 store is upgraded (on the copy) and so reports level 1.
-        opened = open_local_store(
-            copy, shard_id=shard_id, engine=engine, write_level=FORMAT_IN_STORE, readable_level=max(KNOWN_FORMATS)
-        )
-        try:
-            if opened.outcome == OpenOutcome.WIPED_ENGINE:
-                other = next(e for e in ENGINES if e != engine)
-                opened.store.close()
-                shutil.rmtree(copy)
-                shutil.copytree(path, copy)
-                opened = open_local_store(
-                    copy, shard_id=shard_id, engine=other, write_level=FORMAT_IN_STORE, readable_level=FORMAT_IN_STORE
-                )
-            if opened.outcome in (OpenOutcome.WIPED_NEWER, OpenOutcome.WIPED_CORRUPT, OpenOutcome.WIPED_ENGINE):
-                return LocalView(None, None, None, size, problem=_problem(opened.detail, copy, path))
-            level = 1 if opened.outcome == OpenOutcome.UPGRADED else opened.store.format_level
-            return LocalView(level, opened.store.committed(), len(opened.store), size)
-        finally:
-            opened.store.close()
-
-
-def _problem(detail: str, copy: Path, path: Path) -> str:
-    """The open's one line, naming the real store (the copy's path means nothing to the operator)."""
-    text = detail.replace(str(copy), str(path)) or "the store cannot be opened"
-    return text.replace("wiping it", "a worker wipes it").replace("wiped", "would be wiped")
+    if found.problem is not None:
+        return LocalView(found.format_level, None, None, found.size_bytes, problem=found.problem)
+    return LocalView(found.format_level, found.committed, found.key_count, found.size_bytes)
 
 
 def describe_state(
@@ -146,7 +114,6 @@ def describe_state(
     *,
     application_name: str,
     state_dir: Path | None = None,
-    engine: str = "sqlite",
 ) -> list[ShardState]:
     """Every shard a lease, the changelog or the state directory names, in shard-id order."""
     by_key = {lease.lease_key: lease for lease in leases.scan_leases().leases}
@@ -159,7 +126,7 @@ def describe_state(
         stats = changelog.stats(shard_id) if shard_id in logged else None
         local = None
         if local_dir is not None and shard_id in on_disk:
-            local = inspect_local(local_dir / shard_id, shard_id, engine)
+            local = inspect_local(local_dir / shard_id, shard_id)
         rows.append(
             ShardState(
                 shard_id=shard_id,
@@ -218,7 +185,7 @@ def restore_shard(
             f"(shardwise state wipe --app {application_name} --shard {shard_id} starts it over empty)"
         )
     level = head.format_level if head.format_level in KNOWN_FORMATS else FORMAT_IN_STORE
-    shutil.rmtree(path, ignore_errors=True)
+    wipe_local_store(path)
     path.mkdir(parents=True, exist_ok=True)
     opened = open_local_store(path, shard_id=shard_id, engine=engine, write_level=level, readable_level=level)
     try:
@@ -245,7 +212,7 @@ def wipe_shard(
     _known_shard(leases, changelog, path, shard_id, application_name)
     _check_not_held(leases, shard_id, force=force, what="deleting")
     local = path.exists()
-    shutil.rmtree(path, ignore_errors=True)
+    wipe_local_store(path)
     logged = False
     if with_changelog and changelog.head(shard_id) is not None:
         changelog.delete(shard_id)

@@ -44,7 +44,7 @@ _COMMON = apply_options(
             type=click.Choice(ENGINES),
             default="sqlite",
             show_default=True,
-            help="The local store engine (state.engine).",
+            help="The local store engine (state.engine) restore writes; describe and wipe find it on disk.",
         ),
         BACKEND_OPTIONS,
     ]
@@ -115,7 +115,6 @@ def describe(as_json: bool, **flags: Any) -> None:
             changelog,
             application_name=flags["application_name"],
             state_dir=flags["state_dir"],
-            engine=flags["engine"],
         )
         rows.extend(_row(shard) for shard in shards)
 

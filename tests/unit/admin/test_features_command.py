@@ -337,7 +337,8 @@ class TestUpgradeDowngrade:
             fleet.run("upgrade", "--feature", "foo=1"),
             [
                 f"Could not upgrade foo to 1. {ALL_FAILED}Invalid update version 1 for feature foo. This release of "
-                "shardwise does not know this feature (it knows lease.assignment, lease.discovery, table.layout, state.format)."
+                "shardwise does not know this feature "
+                "(it knows lease.assignment, lease.discovery, table.layout, state.format)."
             ],
             "1 out of 1 operation(s) failed.",
         )

@@ -179,21 +179,46 @@ class TestWorkerSupportedRanges:
 
     def test_final_3x_never_leaves_3x(self) -> None:
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, final_3x=True)
-        assert ranges == {LEASE_ASSIGNMENT: R(2, 2), LEASE_DISCOVERY: R(2, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
+        assert ranges == {
+            LEASE_ASSIGNMENT: R(2, 2),
+            LEASE_DISCOVERY: R(2, 2),
+            TABLE_LAYOUT: R(0, 2),
+            STATE_FORMAT: R(0, 2),
+        }
 
     def test_pure_2x(self) -> None:
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=False)
-        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
+        assert ranges == {
+            LEASE_ASSIGNMENT: R(0, 1),
+            LEASE_DISCOVERY: R(0, 2),
+            TABLE_LAYOUT: R(0, 2),
+            STATE_FORMAT: R(0, 2),
+        }
 
     def test_pure_3x(self) -> None:
         ranges = worker_supported_ranges(assignment="utilization-3x", follows_migration=False)
-        assert ranges == {LEASE_ASSIGNMENT: R(2, 2), LEASE_DISCOVERY: R(2, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
+        assert ranges == {
+            LEASE_ASSIGNMENT: R(2, 2),
+            LEASE_DISCOVERY: R(2, 2),
+            TABLE_LAYOUT: R(0, 2),
+            STATE_FORMAT: R(0, 2),
+        }
 
     def test_release_pin(self) -> None:
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, release="0.2")
-        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 0)}
+        assert ranges == {
+            LEASE_ASSIGNMENT: R(0, 1),
+            LEASE_DISCOVERY: R(0, 2),
+            TABLE_LAYOUT: R(0, 2),
+            STATE_FORMAT: R(0, 0),
+        }
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, release="0.1")
-        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 1), TABLE_LAYOUT: R(0, 1), STATE_FORMAT: R(0, 0)}
+        assert ranges == {
+            LEASE_ASSIGNMENT: R(0, 1),
+            LEASE_DISCOVERY: R(0, 1),
+            TABLE_LAYOUT: R(0, 1),
+            STATE_FORMAT: R(0, 0),
+        }
         ranges = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, release="0.3")
         assert ranges[STATE_FORMAT] == R(0, 1)
 
@@ -207,7 +232,12 @@ class TestWorkerSupportedRanges:
         ranges = worker_supported_ranges(
             assignment="lease-count-2x", follows_migration=True, max_levels={LEASE_ASSIGNMENT: 1}
         )
-        assert ranges == {LEASE_ASSIGNMENT: R(0, 1), LEASE_DISCOVERY: R(0, 2), TABLE_LAYOUT: R(0, 2), STATE_FORMAT: R(0, 2)}
+        assert ranges == {
+            LEASE_ASSIGNMENT: R(0, 1),
+            LEASE_DISCOVERY: R(0, 2),
+            TABLE_LAYOUT: R(0, 2),
+            STATE_FORMAT: R(0, 2),
+        }
         ranges = worker_supported_ranges(
             assignment="utilization-3x", follows_migration=False, max_levels={LEASE_DISCOVERY: 1, TABLE_LAYOUT: 0}
         )
