@@ -133,7 +133,7 @@ class ShardConsumer:
         clock_ns: Callable[[], int] = time.monotonic_ns,
         on_records: Callable[[str, int, int], None] | None = None,
         on_permanent_error: OnPermanentError | None = None,
-        state: StateServices | None = None,
+        state: Callable[[], StateServices] | None = None,
     ) -> None:
         self.shard_id = lease.lease_key
         self.token = token
@@ -164,7 +164,8 @@ class ShardConsumer:
             on_permanent=on_permanent_error,
         )
         self._lock = threading.Lock()
-        # A stateful processor: its store is opened at initialize; every checkpoint commits it first.
+        # A stateful processor: its store is opened at initialize (``state()`` gives what that needs, and may
+        # raise a configuration error, which the step's fault handling reports); every checkpoint commits it first.
         self._state_services = state if state is not None and is_stateful(processor) else None
         self._holder = StatefulHolder(renewer) if self._state_services is not None else None
         self._start = lease.checkpoint  # where reading started: records at or before it are not delivered
@@ -332,7 +333,7 @@ class ShardConsumer:
         assert self._holder is not None
         merge = getattr(self._processor, "merge_state", None)
         state = ShardState.open(
-            self._state_services,
+            self._state_services(),
             shard_id=self.shard_id,
             lease_checkpoint=lease.checkpoint,
             parent_shard_ids=lease.parent_shard_ids,
