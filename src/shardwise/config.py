@@ -39,6 +39,12 @@ A file looks like this (every key optional except the two names; defaults are KC
     client_version_poll_interval_ms = 60000
     stabilization_period_ms = 600000
 
+    [state]                            # stateful processors only (shardwise.processor.StatefulRecordProcessor)
+    dir = "shardwise-state"            # local stores: <dir>/<application>/<shard_id>/
+    engine = "sqlite"                  # or "rocksdb" (pip install 'shardwise[rocksdb]')
+    commit_interval_ms = 5000          # commit (and checkpoint) at least this often
+    # changelog_table = "orders-state" # DynamoDB; default <application_name>-state
+
 An unknown key or a value of the wrong type is an error naming the key, what it expects and how to fix it.
 """
 
@@ -59,6 +65,7 @@ from shardwise.backends.config import BackendConfig
 from shardwise.errors import ConfigurationError
 from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.lifecycle.consumer import ConsumerConfig
+from shardwise.lifecycle.stateful import StateSettings
 from shardwise.versions.features import FeaturesConfig
 from shardwise.versions.migration_rules import MigrationConfig
 from shardwise.worker import CoordinationConfig, WorkerConfig
@@ -80,6 +87,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "coordination": CoordinationConfig,
     "migration": MigrationConfig,
     "features": FeaturesConfig,
+    "state": StateSettings,
 }
 _BACKEND_KEYS = {f.name for f in dataclasses.fields(BackendConfig)}
 _WORKER_KEYS = {f.name for f in dataclasses.fields(WorkerConfig) if f.name not in _SECTIONS} - {"initial_position"}

@@ -29,6 +29,11 @@ swallowed: the worker carries on and the batch is **not** delivered again (shard
 it again instead; pass ``redeliver_on_error=True`` for that). A shard end the processor did not checkpoint is
 retried, as KCL does.
 
+A kclpy processor with the class attribute ``shardwise_stateful = True`` is a stateful processor
+(:class:`~shardwise.processor.StatefulRecordProcessor`): its inputs carry the shard's state store as ``.state``
+(initialize, process_records, shard_ended, shutdown_requested), every checkpoint commits the store first, and a
+batch it raises on is delivered again with its pending changes discarded — so its state changes exactly once.
+
 The inputs are built as the daemon's JSON objects and dispatched as ``KCLProcess`` dispatches them; their
 classes are amazon-kclpy's own (``amazon_kclpy.messages``) when the package is installed, else shardwise's
 stand-ins with the same attributes (:mod:`shardwise.kclpy.compat.messages`).
@@ -64,6 +69,7 @@ from shardwise.processor import (
     ShutdownRequestedInput,
 )
 from shardwise.retrieval.model import Record
+from shardwise.state.port import StateStore
 
 __all__ = [
     "KclpyCheckpointer",
@@ -274,6 +280,10 @@ class KclpyProcessorAdapter:
         self._shard_id = "?"
         self._checkpointer: KclpyCheckpointer | None = None
         self._lease_lost_sent = False
+        #: An amazon-kclpy processor opts into a state store with ``shardwise_stateful = True``: its
+        #: process_records (and shard-ended, shutdown-requested) input then carries the store as ``.state``, and a
+        #: batch it raises on is delivered again (its pending changes discarded) rather than skipped.
+        self.shardwise_stateful = getattr(delegate, "shardwise_stateful", False) is True
 
     def _kclpy_checkpointer(self, checkpointer: Checkpointer) -> KclpyCheckpointer:
         current = self._checkpointer
@@ -286,7 +296,7 @@ class KclpyProcessorAdapter:
         try:
             message.dispatch(checkpointer, self._target)
         except Exception:
-            if redeliverable and self._redeliver_on_error:
+            if redeliverable and (self._redeliver_on_error or self.shardwise_stateful):
                 raise
             logger.exception(
                 "shard %s: the kclpy record processor raised in %s (API v%d); as under amazon-kclpy the error is "
@@ -295,6 +305,11 @@ class KclpyProcessorAdapter:
                 message.action,
                 self.api_version,
             )
+
+    def _with_state(self, message: Any, state: StateStore | None) -> Any:
+        if self.shardwise_stateful:
+            message.state = state
+        return message
 
     def _record(self, record: Record) -> Any:
         if self.messages is messages:
@@ -314,16 +329,19 @@ class KclpyProcessorAdapter:
                 "subSequenceNumber": position.sub_sequence_number,
             }
         )
-        self._dispatch(message, None)
+        self._dispatch(self._with_state(message, initialization_input.state), None)
 
     def process_records(self, process_records_input: ProcessRecordsInput) -> None:
         checkpointer = self._kclpy_checkpointer(process_records_input.checkpointer)
-        message = self.messages.ProcessRecordsInput(
-            {
-                "action": "processRecords",
-                "records": [self._record(record) for record in process_records_input.records],
-                "millisBehindLatest": process_records_input.millis_behind_latest,
-            }
+        message = self._with_state(
+            self.messages.ProcessRecordsInput(
+                {
+                    "action": "processRecords",
+                    "records": [self._record(record) for record in process_records_input.records],
+                    "millisBehindLatest": process_records_input.millis_behind_latest,
+                }
+            ),
+            process_records_input.state,
         )
         self._dispatch(message, checkpointer, redeliverable=True)
 
@@ -335,11 +353,13 @@ class KclpyProcessorAdapter:
 
     def shard_ended(self, shard_ended_input: ShardEndedInput) -> None:
         checkpointer = self._kclpy_checkpointer(shard_ended_input.checkpointer)
-        self._dispatch(self.messages.ShardEndedInput({"action": "shardEnded"}), checkpointer)
+        message = self.messages.ShardEndedInput({"action": "shardEnded"})
+        self._dispatch(self._with_state(message, shard_ended_input.state), checkpointer)
 
     def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
         checkpointer = self._kclpy_checkpointer(shutdown_requested_input.checkpointer)
-        self._dispatch(self.messages.ShutdownRequestedInput({"action": "shutdownRequested"}), checkpointer)
+        message = self.messages.ShutdownRequestedInput({"action": "shutdownRequested"})
+        self._dispatch(self._with_state(message, shutdown_requested_input.state), checkpointer)
         # KCL's ShutdownTask then ends a requested shutdown (or a graceful handoff) like a lost lease: the
         # processor gets leaseLost (v2: shutdown ZOMBIE) before its lease is given up — where kclpy
         # processors commonly release their resources.

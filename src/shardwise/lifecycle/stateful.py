@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from shardwise.checkpoint.sequence import SHARD_END, ExtendedSequenceNumber
-from shardwise.errors import ChangelogConflictError, ConfigurationError, InvalidStateError
+from shardwise.errors import ChangelogConflictError, ConfigurationError, InvalidStateError, ShardwiseError
 from shardwise.leases.model import HeldLease
 from shardwise.leases.store import LeaseStore
 from shardwise.lifecycle.holder import LeaseHolder
@@ -57,6 +57,7 @@ from shardwise.state.port import (
 )
 
 __all__ = [
+    "COMPACTION_CHECK_COMMITS",
     "METRICS_OPERATION",
     "CommitObserver",
     "MergeFunction",
@@ -77,6 +78,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Every this many commits of a shard, its changelog is asked whether the log wants a snapshot (one read).
+COMPACTION_CHECK_COMMITS = 16
 
 #: The metrics operation of state stores: Commits, CommitTime, RestoredKeys, RestoreTime, StoreKeys, StoreSizeBytes.
 METRICS_OPERATION = "StateStore"
@@ -283,6 +287,7 @@ class ShardState:
         self._path = path
         self._last_commit_ns = services.clock_ns()
         self._closed = False
+        self._commits_unchecked = 0  # commits since the changelog was last asked about compaction
 
     # -- open --------------------------------------------------------------------------------------------------
 
@@ -477,8 +482,29 @@ class ShardState:
         _observe("after-store", self.shard_id)
         now = self._services.clock_ns()
         self._last_commit_ns = now
+        self._commits_unchecked += 1
         self._put("Commits", 1, COUNT)
         self._put("CommitTime", (now - started) / 1_000_000, MILLISECONDS)
+
+    def maintain(self) -> None:
+        """After a commit and its lease checkpoint, every :data:`COMPACTION_CHECK_COMMITS` commits: snapshot the
+        shard's changelog when its log has outgrown the last snapshot, so a restore stays bounded. Best effort:
+        a failure is logged and tried again later; a lost shard is found by the next commit."""
+        committed = self.store.committed()
+        if self._commits_unchecked < COMPACTION_CHECK_COMMITS or committed is None or self.store.has_pending():
+            return
+        self._commits_unchecked = 0
+        try:
+            if self._changelog.needs_compaction(self.shard_id):
+                self._changelog.compact(self.shard_id, self.store.range(), committed)
+                logger.info(
+                    "shard %s: changelog %s compacted at commit %d",
+                    self.shard_id,
+                    self._changelog.name,
+                    committed.commit,
+                )
+        except ShardwiseError as exc:
+            logger.warning("shard %s: changelog compaction failed (tried again later): %s", self.shard_id, exc)
 
     def discard(self) -> None:
         if not self._closed:
@@ -537,6 +563,8 @@ class StatefulHolder:
                 self._inner.drop(lease_key, token)
                 raise
         self._inner.write_checkpoint(lease_key, token, checkpoint, pending=pending, pending_state=pending_state)
+        if state is not None and pending is None:
+            state.maintain()
 
     def get(self, lease_key: str) -> HeldLease | None:
         return self._inner.get(lease_key)

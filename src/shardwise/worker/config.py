@@ -16,6 +16,7 @@ from shardwise.assignment.utilization import AssignmentConfig
 from shardwise.errors import ConfigurationError
 from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.lifecycle.consumer import ConsumerConfig
+from shardwise.lifecycle.stateful import StateSettings
 from shardwise.versions.features import FeaturesConfig
 from shardwise.versions.migration_rules import CLIENT_VERSION_CONFIGS, ClientVersionConfig, MigrationConfig
 from shardwise.worker_metrics import WorkerMetricsConfig
@@ -90,6 +91,7 @@ class WorkerConfig:
     client_version_config: ClientVersionConfig | None = None
     migration: MigrationConfig = field(default_factory=MigrationConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    state: StateSettings = field(default_factory=StateSettings)  # used only by stateful processors
     shard_sync_interval_ms: int = 60_000
     max_consumer_threads: int = 16
     dispatch_poll_interval_ms: int = 20

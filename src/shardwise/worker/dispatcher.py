@@ -25,6 +25,7 @@ from shardwise.leases.store import LeaseStore
 from shardwise.leasing.renewer import LeaseRenewer
 from shardwise.lifecycle.consumer import ShardConsumer
 from shardwise.lifecycle.faults import OnPermanentError
+from shardwise.lifecycle.stateful import StateServices
 from shardwise.lifecycle.states import ShutdownReason
 from shardwise.processor import RecordProcessor, RecordProcessorFactory
 from shardwise.retrieval.model import ChildShard
@@ -55,8 +56,10 @@ class Dispatcher:
         on_shard_end: Callable[[], None],
         clock_ns: Callable[[], int],
         on_permanent_error: OnPermanentError | None = None,
+        state: Callable[[], StateServices] | None = None,
     ) -> None:
         self._config = config
+        self._state = state  # what a stateful processor's consumer opens its store with
         self._worker_id = config.worker_id
         self._store = store
         self._source = source
@@ -138,6 +141,7 @@ class Dispatcher:
                 clock_ns=self._clock_ns,
                 on_records=self._on_records,
                 on_permanent_error=self._on_permanent_error,
+                state=self._state,
             )
             if stopping:
                 consumer.request_shutdown()

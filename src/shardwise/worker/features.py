@@ -55,6 +55,8 @@ class FeatureVersions:
         self._items = items
         self._clock_epoch_s = clock_epoch_s
         self._store: FeatureStore | None = None
+        #: The finalized levels as last read (0: not finalized); empty before the first read.
+        self.finalized: dict[str, int] = {}
         #: Whether this worker has written its advertisement (its record is then withdrawn at a clean stop).
         self.advertising = False
 
@@ -71,6 +73,7 @@ class FeatureVersions:
     def first_unsupported(self, supported: Mapping[str, SupportedRange]) -> Unsupported | None:
         """The first finalized level outside ``supported``, with where it was finalized."""
         finalized = self.store().read(detect_layout_by_scan=False)
+        self.finalized = dict(finalized.levels)
         problem = first_unsupported(finalized.levels, supported)
         if problem is None:
             return None

@@ -79,6 +79,7 @@ from shardwise.worker.generations import GENERATIONS, Generation, GenerationCont
 from shardwise.worker.items import CoordinatorItems, kcl_2x_peers
 from shardwise.worker.loops import LoopFaults, Loops
 from shardwise.worker.migration import MigrationRunner, open_migration
+from shardwise.worker.state import StateWiring
 from shardwise.worker_metrics import LeaseThroughputRecorder, WorkerMetricsCollector, select_cpu_source
 
 __all__ = ["Worker"]
@@ -141,6 +142,9 @@ class Worker:
             on_shard_end=lambda: self._loops.wake("taker"),
             clock_ns=clock_ns,
             on_permanent_error=self._on_permanent,
+            state=StateWiring(
+                config, store, self._metrics, clock_ns, lambda: (self._features.finalized, self.supported_ranges())
+            ).services,
         )
         self._collector = WorkerMetricsCollector(
             select_cpu_source(config=config.worker_metrics), config.worker_metrics, clock_ns
