@@ -202,6 +202,7 @@ def test_downgrade_to_sidecar_format_and_back(fresh_streams: FreshStreams, backe
         wait_exact_counts(fleet, admin, changelog, dict(expected), timeout_s=120)
 
     phase(1)
+    _features(backend, fleet.application, "upgrade", "--feature", "state.format=2")  # finalized: the fleet at 2
     assert any((tmp_path / "state-w1-1" / fleet.application).iterdir()), "w1 kept no store in phase 1"
     for worker_id in ("w1", "w2"):
         assert fleet.terminate(worker_id) == 0, fleet.report()
@@ -210,7 +211,7 @@ def test_downgrade_to_sidecar_format_and_back(fresh_streams: FreshStreams, backe
     # restores it from the changelog (one log line each); the others it restores into new level-1 stores.
     fleet.start("w1", [*w1_state, "--set", 'features.release="0.3"'])
     phase(2)
-    assert "newer" in fleet.log_text("w1"), fleet.log_tail("w1", 80)
+    assert "at state.format 2 (above its 1); wiping it" in fleet.log_text("w1"), fleet.log_tail("w1", 80)
     fleet.start("w2", ["--set", state_dirs(tmp_path, "w2", 1)])
     phase(3)
     for worker_id in ("w1", "w2"):

@@ -157,7 +157,7 @@ def _echo_stateful(summary: StatefulDemoSummary, as_json: bool) -> None:
             ["KEY", "EXPECTED", "COUNTED", ""],
             [
                 [key, str(n), str(summary.counted.get(key, 0)), "" if summary.counted.get(key, 0) == n else "MISMATCH"]
-                for key, n in summary.expected.items()
+                for key, n in sorted(summary.expected.items())
             ],
         )
         click.echo(f"records produced:  {summary.produced}")

@@ -407,10 +407,11 @@ class ShardConsumer:
                 delayed = True
             elif self.checkpointer.wrote:
                 self._checkpoint_failures = 0
-            if state is not None and records and not delayed and state.commit_due():
-                delayed = self._interval_commit()
-                if delayed and self._state is not ConsumerState.PROCESSING:
-                    return  # the lease was given up
+        if state is not None and not delayed and state.commit_due() and self._uncommitted(state):
+            # Also after an empty read: what the last batches changed is committed even when no record follows.
+            delayed = self._interval_commit()
+            if delayed and self._state is not ConsumerState.PROCESSING:
+                return  # the lease was given up
         self._pending = None
         if batch.shard_ended:
             self.checkpointer.advance(SHARD_END)
@@ -423,6 +424,10 @@ class ShardConsumer:
             self._next_due_ns = 0
         else:
             self._due_in(self._config.idle_time_between_reads_ms)
+
+    def _uncommitted(self, state: ShardState) -> bool:
+        """Whether the store has pending changes or records were delivered past the last checkpoint."""
+        return state.store.has_pending() or self.checkpointer.largest_permitted > self.checkpointer.last_checkpoint
 
     def _interval_commit(self) -> bool:
         """The commit interval passed: checkpoint everything delivered (which commits the state); True when that

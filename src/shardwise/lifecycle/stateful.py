@@ -326,7 +326,7 @@ class ShardState:
             raise
         if opened.detail:
             wiped = opened.outcome in (OpenOutcome.WIPED_NEWER, OpenOutcome.WIPED_CORRUPT, OpenOutcome.WIPED_ENGINE)
-            logger.log(logging.WARNING if wiped else logging.INFO, "shard %s: %s", shard_id, opened.detail)
+            logger.log(logging.WARNING if wiped else logging.INFO, "%s", opened.detail)  # names store and shard
         state: ShardState | None = None
         try:
             changelog = services.changelog()
