@@ -19,7 +19,6 @@ from shardwise.checkpoint.sequence import LATEST, SHARD_END, TRIM_HORIZON, Exten
 from shardwise.errors import InvalidStateError
 from shardwise.leases.model import Lease
 from shardwise.lifecycle.stateful import (
-    METRICS_OPERATION,
     MergeFunction,
     ShardState,
     StateConfig,
@@ -36,6 +35,7 @@ from support.clocks import FakeClock
 APP = "app"
 S0, S1, S2 = (f"shardId-00000000000{i}" for i in range(3))
 MS = 1_000_000
+OPERATION = "StateStore"  # the metrics operation of state stores
 
 
 def pos(n: int) -> ExtendedSequenceNumber:
@@ -234,7 +234,7 @@ def test_a_store_one_commit_behind_the_changelog_is_restored_to_the_head(
     assert reopened.store.committed() == CommitMeta(2, pos(2), head.lineage)
     assert reopened.start_position(pos(1)) == pos(2)
     # Only what the store lacked was applied: the three changes of commit 2, not the whole state.
-    assert world.metrics.values(METRICS_OPERATION, "RestoredKeys") == [3]
+    assert world.metrics.values(OPERATION, "RestoredKeys") == [3]
 
 
 def test_a_crash_after_the_store_commit_leaves_the_store_ahead_of_the_lease_and_its_position_wins(
@@ -254,7 +254,7 @@ def test_a_crash_after_the_store_commit_leaves_the_store_ahead_of_the_lease_and_
     assert reopened.position == pos(5)
     assert reopened.start_position(pos(1)) == pos(5)
     assert contents(reopened) == {b"a": b"2"}
-    assert world.metrics.values(METRICS_OPERATION, "RestoredKeys") == [0]  # nothing was missing
+    assert world.metrics.values(OPERATION, "RestoredKeys") == [0]  # nothing was missing
 
 
 def test_a_store_of_another_lineage_is_replaced_by_the_changelog_state(world: World) -> None:
@@ -446,7 +446,7 @@ def test_metrics_are_reported_under_the_state_store_operation(world: World) -> N
 
     data = world.metrics.data()
     assert data
-    assert {d.operation for d in data} == {METRICS_OPERATION}
+    assert {d.operation for d in data} == {OPERATION}
     assert all(d.dimensions == {"ShardId": S0} for d in data)
     units = {d.name: d.unit for d in data}
     assert units == {
@@ -457,15 +457,15 @@ def test_metrics_are_reported_under_the_state_store_operation(world: World) -> N
         "StoreKeys": COUNT,
         "StoreSizeBytes": BYTES,
     }
-    assert world.metrics.total(METRICS_OPERATION, "Commits") == 2
-    assert len(world.metrics.values(METRICS_OPERATION, "CommitTime")) == 2
-    assert all(v > 0 for v in world.metrics.values(METRICS_OPERATION, "CommitTime"))  # the injected clock's
-    assert world.metrics.values(METRICS_OPERATION, "RestoredKeys") == [4]  # w2's restore (w1 started empty)
-    [restore_time] = world.metrics.values(METRICS_OPERATION, "RestoreTime")
+    assert world.metrics.total(OPERATION, "Commits") == 2
+    assert len(world.metrics.values(OPERATION, "CommitTime")) == 2
+    assert all(v > 0 for v in world.metrics.values(OPERATION, "CommitTime"))  # the injected clock's
+    assert world.metrics.values(OPERATION, "RestoredKeys") == [4]  # w2's restore (w1 started empty)
+    [restore_time] = world.metrics.values(OPERATION, "RestoreTime")
     assert restore_time > 0
     # The store's size at each open and close: w1 empty, w1 closing with 4 keys, w2 restored with 4.
-    assert world.metrics.values(METRICS_OPERATION, "StoreKeys") == [0, 4, 4]
-    assert world.metrics.values(METRICS_OPERATION, "StoreSizeBytes")[-1] > 0
+    assert world.metrics.values(OPERATION, "StoreKeys") == [0, 4, 4]
+    assert world.metrics.values(OPERATION, "StoreSizeBytes")[-1] > 0
     assert len(second.store) == 4
 
 

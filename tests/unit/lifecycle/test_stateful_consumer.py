@@ -36,7 +36,8 @@ from shardwise.processor import (
     ShutdownRequestedInput,
     StatefulRecordProcessor,
 )
-from shardwise.retrieval.model import ChildShard, Record
+from shardwise.retrieval.model import ChildShard, GetRecordsResult, Record, Shard, ShardFilter, StartingPosition
+from shardwise.retrieval.source import StreamSource
 from shardwise.state.engines import open_local_store
 from shardwise.state.port import Changelog, StateStore
 
@@ -63,6 +64,28 @@ class FakeClock:
 
     def advance_ms(self, ms: int) -> None:
         self.now_ns += ms * MS
+
+
+class RecordingSource:
+    """The real local stream, recording the iterator positions asked for."""
+
+    def __init__(self, inner: StreamSource, positions: list[tuple[str, StartingPosition]]) -> None:
+        self._inner = inner
+        self._positions = positions
+
+    @property
+    def stream_name(self) -> str:
+        return self._inner.stream_name
+
+    def list_shards(self, shard_filter: ShardFilter | None = None) -> list[Shard]:
+        return self._inner.list_shards(shard_filter)
+
+    def get_shard_iterator(self, shard_id: str, position: StartingPosition) -> str:
+        self._positions.append((shard_id, position))
+        return self._inner.get_shard_iterator(shard_id, position)
+
+    def get_records(self, shard_iterator: str, *, limit: int = 10_000) -> GetRecordsResult:
+        return self._inner.get_records(shard_iterator, limit=limit)
 
 
 class Crash(Exception):
@@ -139,6 +162,7 @@ class Env:
     services_by_worker: dict[str, StateServices] = field(default_factory=dict)
     consumers: list[ShardConsumer] = field(default_factory=list)
     child_creations: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    positions: list[tuple[str, StartingPosition]] = field(default_factory=list)
 
     @property
     def changelog(self) -> Changelog:
@@ -191,7 +215,7 @@ class Env:
             lease=taken,
             token=token,
             processor=processor,
-            source=self.streams.stream(STREAM),
+            source=RecordingSource(self.streams.stream(STREAM), self.positions),
             store=self.store,
             renewer=renewer,
             create_child_leases=self.create_children,
@@ -426,44 +450,75 @@ def test_records_the_store_already_holds_are_not_delivered_again(env: Env) -> No
     assert processor.init.extended_sequence_number == TRIM_HORIZON
     assert processor.counts_at_initialize == {"a": 1, "b": 1}
     consumer.step()
+    assert env.positions == [(S0, StartingPosition.at_sequence(seqs[1].sequence_number))]  # not TRIM_HORIZON
     assert processor.delivered == [seqs[2]]
     assert env.committed_counts(S0) == {"a": 1, "b": 1, "c": 1}
     assert env.lease(S0).checkpoint == seqs[2]
 
 
-def test_a_crash_between_the_store_commit_and_the_lease_checkpoint_applies_nothing_twice(env: Env) -> None:
-    seqs = env.put("a", "b")
-    processor = Counter()
-    consumer = env.consumer(S0, processor)
-    start(consumer)
+@pytest.fixture
+def crash_after_store() -> Iterator[None]:
+    """The next commit raises :class:`Crash` after the store commit, before the lease checkpoint (once)."""
     armed = [True]
 
-    def crash_after_store(stage: str, shard_id: str) -> None:
+    def observer(stage: str, shard_id: str) -> None:
         if stage == "after-store" and armed[0]:
             armed[0] = False
             raise Crash(f"{shard_id} dies before its lease checkpoint")
 
-    set_commit_observer(crash_after_store)
+    set_commit_observer(observer)
+    try:
+        yield
+    finally:
+        set_commit_observer(None)
+
+
+@pytest.mark.usefixtures("crash_after_store")
+def test_a_lease_checkpoint_failing_after_the_store_commit_does_not_apply_the_batch_twice(env: Env) -> None:
+    seqs = env.put("a", "b")
+    processor = Counter()
+    consumer = env.consumer(S0, processor)
+    start(consumer)
     consumer.step()
     assert env.lease(S0).checkpoint == TRIM_HORIZON
     shard_state = consumer.shard_state
     assert shard_state is not None
     assert shard_state.position == seqs[-1]
 
-    # The same consumer retries the batch: what the store holds is not delivered again.
-    env.clock.advance_ms(CONFIG.checkpoint_backoff_max_ms)
+    # The same consumer retries the batch after the back-off: what the store holds is not delivered again.
+    assert not consumer.is_due(env.clock())
+    env.clock.advance_ms(BACKOFF_MS)
+    assert consumer.is_due(env.clock())
     consumer.step()
+    assert state(consumer) is ConsumerState.PROCESSING
     assert processor.delivered == seqs
     assert counts(processor.store) == {"a": 1, "b": 1}
-    abandon(env, consumer)
+    [newer] = env.put("b")
+    consumer.step()
+    assert processor.delivered == [*seqs, newer]
+    assert env.lease(S0).checkpoint == newer
+    assert env.committed_counts(S0) == {"a": 1, "b": 2}
 
-    # A restarted worker (same state directory) starts after the store's position, not the lease's.
+
+@pytest.mark.usefixtures("crash_after_store")
+def test_after_a_crash_between_the_store_commit_and_the_lease_checkpoint_reading_resumes_at_the_store(
+    env: Env,
+) -> None:
+    seqs = env.put("a", "b")
+    consumer = env.consumer(S0, Counter())
+    start(consumer)
+    consumer.step()
+    abandon(env, consumer)  # dies: the store is at b, the lease at TRIM_HORIZON
+    assert env.lease(S0).checkpoint == TRIM_HORIZON
+
     [later] = env.put("a")
+    env.positions.clear()
     restarted = Counter()
-    again = env.consumer(S0, restarted)
+    again = env.consumer(S0, restarted)  # the same state directory
     start(again)
     assert restarted.counts_at_initialize == {"a": 1, "b": 1}
     again.step()
+    assert env.positions == [(S0, StartingPosition.at_sequence(seqs[-1].sequence_number))]
     assert restarted.delivered == [later]
     assert env.committed_counts(S0) == {"a": 2, "b": 1}
     assert env.lease(S0).checkpoint == later
@@ -500,6 +555,10 @@ def test_shard_ended_commits_the_store_at_shard_end_and_the_children_start_with_
     assert child.counts_at_initialize == {"a": 2, "b": 1}
     assert env.committed_counts(S1) == {"a": 2, "b": 1}  # seeded durably, as the child's commit 1
     assert env.changelog.head(S0) is not None  # the other child has not taken its share yet
+    other = Counter()
+    start(env.consumer(S2, other, worker="w2"))
+    assert other.counts_at_initialize == {"a": 2, "b": 1}
+    assert env.changelog.head(S0) is None  # both children have their state: the parent's changelog is gone
 
 
 def test_a_store_finished_at_shard_end_completes_the_shard_without_the_processor(env: Env) -> None:
