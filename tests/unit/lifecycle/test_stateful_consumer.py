@@ -663,3 +663,62 @@ def test_a_kclpy_shaped_processor_that_opts_in_gets_the_store(env: Env) -> None:
     plan = env.changelog.plan_restore(S0, lineage=None, after_commit=None)
     assert plan is not None
     assert dict(plan.changes) == {b"a": b"seen"}
+
+
+# -- the same shard again on the same worker ----------------------------------------------------------------------
+
+
+def test_a_new_acquisition_waits_until_the_lost_one_has_closed_the_store(env: Env) -> None:
+    first_seqs = env.put("a")
+    old_processor = Counter()
+    old = env.consumer(S0, old_processor)
+    start(old)
+    old.step()
+    old_processor.checkpoint_each_batch = False
+    env.put("b")
+    old.step()  # counted, pending
+    # The lease is lost here (not renewed in time) and taken again by this worker before the old consumer ran.
+    env.renewer("w1").drop(S0)
+    new_processor = Counter()
+    new = env.consumer(S0, new_processor)
+
+    new.step()
+    new.step()  # initialize: the store is still open by the old consumer
+    assert state(new) is ConsumerState.INITIALIZING
+    assert new.consecutive_failures == 1
+    assert new_processor.calls == []
+
+    steps(old, 2)
+    assert old.is_complete
+    assert old_processor.calls[-1] == "lease_lost"
+    env.clock.advance_ms(CONFIG.task_backoff_time_ms * 4)
+    new.step()
+    assert state(new) is ConsumerState.PROCESSING
+    assert new_processor.counts_at_initialize == {"a": 1}  # the old consumer's pending count of b is gone
+    new.step()
+    assert [r.data for r in new_processor.batches[0]] == [b"b"]
+    assert env.committed_counts(S0) == {"a": 1, "b": 1}
+    assert env.lease(S0).checkpoint > first_seqs[0]
+
+
+def test_a_requested_shutdown_commits_what_the_processor_checkpoints_and_closes_the_store(env: Env) -> None:
+    seqs = env.put("a", "b")
+    processor = Counter(checkpoint_each_batch=False)
+    consumer = env.consumer(S0, processor)
+    start(consumer)
+    consumer.step()
+    shard_state = consumer.shard_state
+    assert shard_state is not None
+    assert shard_state.position is None
+
+    consumer.request_shutdown()
+    steps(consumer, 3)
+    assert consumer.is_complete
+    assert consumer.shutdown_reason is ShutdownReason.REQUESTED
+    assert env.committed_counts(S0) == {"a": 1, "b": 1}  # shutdown_requested's checkpoint committed
+    lease = env.lease(S0)
+    assert lease.checkpoint == seqs[-1]
+    assert lease.lease_owner is None
+    reopened = env.open_state(S0)  # closed by the consumer: not refused as still open
+    assert reopened.position == seqs[-1]
+    reopened.close()
