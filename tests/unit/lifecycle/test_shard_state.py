@@ -574,3 +574,38 @@ def test_a_level_1_store_is_upgraded_in_place_by_a_level_2_worker(
     head = world.changelog.head(S0)
     assert head is not None
     assert (head.commit, head.format_level) == (2, FORMAT_IN_STORE)
+
+
+# -- changelog compaction ------------------------------------------------------------------------------------------
+
+
+def test_maintain_compacts_the_changelog_every_16_commits_when_the_log_has_grown(world: World) -> None:
+    state = world.open()
+    write(state, **{f"k{i:03}": "v" for i in range(120)})
+    state.commit(pos(1))
+    for n in range(2, 16):  # commits 2..15 each delete one key: 14 tombstones
+        state.store.delete(f"k{n - 2:03}".encode())
+        state.commit(pos(n))
+        state.maintain()
+    stats = world.changelog.stats(S0)
+    assert stats is not None
+    assert (stats.key_count, stats.items) == (106, 121)  # nothing compacted before the 16th commit
+    assert world.changelog.needs_compaction(S0)
+
+    state.store.delete(b"k014")
+    state.commit(pos(16))
+    write(state, pending="yes")
+    state.maintain()  # not with changes pending
+    assert world.changelog.needs_compaction(S0)
+    state.discard()
+    state.maintain()
+    assert not world.changelog.needs_compaction(S0)
+    stats = world.changelog.stats(S0)
+    assert stats is not None
+    assert (stats.key_count, stats.items) == (105, 106)  # the tombstones are gone
+    state.close()
+
+    # A restore after the compaction still gives exactly the committed state.
+    restored = world.open(worker="w2")
+    assert contents(restored) == {f"k{i:03}".encode(): b"v" for i in range(15, 120)}
+    assert restored.position == pos(16)

@@ -722,3 +722,33 @@ def test_a_requested_shutdown_commits_what_the_processor_checkpoints_and_closes_
     reopened = env.open_state(S0)  # closed by the consumer: not refused as still open
     assert reopened.position == seqs[-1]
     reopened.close()
+
+
+# -- the commit interval after an empty read, compaction after a checkpoint ---------------------------------------
+
+
+def test_the_commit_interval_also_commits_after_an_empty_read(env: Env) -> None:
+    processor = Counter(checkpoint_each_batch=False)
+    consumer = env.consumer(S0, processor)
+    start(consumer)
+    [seq] = env.put("a")
+    consumer.step()
+    assert env.changelog.head(S0) is None
+    env.clock.advance_ms(COMMIT_INTERVAL_MS)
+    consumer.step()  # nothing new to read
+    assert processor.delivered == [seq]
+    assert env.lease(S0).checkpoint == seq
+    assert env.committed_counts(S0) == {"a": 1}
+
+
+def test_the_changelog_is_compacted_after_the_16th_checkpoint(env: Env) -> None:
+    processor = Counter()
+    consumer = env.consumer(S0, processor)
+    start(consumer)
+    for batch in range(16):
+        env.put(*(f"key-{batch}-{i}" for i in range(8)))  # 8 new keys a batch: 120 changes after 15 commits
+        consumer.step()
+        if batch == 14:
+            assert env.changelog.needs_compaction(S0)
+    assert not env.changelog.needs_compaction(S0)
+    assert len(env.committed_counts(S0)) == 128
