@@ -125,9 +125,13 @@ class StatefulRecordProcessor(BaseRecordProcessor):
     lease checkpoint: the position goes into the store in the same atomic write as the data), at
     ``shard_ended``'s checkpoint, and every ``state.commit_interval_ms`` (it then checkpoints everything
     delivered). A failed ``process_records`` and ``lease_lost`` discard what is pending; records already
-    committed to the store are never delivered again, so each record changes the state exactly once. Checkpoint
-    without an argument (everything delivered), as the state already holds the effect of every record of the
-    batch::
+    committed to the store are never delivered again, so each record changes the state exactly once.
+
+    A checkpoint at record X commits the state *as of X*: take it when the state holds the effect of exactly the
+    records up to X — after applying X and before applying the next (``checkpoint(record)`` after each record
+    works), or, simplest, ``checkpoint()`` without an argument once the whole batch is applied. A checkpoint at
+    an earlier record after later ones were applied would commit their effects with X's position, and they would
+    be applied again after a restart::
 
         from shardwise.state.typed import JSON, TypedView
 

@@ -16,9 +16,8 @@ import signal
 import threading
 from pathlib import Path
 
-from shardwise.lifecycle.stateful import set_commit_observer
-
 from shardwise.demo.counting import CountingProcessor
+from shardwise.lifecycle.stateful import set_commit_observer
 
 __all__ = ["KILL_AT_ENV", "KILL_MARK_ENV", "KillingCountingProcessor"]
 

@@ -752,3 +752,49 @@ def test_the_changelog_is_compacted_after_the_16th_checkpoint(env: Env) -> None:
             assert env.changelog.needs_compaction(S0)
     assert not env.changelog.needs_compaction(S0)
     assert len(env.committed_counts(S0)) == 128
+
+
+@dataclass
+class PerRecordCounter(Counter):
+    """Counts a record, then checkpoints at it — the KCL habit of a checkpoint per record."""
+
+    def process_records(self, process_records_input: ProcessRecordsInput) -> None:
+        store = process_records_input.state
+        assert store is not None
+        self.store = store
+        records = list(process_records_input.records)
+        self.batches.append(records)
+        for record in records:
+            key = record.partition_key.encode()
+            store.put(key, str(int(store.get(key) or b"0") + 1).encode())
+            process_records_input.checkpointer.checkpoint(record)
+
+
+def test_a_checkpoint_per_record_commits_the_state_as_of_that_record(env: Env) -> None:
+    """Each checkpoint(record) commits the state holding exactly the records up to it: a crash after the second
+    record's commit, mid-batch, leaves the third to the next owner, which applies it once."""
+    seqs = env.put("a", "b", "a")
+    commits: list[str] = []
+
+    def observer(stage: str, shard_id: str) -> None:
+        if stage == "after-store":
+            commits.append(shard_id)
+            if len(commits) == 2:
+                raise Crash("dies after the second record's store commit")
+
+    set_commit_observer(observer)
+    consumer = env.consumer(S0, PerRecordCounter())
+    start(consumer)
+    consumer.step()  # a committed, then b committed to the store and the worker dies before the lease write
+    abandon(env, consumer)
+    set_commit_observer(None)
+    assert env.committed_counts(S0) == {"a": 1, "b": 1}
+    assert env.lease(S0).checkpoint == seqs[0]
+
+    successor = PerRecordCounter()
+    again = env.consumer(S0, successor, worker="w2")  # an empty state directory: restored from the changelog
+    start(again)
+    again.step()
+    assert successor.delivered == [seqs[2]]
+    assert env.committed_counts(S0) == {"a": 2, "b": 1}
+    assert env.lease(S0).checkpoint == seqs[2]
