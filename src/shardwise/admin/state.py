@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardwise.errors import ConfigurationError, StateStoreError
+from shardwise.errors import ConfigurationError, MalformedItemError, StateStoreError
 from shardwise.leases.model import Lease
 from shardwise.leases.store import LeaseStore
 from shardwise.state.engines import ENGINES, describe_local_store, open_local_store, wipe_local_store
@@ -73,6 +73,7 @@ class ShardState:
     changelog_items: int | None
     changelog_bytes: int | None
     local: LocalView | None
+    changelog_problem: str | None = None  # the shard's changelog items are malformed (a worker waits on it)
 
     @property
     def format_level(self) -> int | None:
@@ -122,8 +123,12 @@ def describe_state(
     on_disk = set() if local_dir is None or not local_dir.is_dir() else {p.name for p in local_dir.iterdir()}
     rows: list[ShardState] = []
     for shard_id in sorted(set(by_key) | logged | on_disk):
-        head = changelog.head(shard_id) if shard_id in logged else None
-        stats = changelog.stats(shard_id) if shard_id in logged else None
+        head, stats, problem = None, None, None
+        if shard_id in logged:
+            try:
+                head, stats = changelog.head(shard_id), changelog.stats(shard_id)
+            except MalformedItemError as exc:
+                problem = str(exc)
         local = None
         if local_dir is not None and shard_id in on_disk:
             local = inspect_local(local_dir / shard_id, shard_id)
@@ -136,6 +141,7 @@ def describe_state(
                 changelog_items=None if stats is None else stats.items,
                 changelog_bytes=None if stats is None else stats.size_bytes,
                 local=local,
+                changelog_problem=problem,
             )
         )
     return rows
@@ -152,7 +158,7 @@ def _check_not_held(leases: LeaseStore, shard_id: str, *, force: bool, what: str
 
 
 def _known_shard(leases: LeaseStore, changelog: Changelog, path: Path | None, shard_id: str, app: str) -> None:
-    if leases.get_lease(shard_id) is not None or changelog.head(shard_id) is not None:
+    if leases.get_lease(shard_id) is not None or _has_changelog(changelog, shard_id):
         return
     if path is not None and path.exists():
         return
@@ -160,6 +166,14 @@ def _known_shard(leases: LeaseStore, changelog: Changelog, path: Path | None, sh
         f"application {app!r} has no shard {shard_id!r} (no lease, no changelog in {changelog.name}, no local "
         f"store); check --shard (shardwise state describe --app {app} lists the shards)"
     )
+
+
+def _has_changelog(changelog: Changelog, shard_id: str) -> bool:
+    """Whether the shard has a changelog head — a malformed one counts (wipe deletes it)."""
+    try:
+        return changelog.head(shard_id) is not None
+    except MalformedItemError:
+        return True
 
 
 def restore_shard(
@@ -214,7 +228,7 @@ def wipe_shard(
     local = path.exists()
     wipe_local_store(path)
     logged = False
-    if with_changelog and changelog.head(shard_id) is not None:
+    if with_changelog and _has_changelog(changelog, shard_id):
         changelog.delete(shard_id)
         logged = True
     return local, logged

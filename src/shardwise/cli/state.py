@@ -87,12 +87,19 @@ def _row(shard: ShardState) -> dict[str, Any]:
         "localCommit": None if local is None or local.committed is None else local.committed.commit,
         "localSizeBytes": None if local is None else local.size_bytes,
         "localProblem": None if local is None else local.problem,
+        "changelogProblem": shard.changelog_problem,
         "leaseCheckpoint": None if lease is None else str(lease.checkpoint),
         "leaseOwner": None if lease is None else lease.lease_owner,
         "keyCount": shard.key_count,
         "changelogItems": shard.changelog_items,
         "changelogBytes": shard.changelog_bytes,
     }
+
+
+def _changelog_cell(row: dict[str, Any]) -> str:
+    if row["changelogProblem"]:
+        return "malformed"
+    return "-" if row["changelogItems"] is None else f"{row['changelogItems']} items, {row['changelogBytes']} B"
 
 
 def _text(value: object) -> str:
@@ -133,15 +140,22 @@ def describe(as_json: bool, **flags: Any) -> None:
                     _text(row["commit"]),
                     _text(row["leaseCheckpoint"]),
                     _text(row["keyCount"]),
-                    "-"
-                    if row["changelogItems"] is None
-                    else f"{row['changelogItems']} items, {row['changelogBytes']} B",
+                    _changelog_cell(row),
                     _text(row["leaseOwner"]),
                 ]
                 for row in rows
             ],
         )
         click.echo(f"\n{len(rows)} shard(s)")
+    malformed = [row for row in rows if row["changelogProblem"]]
+    for row in malformed:
+        click.echo(f"changelog of {row['shardId']}: {row['changelogProblem']}", err=True)
+    if malformed:
+        raise click.ClickException(
+            f"{len(malformed)} shard(s) have a malformed changelog ({', '.join(r['shardId'] for r in malformed)}); "
+            "workers wait on them: repair the items, or start a shard's state over with: shardwise state wipe "
+            f"--app {flags['application_name']} --shard {malformed[0]['shardId']} --changelog"
+        )
     bad = [row for row in rows if row["localProblem"]]
     for row in bad:
         click.echo(f"local store of {row['shardId']}: {row['localProblem']}", err=True)

@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from shardwise.checkpoint.sequence import SHARD_END, ExtendedSequenceNumber
-from shardwise.errors import ChangelogConflictError, ConfigurationError, InvalidStateError, ShardwiseError
+from shardwise.errors import (
+    ChangelogConflictError,
+    ConfigurationError,
+    InvalidStateError,
+    MalformedItemError,
+    ShardwiseError,
+)
 from shardwise.leases.model import HeldLease
 from shardwise.leases.store import LeaseStore
 from shardwise.lifecycle.holder import LeaseHolder
@@ -331,7 +337,14 @@ class ShardState:
         try:
             changelog = services.changelog()
             state = cls(shard_id, opened.store, changelog, services, path)
-            state._prepare(lease_checkpoint, sorted(parent_shard_ids), lease_store, merge)
+            try:
+                state._prepare(lease_checkpoint, sorted(parent_shard_ids), lease_store, merge)
+            except MalformedItemError as exc:
+                raise MalformedItemError(
+                    exc.key,
+                    f"{exc.problem} (changelog {changelog.name}); the shard waits: repair the item, or start "
+                    f"its state over: shardwise state wipe --app <application> --shard {shard_id} --changelog",
+                ) from exc
         except BaseException:
             opened.store.discard()
             opened.store.close()

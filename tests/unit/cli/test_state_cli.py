@@ -214,15 +214,29 @@ def test_a_merge_keeps_the_larger_count() -> None:
     assert processor.merge_state(b"k", b"12", b"3") == b"12"
 
 
-def test_a_changelog_item_of_the_wrong_shape_gets_one_line(app: App, tmp_path: Path) -> None:
+def test_a_changelog_item_of_the_wrong_shape_is_named_and_wipe_starts_the_shard_over(app: App, tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "state.db") as conn:
         conn.execute("UPDATE shardwise_state_heads SET commit_no = 'one' WHERE shard_id = ?", (FREE,))
 
-    for args in (("describe",), ("restore", "--shard", FREE)):
-        result = app.run(*args)
-        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
-        assert FREE in result.output and "commit" in result.output
+    result = app.run("restore", "--shard", FREE)
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert FREE in result.output and "commit" in result.output
     assert not local_store_path(app.state_dir, app.name, FREE).exists()  # nothing half-restored
+
+    # describe still lists every shard, marks the bad one and names the item and the fix; exit 1.
+    result = app.run("describe")
+    assert result.exit_code == 1, result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line.startswith("shardId")}
+    assert set(rows) == {HELD, FREE, BARE}
+    assert "malformed" in rows[FREE] and "malformed" not in rows[HELD]
+    assert f"changelog of {FREE}: item" in result.stderr and "commit" in result.stderr
+    assert f"shardwise state wipe --app {app.name} --shard {FREE} --changelog" in result.stderr
+
+    result = app.run("wipe", "--shard", FREE, "--changelog")
+    assert result.exit_code == 0, result.output
+    assert "deleted its changelog" in result.output
+    assert app.changelog.head(FREE) is None
+    assert app.run("describe").exit_code == 0
 
 
 @pytest.mark.aws

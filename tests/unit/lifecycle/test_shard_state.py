@@ -7,6 +7,7 @@ that raises at a stage (always removed again by the ``crash_at`` fixture)."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from shardwise.backends.sqlite.backend import SQLiteBackend
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
 from shardwise.checkpoint.sequence import LATEST, SHARD_END, TRIM_HORIZON, ExtendedSequenceNumber
-from shardwise.errors import InvalidStateError
+from shardwise.errors import InvalidStateError, MalformedItemError
 from shardwise.leases.model import Lease
 from shardwise.lifecycle.stateful import (
     MergeFunction,
@@ -609,3 +610,26 @@ def test_maintain_compacts_the_changelog_every_16_commits_when_the_log_has_grown
     restored = world.open(worker="w2")
     assert contents(restored) == {f"k{i:03}".encode(): b"v" for i in range(15, 120)}
     assert restored.position == pos(16)
+
+
+def test_a_malformed_changelog_head_is_named_with_the_fix_and_frees_the_store(world: World) -> None:
+    first = world.open()
+    write(first, a="1")
+    first.commit(pos(1))
+    first.close()
+    _corrupt_head(world.tmp_path / "shardwise.db")
+
+    with pytest.raises(MalformedItemError) as raised:
+        world.open(worker="w2")
+    message = str(raised.value)
+    assert f"{S0}/head" in message and "garbage" in message
+    assert f"shardwise state wipe --app <application> --shard {S0} --changelog" in message
+    assert isinstance(raised.value.__cause__, MalformedItemError)
+    # The failed open released the store: once the item is repaired, the shard opens on this worker.
+    _corrupt_head(world.tmp_path / "shardwise.db", str(pos(1)))
+    assert contents(world.open(worker="w2")) == {b"a": b"1"}
+
+
+def _corrupt_head(db: Path, value: str = "garbage") -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE shardwise_state_heads SET sequence_number = ?", (value,))
