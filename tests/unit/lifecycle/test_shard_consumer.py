@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shardwise.backends.sqlite.leases import SQLiteLeaseStore
-from shardwise.backends.sqlite.stream import LocalStream, LocalStreamStore, shard_id_for_index
+from shardwise.backends.sqlite.stream import LocalStreamStore, shard_id_for_index
 from shardwise.checkpoint.sequence import (
     AT_TIMESTAMP,
     LATEST,
@@ -39,17 +39,15 @@ from shardwise.processor import (
 from shardwise.retrieval.kpl import aggregate
 from shardwise.retrieval.model import (
     ChildShard,
-    GetRecordsResult,
     IteratorType,
     Record,
     Shard,
-    ShardFilter,
     StartingPosition,
 )
+from support.consumers import MillisClock, RecordingSource, start, state, steps
 
 STREAM = "orders"
 S0, S1, S2 = (shard_id_for_index(i) for i in range(3))
-MS = 1_000_000
 CONFIG = ConsumerConfig(
     max_records=100,
     idle_time_between_reads_ms=0,
@@ -57,39 +55,6 @@ CONFIG = ConsumerConfig(
     task_backoff_time_ms=100,
 )
 TS = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_ns = 1_000 * MS
-
-    def __call__(self) -> int:
-        return self.now_ns
-
-    def advance_ms(self, ms: int) -> None:
-        self.now_ns += ms * MS
-
-
-class RecordingSource:
-    """The real local stream, recording the iterator positions asked for."""
-
-    def __init__(self, inner: LocalStream) -> None:
-        self._inner = inner
-        self.positions: list[tuple[str, StartingPosition]] = []
-
-    @property
-    def stream_name(self) -> str:
-        return self._inner.stream_name
-
-    def list_shards(self, shard_filter: ShardFilter | None = None) -> list[Shard]:
-        return self._inner.list_shards(shard_filter)
-
-    def get_shard_iterator(self, shard_id: str, position: StartingPosition) -> str:
-        self.positions.append((shard_id, position))
-        return self._inner.get_shard_iterator(shard_id, position)
-
-    def get_records(self, shard_iterator: str, *, limit: int = 10_000) -> GetRecordsResult:
-        return self._inner.get_records(shard_iterator, limit=limit)
 
 
 @dataclass
@@ -155,7 +120,7 @@ class Recorder(BaseRecordProcessor):
 @dataclass
 class Env:
     tmp_path: Path
-    clock: FakeClock
+    clock: MillisClock
     streams: LocalStreamStore
     store: SQLiteLeaseStore
     source: RecordingSource
@@ -215,25 +180,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
     source = RecordingSource(streams.stream(STREAM))
     syncer = ShardSyncer(store, source, InitialPosition.trim_horizon())
     syncer.sync()
-    yield Env(tmp_path, FakeClock(), streams, store, source, syncer)
+    yield Env(tmp_path, MillisClock(), streams, store, source, syncer)
     store.close()
     streams.close()
-
-
-def state(consumer: ShardConsumer) -> ConsumerState:
-    """The current state (a call, so that type checkers do not narrow it across steps)."""
-    return consumer.state
-
-
-def steps(consumer: ShardConsumer, count: int) -> None:
-    for _ in range(count):
-        consumer.step()
-
-
-def start(consumer: ShardConsumer) -> None:
-    """Through WAITING_ON_PARENT_SHARDS and INITIALIZING."""
-    steps(consumer, 2)
-    assert state(consumer) is ConsumerState.PROCESSING
 
 
 def esns(*seqs: str) -> list[ExtendedSequenceNumber]:
@@ -311,7 +260,7 @@ def merged_env(tmp_path: Path) -> Iterator[Env]:
     assert child.shard_id == S2
     lease = Lease(S2, TRIM_HORIZON, parent_shard_ids=frozenset({S0, S1}), hash_key_range=child.hash_key_range)
     assert store.create_lease_if_not_exists(lease) is not None
-    yield Env(tmp_path, FakeClock(), streams, store, source, syncer)
+    yield Env(tmp_path, MillisClock(), streams, store, source, syncer)
     store.close()
     streams.close()
 

@@ -36,15 +36,14 @@ from shardwise.processor import (
     ShutdownRequestedInput,
     StatefulRecordProcessor,
 )
-from shardwise.retrieval.model import ChildShard, GetRecordsResult, Record, Shard, ShardFilter, StartingPosition
-from shardwise.retrieval.source import StreamSource
+from shardwise.retrieval.model import ChildShard, Record, StartingPosition
 from shardwise.state.engines import open_local_store
 from shardwise.state.port import Changelog, StateStore
+from support.consumers import MillisClock, RecordingSource, start, state, steps
 
 STREAM = "orders"
 APP = "app"
 S0, S1, S2 = (shard_id_for_index(i) for i in range(3))
-MS = 1_000_000
 BACKOFF_MS = 100
 COMMIT_INTERVAL_MS = 1_000
 CONFIG = ConsumerConfig(
@@ -53,39 +52,6 @@ CONFIG = ConsumerConfig(
     parent_shard_poll_interval_ms=50,
     task_backoff_time_ms=BACKOFF_MS,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now_ns = 1_000 * MS
-
-    def __call__(self) -> int:
-        return self.now_ns
-
-    def advance_ms(self, ms: int) -> None:
-        self.now_ns += ms * MS
-
-
-class RecordingSource:
-    """The real local stream, recording the iterator positions asked for."""
-
-    def __init__(self, inner: StreamSource, positions: list[tuple[str, StartingPosition]]) -> None:
-        self._inner = inner
-        self._positions = positions
-
-    @property
-    def stream_name(self) -> str:
-        return self._inner.stream_name
-
-    def list_shards(self, shard_filter: ShardFilter | None = None) -> list[Shard]:
-        return self._inner.list_shards(shard_filter)
-
-    def get_shard_iterator(self, shard_id: str, position: StartingPosition) -> str:
-        self._positions.append((shard_id, position))
-        return self._inner.get_shard_iterator(shard_id, position)
-
-    def get_records(self, shard_iterator: str, *, limit: int = 10_000) -> GetRecordsResult:
-        return self._inner.get_records(shard_iterator, limit=limit)
 
 
 class Crash(Exception):
@@ -153,7 +119,7 @@ class Counter(StatefulRecordProcessor):
 @dataclass
 class Env:
     tmp_path: Path
-    clock: FakeClock
+    clock: MillisClock
     streams: LocalStreamStore
     store: SQLiteLeaseStore
     backend: SQLiteBackend
@@ -249,7 +215,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     backend = SQLiteBackend(tmp_path / "changelog.db")
     syncer = ShardSyncer(store, streams.stream(STREAM), InitialPosition.trim_horizon())
     syncer.sync()
-    env = Env(tmp_path, FakeClock(), streams, store, backend, syncer)
+    env = Env(tmp_path, MillisClock(), streams, store, backend, syncer)
     try:
         yield env
     finally:
@@ -260,22 +226,6 @@ def env(tmp_path: Path) -> Iterator[Env]:
         backend.database.close()
         store.close()
         streams.close()
-
-
-def state(consumer: ShardConsumer) -> ConsumerState:
-    """The current state (a call, so that type checkers do not narrow it across steps)."""
-    return consumer.state
-
-
-def steps(consumer: ShardConsumer, count: int) -> None:
-    for _ in range(count):
-        consumer.step()
-
-
-def start(consumer: ShardConsumer) -> None:
-    """Through WAITING_ON_PARENT_SHARDS and INITIALIZING."""
-    steps(consumer, 2)
-    assert state(consumer) is ConsumerState.PROCESSING
 
 
 def abandon(env: Env, consumer: ShardConsumer, worker: str = "w1") -> None:
