@@ -29,6 +29,7 @@ from shardwise.versions.feature_store import FEATURES_KEY, FeatureStore
 from shardwise.versions.features import (
     LEASE_ASSIGNMENT,
     LEASE_DISCOVERY,
+    STATE_FORMAT,
     TABLE_LAYOUT,
     SupportedRange,
     worker_supported_ranges,
@@ -152,6 +153,7 @@ def assert_usage_error(result: Result, message: str) -> None:
 FRESH = [
     line(LEASE_ASSIGNMENT, 0, 2, 0, None),
     line(LEASE_DISCOVERY, 0, 2, 0, None),
+    line(STATE_FORMAT, 0, 2, 0, None),
     line(TABLE_LAYOUT, 0, 2, 0, None),
 ]
 
@@ -168,13 +170,14 @@ class TestDescribe:
         assert fleet.describe() == [
             line(LEASE_ASSIGNMENT, 0, 2, 1, 1),  # reflected from Migration3.0 (UPGRADE_FROM_2X)
             line(LEASE_DISCOVERY, 0, 2, 2, 1),
+            line(STATE_FORMAT, 0, 2, 0, 1),  # not finalized; the epoch is the record's
             line(TABLE_LAYOUT, 0, 2, 2, 1),  # the features record put the coordinator items in one table
         ]
         assert_ok(
             fleet.run("upgrade", "--feature", "lease.assignment=2"),
             "lease.assignment was upgraded to 2.",
         )
-        assert [entry.rsplit("\t", 1)[1] for entry in fleet.describe()] == ["Epoch: 2"] * 3
+        assert [entry.rsplit("\t", 1)[1] for entry in fleet.describe()] == ["Epoch: 2"] * 4
 
     def test_supported_range_is_the_live_fleets(self, fleet: Fleet) -> None:
         now = time.time()
@@ -190,6 +193,7 @@ class TestDescribe:
         assert fleet.describe() == [
             line(LEASE_ASSIGNMENT, 0, 1, 0, None),
             line(LEASE_DISCOVERY, 0, 1, 0, None),
+            line(STATE_FORMAT, 0, 0, 0, None),  # release 0.1 had no state stores: no common level
             line(TABLE_LAYOUT, 0, 1, 0, None),
         ]
         data = json.loads(fleet.run("describe", "--json").stdout)
@@ -220,7 +224,7 @@ class TestDescribe:
         assert all(h["modified_by"].startswith("shardwise-features@") for h in data["history"])
         stamps = [h["modified_at_ms"] for h in data["history"]]
         assert stamps == sorted(stamps, reverse=True)
-        assert [f["finalized_version_level"] for f in data["features"]] == [1, 2, 2]
+        assert [f["finalized_version_level"] for f in data["features"]] == [1, 2, 0, 2]
         assert data["features"][0]["source"] == "Migration3.0 (CLIENT_VERSION_UPGRADE_FROM_2X)"
 
     def test_an_application_without_a_lease_table(self, fleet: Fleet) -> None:
@@ -410,7 +414,7 @@ class TestUpgradeDowngrade:
             )
             return
         assert_ok(chosen, "table.layout was upgraded to 1.")
-        assert fleet.describe()[2] == line(TABLE_LAYOUT, 0, 2, 1, 1)
+        assert fleet.describe()[3] == line(TABLE_LAYOUT, 0, 2, 1, 1)
         assert fleet.tables().layout == "legacy"
         assert json.loads(fleet.run("describe", "--json").stdout)["layout"] == "legacy"
         assert_ok(fleet.run("upgrade", "--feature", "lease.discovery=2"), "lease.discovery was upgraded to 2.")
@@ -513,6 +517,7 @@ class TestDryRun:
             fleet.run("upgrade", "--release-version", "0.3", "--dry-run"),
             "lease.assignment can be upgraded to 2.",
             "lease.discovery can be upgraded to 2.",
+            "state.format can be upgraded to 1.",
             "table.layout can be upgraded to 2.",
         )
         assert fleet.epoch() is None
@@ -527,6 +532,7 @@ class TestReleaseVersion:
             fleet.run("upgrade", "--release-version", "0.3"),
             "lease.assignment was upgraded to 2.",
             "lease.discovery was upgraded to 2.",
+            "state.format was upgraded to 1.",
             "table.layout was upgraded to 2.",
         )
         assert fleet.client_version() is ClientVersion.V3X_WITH_ROLLBACK
@@ -534,14 +540,55 @@ class TestReleaseVersion:
             fleet.run("downgrade", "--release-version", "0.2.7"),
             "lease.assignment was downgraded to 1.",
             "lease.discovery was downgraded to 2.",
+            "state.format was downgraded to 0.",  # release 0.2 had no state stores (Kafka's wording for 0)
             "table.layout was downgraded to 2.",
         )
         assert fleet.client_version() is ClientVersion.UPGRADE_FROM_2X
         assert fleet.describe() == [
             line(LEASE_ASSIGNMENT, 0, 2, 1, 2),
             line(LEASE_DISCOVERY, 0, 2, 2, 2),
+            line(STATE_FORMAT, 0, 2, 0, 2),
             line(TABLE_LAYOUT, 0, 2, 2, 2),
         ]
+
+    def test_this_release_finalizes_the_in_store_state_format(self, fleet: Fleet) -> None:
+        """Release 0.3 finalizes state.format 1 (sidecar checkpoint), 0.4 — this release — 2 (offsets in the store);
+        a live worker pinned to 0.3 blocks 2, and a downgrade to 0.3 goes back to 1."""
+        assert fleet.run("upgrade", "--release-version", "0.3").exit_code == 0
+        pinned = worker_supported_ranges(assignment="lease-count-2x", follows_migration=True, release="0.3")
+        fleet.advertise("worker-03", pinned, "0.3", time.time())
+        reason = (
+            f"{ALL_FAILED}Invalid update version 2 for feature state.format. "
+            "Worker worker-03 only supports versions 0-1"
+        )
+        assert_failed(
+            fleet.run("upgrade", "--release-version", "0.4"),
+            [
+                f"Could not upgrade lease.assignment to 2. {reason}",
+                f"Could not upgrade lease.discovery to 2. {reason}",
+                f"Could not upgrade state.format to 2. {reason}",
+                f"Could not upgrade table.layout to 2. {reason}",
+            ],
+            "4 out of 4 operation(s) failed.",
+        )
+        assert fleet.epoch() == 1
+        fleet.advertise("worker-03", pinned, "0.3", time.time() - 3600)  # the pinned worker is gone
+        assert_ok(
+            fleet.run("upgrade", "--release-version", "0.4"),
+            "lease.assignment was upgraded to 2.",
+            "lease.discovery was upgraded to 2.",
+            "state.format was upgraded to 2.",
+            "table.layout was upgraded to 2.",
+        )
+        assert fleet.describe()[2] == line(STATE_FORMAT, 0, 2, 2, 2)
+        assert_ok(
+            fleet.run("downgrade", "--release-version", "0.3"),
+            "lease.assignment was downgraded to 2.",
+            "lease.discovery was downgraded to 2.",
+            "state.format was downgraded to 1.",
+            "table.layout was downgraded to 2.",
+        )
+        assert fleet.describe()[2] == line(STATE_FORMAT, 0, 2, 1, 3)
 
     def test_downgrade_to_a_newer_release_fails_for_all(self, fleet: Fleet) -> None:
         assert fleet.run("upgrade", "--release-version", "0.2").exit_code == 0
@@ -554,16 +601,17 @@ class TestReleaseVersion:
             [
                 f"Could not downgrade lease.assignment to 2. {reason}",
                 f"Could not downgrade lease.discovery to 2. {reason}",
+                f"Could not downgrade state.format to 1. {reason}",
                 f"Could not downgrade table.layout to 2. {reason}",
             ],
-            "3 out of 3 operation(s) failed.",
+            "4 out of 4 operation(s) failed.",
         )
 
     def test_invalid_release_version(self, fleet: Fleet) -> None:
         for operation in ("upgrade", "downgrade"):
             assert_usage_error(
                 fleet.run(operation, "--release-version", "9.9"),
-                "Unknown release version 9.9. Supported release versions are 0.1, 0.2, 0.3",
+                "Unknown release version 9.9. Supported release versions are 0.1, 0.2, 0.3, 0.4",
             )
         assert fleet.epoch() is None
 
@@ -671,7 +719,7 @@ class TestLiveWorkers:
 class TestVersionMapping:
     def test_default_is_this_release(self) -> None:
         result = invoke("features", "version-mapping")
-        assert_ok(result, "lease.assignment=2", "lease.discovery=2", "table.layout=2")
+        assert_ok(result, "lease.assignment=2", "lease.discovery=2", "table.layout=2", "state.format=2")
 
     def test_an_older_release(self) -> None:
         assert_ok(
@@ -679,18 +727,27 @@ class TestVersionMapping:
             "lease.assignment=1",
             "lease.discovery=1",
             "table.layout=1",
+            "state.format=0",
         )
         assert_ok(
             invoke("features", "version-mapping", "--release-version", "0.2"),
             "lease.assignment=1",
             "lease.discovery=2",
             "table.layout=2",
+            "state.format=0",
+        )
+        assert_ok(
+            invoke("features", "version-mapping", "--release-version", "0.3"),
+            "lease.assignment=2",
+            "lease.discovery=2",
+            "table.layout=2",
+            "state.format=1",
         )
 
     def test_unknown_release(self) -> None:
         assert_usage_error(
             invoke("features", "version-mapping", "--release-version", "2.0"),
-            "Unknown release version '2.0'. Supported versions are: 0.1 to 0.3",
+            "Unknown release version '2.0'. Supported versions are: 0.1 to 0.4",
         )
 
 
@@ -761,6 +818,7 @@ class TestAdminApi:
         assert description.lines() == [
             line(LEASE_ASSIGNMENT, 0, 2, 2, 1),
             line(LEASE_DISCOVERY, 0, 2, 2, 1),
+            line(STATE_FORMAT, 0, 2, 0, 1),
             line(TABLE_LAYOUT, 0, 2, 2, 1),
         ]
         assert [(change.epoch, change.modified_by, dict(change.changes)) for change in description.history] == [
