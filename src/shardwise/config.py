@@ -147,8 +147,14 @@ def _check_value(where: str, expected: Any, value: Any) -> Any:
             return value
         if option is datetime and isinstance(value, (str, datetime)):
             return _timestamp(where, value)
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    names = " or ".join(_type_name(o) for o in options)
     raise ConfigurationError(f"config key {where} must be {names}, got {value!r}")
+
+
+def _type_name(option: Any) -> str:
+    if typing.get_origin(option) is Literal:
+        return " or ".join(repr(choice) for choice in typing.get_args(option))
+    return str(getattr(option, "__name__", option))
 
 
 def _timestamp(where: str, value: object) -> datetime:

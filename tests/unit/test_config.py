@@ -330,3 +330,44 @@ def test_merged_precedence() -> None:
 def test_merged_refuses_a_section_key_under_a_value() -> None:
     with pytest.raises(ConfigurationError, match="'stream_name' is a value, not a section"):
         merged({"stream_name": "s"}, {"stream_name.x": 1})
+
+
+def test_the_state_section() -> None:
+    worker, _ = build_config(
+        {
+            "application_name": "a",
+            "stream_name": "s",
+            "state": {"dir": "/var/lib/counts", "engine": "rocksdb", "commit_interval_ms": 250},
+        }
+    )
+    assert (worker.state.dir, worker.state.engine, worker.state.commit_interval_ms) == (
+        "/var/lib/counts",
+        "rocksdb",
+        250,
+    )
+    assert worker.state.changelog_table is None
+    default, _ = build_config({"application_name": "a", "stream_name": "s"})
+    assert (default.state.dir, default.state.engine, default.state.commit_interval_ms) == (
+        "shardwise-state",
+        "sqlite",
+        5000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"engine": "lmdb"}, "config key state.engine must be 'sqlite' or 'rocksdb', got 'lmdb'"),
+        ({"commit_interval_ms": 0}, "state.commit_interval_ms must be > 0, got 0"),
+        ({"dir": ""}, "state.dir must name a directory"),
+        ({"changelog_table": ""}, "state.changelog_table must not be empty"),
+        (
+            {"interval": 1},
+            "unknown config key(s) state.interval; valid keys in state: changelog_table, commit_interval_ms",
+        ),
+    ],
+)
+def test_bad_state_settings_name_the_key(state: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        build_config({"application_name": "a", "stream_name": "s", "state": state})
+    assert message in str(raised.value)
