@@ -89,7 +89,7 @@ def test_concurrent_conflicting_updates_win_one_epoch_each(tmp_path: Path) -> No
     start = _describe(db)
     assert start["epoch"] is None
     levels = {feature["feature"]: feature["finalized_version_level"] for feature in start["features"]}
-    assert levels == {LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 1, "table.layout": 2}
+    assert levels == {LEASE_ASSIGNMENT: 1, LEASE_DISCOVERY: 1, "table.layout": 2, "state.format": 0}
 
     gate = tmp_path / "go"
     processes: list[tuple[tuple[str, ...], subprocess.Popen[str]]] = []

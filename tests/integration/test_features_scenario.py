@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from shardwise.versions.features import CURRENT_RELEASE
 from shardwise.versions.migration_rules import METRIC_2X_WORKER, METRIC_3X_WORKER
 from shardwise.versions.migration_state import ClientVersion
 from support.fleet import Backend, Fleet, StreamAdmin, taker_interval_s
@@ -203,7 +204,7 @@ def test_feature_upgrade_and_downgrade_with_a_live_fleet(scenario: Scenario, bac
         assert described["epoch"] is None and described["history"] == [], described
         assert described["client_version"] == ClientVersion.UPGRADE_FROM_2X.value, described
         assert [w["worker_id"] for w in described["workers"]] == list(WORKERS), described
-        assert [w["release"] for w in described["workers"]] == ["0.3", "0.3", "0.2"], described
+        assert [w["release"] for w in described["workers"]] == [CURRENT_RELEASE, CURRENT_RELEASE, "0.2"], described
         # SQLite has only the single-table layout; a compatible-with-2x fleet starting afresh on DynamoDB puts its
         # coordinator items in the legacy one (<app>-CoordinatorState), so that KCL 2.x workers see no new items.
         layout = {"single-table": 2, "legacy": 1}[described["layout"]]
@@ -251,7 +252,10 @@ def test_feature_upgrade_and_downgrade_with_a_live_fleet(scenario: Scenario, bac
         assert described["epoch"] == 2, described
         assert described["client_version"] == ClientVersion.UPGRADE_FROM_2X.value, described
         levels = {f["feature"]: f["finalized_version_level"] for f in described["features"]}
-        assert levels == {"lease.assignment": 1, "lease.discovery": 2, "table.layout": layout}, described
+        # state.format was never finalized (0), which release 0.2 (no state stores) leaves as it is.
+        assert levels == {"lease.assignment": 1, "lease.discovery": 2, "table.layout": layout, "state.format": 0}, (
+            described
+        )
         history = described["history"]
         assert [entry["epoch"] for entry in history] == [2, 1], history
         assert history[0]["changes"] == {"lease.assignment": {"from": 2, "to": 1}}, history
