@@ -8,6 +8,8 @@ Every processor writes what it sees to a results SQLite database (path in ``$SHA
 count:
 
 ``$SHARDWISE_TEST_CHECKPOINT_DELAY_MS`` makes a processor pause between recording a batch and checkpointing it.
+``$SHARDWISE_TEST_DEBUG_LOGGERS`` (comma-separated logger names) turns those loggers to DEBUG in the worker (its
+``-v`` handler passes every level), so a test can read e.g. the leader's per-run assignment lines in the log.
 
 * ``processed`` — one row per record delivery: ``(data, partition_key, shard_id, sequence_number,
   sub_sequence_number, worker_id, time_ns)``; ``time_ns`` is the wall clock (``time.time_ns``, comparable
@@ -24,6 +26,7 @@ count:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -43,6 +46,7 @@ from shardwise.retrieval.model import Record
 
 __all__ = [
     "CHECKPOINT_DELAY_ENV",
+    "DEBUG_LOGGERS_ENV",
     "POISON_PREFIX",
     "RESULTS_ENV",
     "WORKER_ENV",
@@ -64,6 +68,9 @@ WORKER_ENV = "SHARDWISE_TEST_WORKER"
 #: which a crash leaves processed-but-not-checkpointed records behind.
 CHECKPOINT_DELAY_ENV = "SHARDWISE_TEST_CHECKPOINT_DELAY_MS"
 POISON_PREFIX = b"poison-"
+DEBUG_LOGGERS_ENV = "SHARDWISE_TEST_DEBUG_LOGGERS"
+for _name in filter(None, os.environ.get(DEBUG_LOGGERS_ENV, "").split(",")):
+    logging.getLogger(_name.strip()).setLevel(logging.DEBUG)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed (

@@ -178,6 +178,14 @@ class LeaseAssignmentManager:
             # Even when a write fails unexpectedly, the moves already written are not judged expired next run.
             self._memory = record_assignments(self._memory, applied, now)
         worker_ids = tuple(sorted(w.worker_id for w in workers.active))
+        logger.debug(
+            "assignment run: %d leases, active workers [%s], %s, %d moves applied, %d failed",
+            len(leases),
+            ", ".join(worker_ids),
+            "rebalancing" if liveness.rebalance else "expired and unassigned leases only",
+            len(applied),
+            len(failed),
+        )
         for name, value in (
             ("TotalLeases", len(leases)),
             ("NumWorkers", len(worker_ids)),

@@ -559,13 +559,16 @@ class Worker:
             return
         with self._coordination_lock:
             leader = self._generation.leads_shard_sync()
+            if leader and not self._synced_once:
+                # The first full sync holds the taker and the assigner off until every lease exists (KCL syncs
+                # during initialization, before its coordinator starts): a take between two creations would
+                # see a partial table and take a partial share.
+                created = self._syncer.sync()
+                self._synced_once = True
+                if created:
+                    self._loops.wake("taker", "assigner")
+                return
         if not leader:
-            return
-        if not self._synced_once:
-            created = self._syncer.sync()
-            self._synced_once = True
-            if created:
-                self._loops.wake("taker", "assigner")
             return
         leases = self._recent_lease_snapshot()
         if self._syncer.audit(leases):
