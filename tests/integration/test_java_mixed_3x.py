@@ -160,8 +160,11 @@ def test_java_and_shardwise_workers_share_an_application(scenario: Interop) -> N
     # 6. A Java worker joins the shardwise-led fleet: shardwise's leader hands leases over to it.
     s.start_java("java-3", JAVA_FAST)
     phase6 = _wait_everyone_holds(s, ["sw-3", "sw-4", "java-3"], 120, "shardwise's leader to hand leases to java-3")
-    print(f"phase 6 (java-3 joined, {leader} leads): {phase6}")
-    assert s.leader() == leader
+    now_leading = s.leader()
+    print(f"phase 6 (java-3 joined, {leader} led, {now_leading} leads now): {phase6}")
+    # The lock may pass between the shardwise workers (a heartbeat late on a loaded machine: seen in CI), never to
+    # the Java worker while a shardwise leader heartbeats.
+    assert now_leading in ("sw-3", "sw-4"), f"the leader lock went to {now_leading}"
 
     # Everything put is processed.
     producer.finish()
