@@ -25,6 +25,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials, RefreshableCredentials
+from botocore.model import Shape
 from botocore.parsers import create_parser
 from hypothesis import given
 from hypothesis import strategies as st
@@ -437,8 +438,13 @@ def test_retry_counts_in_botocores_other_spellings() -> None:
     assert limits_of(Config(retries={"mode": "legacy"})).max_attempts == 5
 
 
-_KINESIS = botocore.session.get_session().get_service_model("kinesis")
-_GET_RECORDS_OUTPUT = _KINESIS.operation_model("GetRecords").output_shape
+def _get_records_output() -> Shape:
+    shape = botocore.session.get_session().get_service_model("kinesis").operation_model("GetRecords").output_shape
+    assert shape is not None
+    return shape
+
+
+_GET_RECORDS_OUTPUT = _get_records_output()
 _CODES = st.sampled_from(["ExpiredIteratorException", "ResourceNotFoundException", "ThrottlingException", "X"])
 
 
