@@ -139,9 +139,9 @@ def test_the_sqlite_busy_timeout_is_bounded(tmp_path: Path) -> None:
 
 
 def test_every_client_comes_from_one_boto3_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    import boto3  # noqa: PLC0415 - only this test patches it
+    import boto3
 
-    from shardwise.backends.aws import client as clients  # noqa: PLC0415
+    from shardwise.backends.aws import client as clients
 
     session = clients.shared_session()
     assert clients.shared_session() is session
