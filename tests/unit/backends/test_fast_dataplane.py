@@ -69,6 +69,7 @@ class Received:
     body: dict[str, Any]
     headers: dict[str, str]
     signature_ok: bool
+    path: str = "/"
 
 
 @dataclass
@@ -94,12 +95,12 @@ class CannedServer:
             return [r for r in self.received if r.target == target]
 
 
-def _signature_ok(headers: dict[str, str], body: bytes) -> bool:
+def _signature_ok(headers: dict[str, str], body: bytes, path: str) -> bool:
     """Whether ``Authorization`` is the SigV4 signature of what arrived (same keys, at its X-Amz-Date)."""
     lower = {name.lower(): value for name, value in headers.items()}
     authorization = lower.get("authorization", "")
     signed = authorization.split("SignedHeaders=")[-1].split(",")[0].split(";")
-    request = AWSRequest(method="POST", url=f"http://{lower['host']}/", data=body)
+    request = AWSRequest(method="POST", url=f"http://{lower['host']}{path}", data=body)
     for name in signed:
         request.headers[name] = lower[name]
     request.context["timestamp"] = lower["x-amz-date"]
@@ -120,7 +121,8 @@ def server() -> Iterator[CannedServer]:
             headers = dict(self.headers.items())
             target = headers.get("X-Amz-Target", "")
             with canned.lock:
-                canned.received.append(Received(target, json.loads(raw), headers, _signature_ok(headers, raw)))
+                signature_ok = _signature_ok(headers, raw, self.path)
+                canned.received.append(Received(target, json.loads(raw), headers, signature_ok, self.path))
             answer = canned.next_answer(target)
             if answer.delay_s:
                 time.sleep(answer.delay_s)
@@ -237,6 +239,15 @@ def test_records_are_decoded_and_requests_signed(server: CannedServer) -> None:
     assert sent.body == {"ShardIterator": "iterator-1", "Limit": 50}
     assert sent.headers["Content-Type"] == "application/x-amz-json-1.1"
     assert all(r.signature_ok for r in server.received)
+
+
+def test_an_endpoint_with_a_path_is_posted_to_that_path(server: CannedServer) -> None:
+    prefixed = CannedServer(endpoint_url=f"{server.endpoint_url}/kinesis-proxy")
+    fast = KinesisStream("canned", client=_client(prefixed.endpoint_url), data_client="fast")
+    slow = KinesisStream("canned", client=_client(prefixed.endpoint_url), data_client="boto3")
+    server.answer(GET_RECORDS, OK)
+    assert fast.get_records("iterator-1") == slow.get_records("iterator-1")
+    assert [(r.path, r.signature_ok) for r in server.received] == [("/kinesis-proxy", True)] * 2  # as botocore posts
 
 
 def test_get_shard_iterator_sends_what_boto3_sends(server: CannedServer) -> None:

@@ -143,7 +143,10 @@ class FastDataPlane:
         rng: Callable[[], float] = random.random,
         backoff_base_s: float | None = None,
     ) -> None:
-        self._url = endpoint_url.rstrip("/") + "/"
+        # Where botocore posts a JSON request: the endpoint's own path, or "/" when it has none.
+        parts = urlsplit(endpoint_url)
+        self._path = parts.path or "/"
+        self._url = parts._replace(path=self._path).geturl()
         self._endpoint_url = endpoint_url
         self._host = _host_header(endpoint_url)
         self._region = region_name
@@ -232,7 +235,7 @@ class FastDataPlane:
         )
         SigV4Auth(credentials.get_frozen_credentials(), self._signing_name, self._region).add_auth(request)
         response = self._pool.urlopen(
-            "POST", "/", body=body, headers=dict(request.headers.items()), redirect=False, preload_content=True
+            "POST", self._path, body=body, headers=dict(request.headers.items()), redirect=False, preload_content=True
         )
         return response.status, response.data
 
