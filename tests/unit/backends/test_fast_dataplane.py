@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -31,7 +32,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardwise.backends import service_error
-from shardwise.backends.aws import dataplane
+from shardwise.backends.aws import dataplane, dataplane_codec
 from shardwise.backends.aws.client import client_config
 from shardwise.backends.aws.dataplane import FastDataPlane, limits_of
 from shardwise.backends.aws.dataplane_codec import error_parts
@@ -47,7 +48,7 @@ from shardwise.errors import (
     ThrottlingError,
 )
 from shardwise.retrieval.kpl import aggregate
-from shardwise.retrieval.model import StartingPosition
+from shardwise.retrieval.model import Record, StartingPosition
 from shardwise.retrieval.reader import ShardReader
 
 REGION = "us-east-1"
@@ -476,3 +477,16 @@ def test_error_answers_are_read_as_botocores_parser_reads_them(
     raw = json.dumps(body).encode()
     parsed = create_parser("json").parse({"body": raw, "headers": {}, "status_code": status}, _GET_RECORDS_OUTPUT)
     assert error_parts(raw, status) == (parsed["Error"]["Code"], parsed["Error"]["Message"])
+
+
+@given(data=st.binary(max_size=64), partition_key=st.text(max_size=16), sequence=st.from_regex(r"\A[0-9]{1,56}\Z"))
+def test_the_codecs_records_are_what_record_builds(data: bytes, partition_key: str, sequence: str) -> None:
+    arrival = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    made = dataplane_codec._new_record(data, partition_key, sequence, arrival)
+    expected = Record(data, partition_key, sequence, arrival)
+    assert made == expected
+    assert hash(made) == hash(expected)
+    assert repr(made) == repr(expected)
+    assert made.extended_sequence_number == expected.extended_sequence_number
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.data = b"changed"  # type: ignore[misc]
