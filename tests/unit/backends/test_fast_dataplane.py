@@ -490,3 +490,13 @@ def test_the_codecs_records_are_what_record_builds(data: bytes, partition_key: s
     assert made.extended_sequence_number == expected.extended_sequence_number
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.data = b"changed"  # type: ignore[misc]
+
+
+def test_the_connection_pool_covers_the_boto3_clients_pool(server: CannedServer) -> None:
+    default = KinesisStream("canned", client=_client(server.endpoint_url))
+    bigger = boto3.session.Session().client(
+        "kinesis", endpoint_url=server.endpoint_url, region_name=REGION, config=Config(max_pool_connections=200)
+    )
+    assert default.data_client == KinesisStream("canned", client=bigger).data_client == "fast"
+    assert dataplane.FastDataPlane.for_client(default.client).pool_size == dataplane.POOL_SIZE
+    assert dataplane.FastDataPlane.for_client(bigger).pool_size == 200
