@@ -103,6 +103,7 @@ def run(
     workers: int,
     warmup_s: float,
     window_s: float,
+    by_thread: bool = False,
 ) -> Result:
     app = f"gen-{generation}-{shards}x{workers}"
     streams = LocalStreamStore(tmp / f"{app}.db")
@@ -125,7 +126,7 @@ def run(
     stores = [store() for _ in range(workers)]  # one client and one request meter per worker
     meters = [ReadUnitsMeter() for _ in range(workers)]
     for meter, one in zip(meters, stores, strict=True):
-        meter.attach(one.client)
+        meter.attach(one.client, by_thread=by_thread)
     fleet = [
         Worker(
             WorkerConfig(
@@ -176,6 +177,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="steady-state window per run")
     parser.add_argument("--warmup-seconds", type=float, default=180.0)
     parser.add_argument("--sizes", default="1x1,8x4,64x8", help="comma-separated SHARDSxWORKERS")
+    parser.add_argument(
+        "--by-thread", action="store_true", help="break request kinds down by the worker loop that sent them"
+    )
     args = parser.parse_args()
     sizes = [tuple(int(part) for part in size.split("x")) for size in args.sizes.split(",")]
     results: list[Result] = []
@@ -190,6 +194,7 @@ def main() -> None:
                     workers=workers,
                     warmup_s=args.warmup_seconds,
                     window_s=args.minutes * 60,
+                    by_thread=args.by_thread,
                 )
                 print(result, flush=True)
                 results.append(result)
@@ -248,7 +253,7 @@ def main() -> None:
     record_results(
         "Lease-assignment generations",
         f"python bench/bench_generations.py --minutes {args.minutes:g} --warmup-seconds {args.warmup_seconds:g} "
-        f"--sizes {args.sizes}",
+        f"--sizes {args.sizes}{' --by-thread' if args.by_thread else ''}",
         lines,
     )
 

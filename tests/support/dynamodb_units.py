@@ -22,6 +22,7 @@ items read before filtering, which the response does not carry: :class:`ReadUnit
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -182,23 +183,28 @@ class ReadUnitsMeter:
         self._flat_writes: defaultdict[str, float] = defaultdict(float)
         self._filtered = 0
 
-    def attach(self, client: Any) -> None:
+    def attach(self, client: Any, *, by_thread: bool = False) -> None:
         """Register on ``client`` (a boto3 DynamoDB client): the request parameters are kept in the call's context
-        before it is built, and the parsed response is measured after it."""
+        before it is built, and the parsed response is measured after it. ``by_thread`` adds the name of the
+        calling thread (a worker's loop: ``taker``, ``assigner``, ...; pool threads without their number) to
+        each request kind."""
 
         def keep_params(params: Mapping[str, Any], context: dict[str, Any], **_: Any) -> None:
             context["units_meter_params"] = dict(params)
 
         def measure(parsed: Mapping[str, Any], model: Any, context: Mapping[str, Any], **_: Any) -> None:
-            self.observe(model.name, context.get("units_meter_params", {}), parsed)
+            where = re.sub(r"[-_]\d+(_\d+)?$", "", threading.current_thread().name) if by_thread else None
+            self.observe(model.name, context.get("units_meter_params", {}), parsed, where=where)
 
         client.meta.events.register("before-parameter-build.dynamodb", keep_params)
         client.meta.events.register("after-call.dynamodb", measure)
 
-    def observe(self, operation: str, params: Mapping[str, Any], parsed: Mapping[str, Any]) -> None:
+    def observe(
+        self, operation: str, params: Mapping[str, Any], parsed: Mapping[str, Any], *, where: str | None = None
+    ) -> None:
         if "Error" in parsed:
             return
-        kind = request_kind(operation, params)
+        kind = request_kind(operation, params) + (f" [{where}]" if where else "")
         billed = billed_read_units(operation, params, parsed)
         consumed = parsed.get("ConsumedCapacity")
         units = consumed.get("CapacityUnits") if isinstance(consumed, Mapping) else None

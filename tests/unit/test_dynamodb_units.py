@@ -124,7 +124,9 @@ def test_the_meter_counts_requests_and_both_accountings() -> None:
     assert first.flat_read_units == {"Scan": 2.0}  # writes' units are not read units
     assert first.flat_write_units == {"UpdateItem": 1.0}
     meter.observe("Query", {"IndexName": "i", "FilterExpression": "f"}, {"Items": []})
+    meter.observe("Scan", {}, {"Items": []}, where="taker")
+    assert meter.snapshot().requests["Scan [taker]"] == 1
     later = meter.snapshot().minus(first)
-    assert later.requests == {"Query i": 1}
-    assert later.billed_read_units == {"Query i": 0.5}
+    assert later.requests == {"Query i": 1, "Scan [taker]": 1}
+    assert later.billed_read_units == {"Query i": 0.5, "Scan [taker]": 0.5}
     assert later.filtered == 1
