@@ -179,15 +179,27 @@ def _reduces_variance(book: Book, metric: str, key: str, recipient: str) -> bool
     noise: leases would wander between workers under even load (the synthetic ``T`` makes every worker above
     100 a donor, so some worker always is one). Half the threshold, not all of it, so that a fleet still
     converges to within the threshold: a donor above ``average × (1 + threshold)`` can always give a lease of up
-    to half the threshold to a worker at or below the average.
+    to half the threshold to a worker at or below the average. A move that brings a donor above ``average ×
+    (1 + threshold)`` back under that bound without taking the recipient above it is always worth making (it
+    is how a fleet gets within the threshold when its smallest leases are large); no noise of a few percent
+    puts a worker of an evenly loaded fleet above that bound, and with lease counts that differ by one the
+    recipient would end where the donor was, above it.
     """
     delta = book.contribution(metric, book.tp[key])
     if delta == 0:
         return True
     source = book.owner[key]
     if source is not None and metric in book.values.get(source, {}) and metric in book.values[recipient]:
-        margin = book.fleet_avg[metric] * book.config.rebalance_threshold_percentage / 200
-        if _above(book.values[recipient][metric] + delta, book.values[source][metric] - margin):
+        threshold = book.config.rebalance_threshold_percentage / 100
+        donor_value, recipient_after = book.values[source][metric], book.values[recipient][metric] + delta
+        band = book.fleet_avg[metric] * (1 + threshold)
+        clearly_lower = not _above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 2)
+        into_band = (
+            _above(donor_value, band)
+            and not _above(recipient_after, band)
+            and not _above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 5)
+        )
+        if not (clearly_lower or into_band):
             return False
     return _lowers_variance(book, metric, key, recipient)
 
