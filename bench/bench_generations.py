@@ -37,8 +37,10 @@ from support.dynamodb_units import ReadUnitsMeter, RequestStats
 
 RECORDS_PER_SHARD_PER_SECOND = 20
 FEATURE_CHECK_PROSE = (
-    "Every worker of either generation checks the finalized feature levels every 30 s (the features record and "
-    "the Migration3.0 item, two consistent GetItems)."
+    "Every worker of either generation checks the finalized feature levels every 30 s: from its own scan of the "
+    "lease table when it made one since the last check (2.x taker, 3.x leader), else by reading the features "
+    "record and the Migration3.0 item every 10th check; the 3.x leader takes its own leases from its scan "
+    "instead of querying the owner index."
 )
 
 
