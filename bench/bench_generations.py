@@ -2,16 +2,20 @@
 
 For each size (shards × workers) and each generation (KCL 2.x lease-count taking, KCL 3.x leader with
 utilization-aware assignment), the benchmark starts the workers in one process with default (KCL) timings,
-each with its own DynamoDB client on moto's server and its own capacity meter (``ReturnConsumedCapacity``),
-feeds the local stream at a steady rate, lets the fleet settle, and then measures a steady-state window:
+each with its own DynamoDB client on moto's server and a request meter hooked on that client's events
+(``tests/support/dynamodb_units.py``), feeds the local stream at a steady rate, lets the fleet settle, and then
+measures a steady-state window:
 
-* read and write capacity units consumed per worker-minute (lease table, owner index, coordinator and
-  worker-metrics items — everything the workers read and wrote in DynamoDB);
+* read units per worker-minute under two accountings: moto's flat ``ConsumedCapacity`` (1 unit per Scan or
+  Query whatever its size), and DynamoDB's billing computed from the items each request actually read (item
+  sizes, 4 KB read units, eventually consistent reads at half, a page's item sizes summed);
+* write units per worker-minute (moto's ``ConsumedCapacity``) and requests per worker-minute, by kind
+  (everything the workers sent to DynamoDB: lease table, owner index, coordinator and worker-metrics items);
 * lease moves: owner changes seen in the lease table (sampled every 2 s with a separate, unmetered client).
 
 Records live in the embedded local stream so that only the coordination traffic goes to DynamoDB.
 
-    python bench/bench_generations.py [--minutes 5] [--warmup-seconds 180] [--sizes 8x4,64x8]
+    python bench/bench_generations.py [--minutes 5] [--warmup-seconds 180] [--sizes 1x1,8x4,64x8]
 """
 
 from __future__ import annotations
@@ -29,8 +33,15 @@ from shardwise.backends.sqlite.stream import LocalStreamStore
 from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.processor import BaseRecordProcessor, ProcessRecordsInput
 from shardwise.worker import AssignmentMode, Worker, WorkerConfig
+from support.dynamodb_units import ReadUnitsMeter, RequestStats
 
 RECORDS_PER_SHARD_PER_SECOND = 20
+FEATURE_CHECK_PROSE = (
+    "Every worker of either generation checks the finalized feature levels every 30 s: from its own scan of the "
+    "lease table when it made one since the last check (2.x taker, 3.x leader), else by reading the features "
+    "record and the Migration3.0 item every 10th check; the 3.x leader takes its own leases from its scan "
+    "instead of querying the owner index."
+)
 
 
 class CheckpointingProcessor(BaseRecordProcessor):
@@ -43,10 +54,46 @@ class Result:
     generation: str
     shards: int
     workers: int
-    rcu_per_worker_minute: float
-    wcu_per_worker_minute: float
+    minutes: float
+    stats: RequestStats  # the whole fleet's, over the window
     lease_moves: int
     leases_per_worker: list[int]
+
+    def per_worker_minute(self, value: float) -> float:
+        return value / self.workers / self.minutes
+
+    @property
+    def flat_reads(self) -> float:
+        return self.per_worker_minute(sum(self.stats.flat_read_units.values()))
+
+    @property
+    def billed_reads(self) -> float:
+        return self.per_worker_minute(sum(self.stats.billed_read_units.values()))
+
+    @property
+    def flat_writes(self) -> float:
+        return self.per_worker_minute(sum(self.stats.flat_write_units.values()))
+
+    @property
+    def requests(self) -> float:
+        return self.per_worker_minute(sum(self.stats.requests.values()))
+
+
+def _total(stats: list[RequestStats]) -> RequestStats:
+    def add(pick: str) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for one in stats:
+            for key, value in getattr(one, pick).items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    return RequestStats(
+        {k: int(v) for k, v in add("requests").items()},
+        add("billed_read_units"),
+        add("flat_read_units"),
+        add("flat_write_units"),
+        sum(one.filtered for one in stats),
+    )
 
 
 def run(
@@ -58,6 +105,7 @@ def run(
     workers: int,
     warmup_s: float,
     window_s: float,
+    by_thread: bool = False,
 ) -> Result:
     app = f"gen-{generation}-{shards}x{workers}"
     streams = LocalStreamStore(tmp / f"{app}.db")
@@ -77,7 +125,10 @@ def run(
             DynamoDBLeaseStoreConfig(table_name=app), endpoint_url=endpoint, region_name="us-east-1"
         )
 
-    stores = [store() for _ in range(workers)]  # one client and one capacity meter per worker
+    stores = [store() for _ in range(workers)]  # one client and one request meter per worker
+    meters = [ReadUnitsMeter() for _ in range(workers)]
+    for meter, one in zip(meters, stores, strict=True):
+        meter.attach(one.client, by_thread=by_thread)
     fleet = [
         Worker(
             WorkerConfig(
@@ -104,7 +155,7 @@ def run(
     def owners() -> dict[str, str | None]:
         return {lease.lease_key: lease.lease_owner for lease in observer.list_leases()}
 
-    start_totals = [s.capacity_meter.totals for s in stores]
+    start_stats = [meter.snapshot() for meter in meters]
     previous = owners()
     moves = 0
     end = time.monotonic() + window_s
@@ -113,24 +164,24 @@ def run(
         current = owners()
         moves += sum(1 for key, owner in current.items() if key in previous and previous[key] != owner)
         previous = current
-    end_totals = [s.capacity_meter.totals for s in stores]
+    window = [meter.snapshot().minus(start) for meter, start in zip(meters, start_stats, strict=True)]
     counts = sorted((list(previous.values()).count(w.worker_id) for w in fleet), reverse=True)
     stop.set()
     for worker in fleet:
         worker.request_shutdown()
     for thread in threads:
         thread.join(60)
-    minutes = window_s / 60
-    reads = sum(e[0] - s[0] for s, e in zip(start_totals, end_totals, strict=True))
-    writes = sum(e[1] - s[1] for s, e in zip(start_totals, end_totals, strict=True))
-    return Result(generation, shards, workers, reads / workers / minutes, writes / workers / minutes, moves, counts)
+    return Result(generation, shards, workers, window_s / 60, _total(window), moves, counts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0, help="steady-state window per run")
     parser.add_argument("--warmup-seconds", type=float, default=180.0)
-    parser.add_argument("--sizes", default="8x4,64x8", help="comma-separated SHARDSxWORKERS")
+    parser.add_argument("--sizes", default="1x1,8x4,64x8", help="comma-separated SHARDSxWORKERS")
+    parser.add_argument(
+        "--by-thread", action="store_true", help="break request kinds down by the worker loop that sent them"
+    )
     args = parser.parse_args()
     sizes = [tuple(int(part) for part in size.split("x")) for size in args.sizes.split(",")]
     results: list[Result] = []
@@ -145,40 +196,66 @@ def main() -> None:
                     workers=workers,
                     warmup_s=args.warmup_seconds,
                     window_s=args.minutes * 60,
+                    by_thread=args.by_thread,
                 )
                 print(result, flush=True)
                 results.append(result)
     lines = [
-        "| shards × workers | generation | read units / worker-minute | write units / worker-minute | "
+        "| shards × workers | generation | read units / worker-minute (moto, flat) | read units / worker-minute "
+        "(DynamoDB billing) | write units / worker-minute (moto) | requests / worker-minute | "
         "lease moves in window | leases per worker at the end |",
-        "|---|---|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.shards} × {r.workers} | {r.generation} | {r.rcu_per_worker_minute:,.1f} | "
-            f"{r.wcu_per_worker_minute:,.1f} | {r.lease_moves} | {'/'.join(map(str, r.leases_per_worker))} |"
+            f"| {r.shards} × {r.workers} | {r.generation} | {r.flat_reads:,.2f} | {r.billed_reads:,.2f} | "
+            f"{r.flat_writes:,.1f} | {r.requests:,.1f} | {r.lease_moves} | {'/'.join(map(str, r.leases_per_worker))} |"
         )
+    lines.append("")
     for shards, workers in sizes:
         pair = {r.generation: r for r in results if (r.shards, r.workers) == (shards, workers)}
-        ratio = pair["utilization-3x"].rcu_per_worker_minute / max(pair["lease-count-2x"].rcu_per_worker_minute, 1e-9)
-        lines.append(f"\n{shards} × {workers}: the 3.x generation reads {ratio:.0%} of what the 2.x generation reads.")
+        old, new = pair["lease-count-2x"], pair["utilization-3x"]
+        flat = new.flat_reads / max(old.flat_reads, 1e-9)
+        billed = new.billed_reads / max(old.billed_reads, 1e-9)
+        lines.append(
+            f"{shards} × {workers}: the 3.x generation reads {flat:.0%} of what the 2.x generation reads in moto's "
+            f"flat accounting, {billed:.0%} in DynamoDB's billing.  "
+        )
+    lines += [
+        "",
+        "Where the requests go (per worker-minute: requests, then read units moto / DynamoDB billing):",
+        "",
+        "| shards × workers | generation | request kind | requests | read units (moto) | read units (billed) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in results:
+        for kind in sorted(r.stats.requests, key=lambda k: -r.stats.requests[k]):
+            lines.append(
+                f"| {r.shards} × {r.workers} | {r.generation} | {kind} | "
+                f"{r.per_worker_minute(r.stats.requests[kind]):,.2f} | "
+                f"{r.per_worker_minute(r.stats.flat_read_units.get(kind, 0)):,.2f} | "
+                f"{r.per_worker_minute(r.stats.billed_read_units.get(kind, 0)):,.2f} |"
+            )
+    filtered = sum(r.stats.filtered for r in results)
     lines.append(
         f"\nDefault (KCL) timings: failover 10 s (renewals every 3.3 s, 2.x taker scans every 20 s), 3.x leader "
         f"scans every 20 s (leases and worker metrics in one scan), owner-index queries every 10 s backing off to "
-        f"60 s while nothing changes, worker metrics every 30 s; on that tick every worker of either generation "
-        f"also reads the finalized feature levels (the features record and the Migration3.0 item, two "
-        f"consistent GetItems). {args.warmup_seconds:g} s "
+        f"60 s while nothing changes, worker metrics every 30 s. {FEATURE_CHECK_PROSE} {args.warmup_seconds:g} s "
         f"warm-up, then a {args.minutes:g}-minute window. Streams get {RECORDS_PER_SHARD_PER_SECOND} records/s per "
         "shard and processors checkpoint every batch (about one write per shard per 1.5 s, the same in both "
-        "generations). Capacity units are moto's accounting (it bills an UpdateItem 0.5 units where DynamoDB "
-        "bills at least 1, and a Scan or Query 1 unit whatever its size, which understates what the 2.x generation's "
-        "full scans of a 64-lease table cost on DynamoDB), so compare the generations with each other, not with "
-        "an AWS bill."
+        "generations). Two read accountings: moto's (it bills an UpdateItem 0.5 units where DynamoDB bills at "
+        "least 1, and a Scan or Query 1 unit whatever its size, which understates what full scans of a 64-lease "
+        "table cost on DynamoDB), and DynamoDB's billing computed by the benchmark from the items each response "
+        "carried (tests/support/dynamodb_units.py: item size = attribute names + values by DynamoDB's sizing "
+        "rules; GetItem per item ceil(size / 4 KB), a miss the minimum; Scan and Query the page's sizes summed, "
+        "rounded up to 4 KB; eventually consistent reads at half). Requests with a filter expression bill the "
+        f"items read before filtering, which no response shows: {filtered} such requests were made in these "
+        "windows. Compare the generations with each other, not with an AWS bill (writes stay in moto's accounting)."
     )
     record_results(
         "Lease-assignment generations",
         f"python bench/bench_generations.py --minutes {args.minutes:g} --warmup-seconds {args.warmup_seconds:g} "
-        f"--sizes {args.sizes}",
+        f"--sizes {args.sizes}{' --by-thread' if args.by_thread else ''}",
         lines,
     )
 

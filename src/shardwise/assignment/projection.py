@@ -34,6 +34,7 @@ from shardwise.assignment.utilization import (
 from shardwise.leases.model import Lease
 
 __all__ = [
+    "IDLE_KBPS",
     "Book",
     "DeciderRun",
     "is_graceful",
@@ -58,11 +59,17 @@ def _usable(worker: WorkerMetricStats) -> bool:
     return not any(values and values[-1] == MISSED for name, values in worker.stats.items() if name != THROUGHPUT)
 
 
+#: A lease reading less than this (KB/s) counts as idle: 0. An idle shard's EMA halves every renewal and the
+#: workers renew out of phase, so the tiny values of leases decaying to 0 differ between workers by up to 2×
+#: (and only by rounding once they are minute); balancing on them would move leases back and forth for nothing.
+IDLE_KBPS = 0.1
+
+
 def _effective_throughput(value: float | None) -> float | None:
-    """A usable ``throughputKBps``: finite and >= 0, else treated as unknown."""
+    """A usable ``throughputKBps``: finite and >= 0 (below :data:`IDLE_KBPS`: 0), else treated as unknown."""
     if value is None or not math.isfinite(value) or value < 0:
         return None
-    return float(value)
+    return 0.0 if value < IDLE_KBPS else float(value)
 
 
 def _value_or_zero(values: Sequence[float], alpha: float) -> float:

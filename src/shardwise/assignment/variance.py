@@ -167,13 +167,40 @@ def _lowers_variance(book: Book, metric: str, key: str, recipient: str) -> bool:
 
 
 def _reduces_variance(book: Book, metric: str, key: str, recipient: str) -> bool:
-    """Whether the move lowers the variance of ``metric`` (or leaves it, for a lease adding nothing).
+    """Whether the move is worth making for ``metric``: it lowers the variance (or leaves it, for a lease adding
+    nothing) **and** leaves the recipient clearly below where the donor started.
 
     Not in KCL, which never lowers a donor's projected value within a run, so it cannot notice a donor drained
-    to the fleet average; here such a move stops the donor.
+    to the fleet average; here such a move stops the donor. The gap rule is what keeps a balanced fleet still:
+    the recipient must end at least half of ``rebalance_threshold_percentage`` of the fleet average below where
+    the donor started (``recipient + lease <= donor − threshold / 2 × average``). Measured loads are noisy (a
+    lease's throughput EMA moves by several percent from one renewal to the next), so a move that merely swaps
+    which of two workers is the higher one, or gains less than that margin, would be undone by the next run's
+    noise: leases would wander between workers under even load (the synthetic ``T`` makes every worker above
+    100 a donor, so some worker always is one). Half the threshold, not all of it, so that a fleet still
+    converges to within the threshold: a donor above ``average × (1 + threshold)`` can always give a lease of up
+    to half the threshold to a worker at or below the average. A move that brings a donor above ``average ×
+    (1 + threshold)`` back under that bound without taking the recipient above it is always worth making (it
+    is how a fleet gets within the threshold when its smallest leases are large); no noise of a few percent
+    puts a worker of an evenly loaded fleet above that bound, and with lease counts that differ by one the
+    recipient would end where the donor was, above it.
     """
-    if book.contribution(metric, book.tp[key]) == 0:
+    delta = book.contribution(metric, book.tp[key])
+    if delta == 0:
         return True
+    source = book.owner[key]
+    if source is not None and metric in book.values.get(source, {}) and metric in book.values[recipient]:
+        threshold = book.config.rebalance_threshold_percentage / 100
+        donor_value, recipient_after = book.values[source][metric], book.values[recipient][metric] + delta
+        band = book.fleet_avg[metric] * (1 + threshold)
+        clearly_lower = not _above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 2)
+        into_band = (
+            _above(donor_value, band)
+            and not _above(recipient_after, band)
+            and not _above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 5)
+        )
+        if not (clearly_lower or into_band):
+            return False
     return _lowers_variance(book, metric, key, recipient)
 
 

@@ -218,3 +218,9 @@ class SharedTableScan(Protocol):
     def list_leases_and_other_items(self) -> tuple[list[Lease], list[Mapping[str, Any]]]:
         """Every lease (as ``list_leases``) and every raw non-lease item of the table, from one scan."""
         ...
+
+    def last_scan_others(self) -> tuple[int, list[Mapping[str, Any]]]:
+        """How many complete scans of the table this store has made so far (by any of its reading methods), and
+        the raw non-lease items the last one returned: a worker that scans anyway (the 2.x taker, the 3.x
+        leader) reads the coordinator items from it instead of getting them again."""
+        ...

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from shardwise.errors import ShardwiseError
 from shardwise.leases.model import Lease
@@ -47,12 +47,15 @@ class LeaseDiscoverer:
         #: from which the renewer counts the lease's local expiry.
         self.last_stamps: dict[str, int] = {}
 
-    def discover(self) -> list[Lease]:
-        """Leases newly assigned to this worker and ready to process (not held yet, not in handoff)."""
+    def discover(self, owned_keys: Iterable[str] | None = None) -> list[Lease]:
+        """Leases newly assigned to this worker and ready to process (not held yet, not in handoff). The keys
+        this worker owns come from the owner index, or from ``owned_keys`` when the caller knows them (the
+        leader, from its own scan and assignments)."""
         held = self._held_keys()
         found: list[Lease] = []
         self.last_stamps = {}
-        for key in self._index.list_lease_keys_for_owner(self._worker_id):
+        keys = self._index.list_lease_keys_for_owner(self._worker_id) if owned_keys is None else owned_keys
+        for key in keys:
             if key in held:
                 continue
             lease = self._store.get_lease(key)

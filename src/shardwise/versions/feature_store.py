@@ -270,6 +270,25 @@ class FeatureStore:
         exists = coordinator.exists()
         record_item = coordinator.get(FEATURES_KEY) if exists else None
         migration_item = coordinator.get(MIGRATION_KEY) if exists else None
+        return self._finalize(record_item, migration_item, exists=exists, detect_layout_by_scan=detect_layout_by_scan)
+
+    def read_from(self, records: Iterable[ItemRecord]) -> FinalizedFeatures:
+        """The finalized levels from coordinator records someone else already read (a scan of the lease table
+        that holds them, single-table layout): no request of its own."""
+        by_key = {record.key: record for record in records}
+        return self._finalize(
+            by_key.get(FEATURES_KEY), by_key.get(MIGRATION_KEY), exists=True, detect_layout_by_scan=False
+        )
+
+    def _finalize(
+        self,
+        record_item: ItemRecord | None,
+        migration_item: ItemRecord | None,
+        *,
+        exists: bool,
+        detect_layout_by_scan: bool,
+    ) -> FinalizedFeatures:
+        coordinator = self._coordinator
         record = None if record_item is None else FeatureRecord.from_attributes(record_item.attributes)
         migration = None if migration_item is None else MigrationState.from_attributes(migration_item.attributes)
         levels = dict.fromkeys(REGISTRY, 0)

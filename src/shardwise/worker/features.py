@@ -1,5 +1,21 @@
 """Feature versions as one worker meets them: admission (every finalized level must be one it runs) and the
-advertisement of its supported ranges on its worker record (``shardwise features`` reads them)."""
+advertisement of its supported ranges on its worker record (``shardwise features`` reads them).
+
+**What the running check reads.** Admission at start reads the features record and ``Migration3.0`` with two
+strongly consistent GetItems. After that the check runs on every worker-metrics tick
+(``worker_metrics.reporter_frequency_ms``, 30 s) but costs no read of its own where it can:
+
+* in the single-table layout, a worker whose lease store completed a scan of the lease table since the last
+  tick (the 2.x taker every ``2 × failover_time_ms``, the 3.x leader every assignment run, the shard-sync
+  leader's audit) takes both items from that scan — they are in it (eventually consistent, like the scan);
+* otherwise (a 3.x worker that is not the leader, the legacy layout, a backend without shared scans) it reads
+  the two items again only every :data:`FALLBACK_TICKS`-th tick.
+
+So a finalized level change or a ``Migration3.0`` change is noticed by a scanning worker within one tick plus
+its scan interval (50 s at KCL's defaults), and by every worker within ``FALLBACK_TICKS`` ticks (5 minutes at
+the defaults). (``Migration3.0`` changes that switch generations are followed separately, by the migration
+state machine's own poll, when the worker runs under ``client_version_config``.)
+"""
 
 from __future__ import annotations
 
@@ -7,14 +23,19 @@ import logging
 from collections.abc import Callable, Mapping
 
 from shardwise.errors import ShardwiseError, UnsupportedFeatureVersionError
-from shardwise.versions.feature_store import FeatureStore
+from shardwise.leases.store import LeaseStore, SharedTableScan
+from shardwise.tables.items import SharesLeaseTable
+from shardwise.versions.feature_store import FeatureStore, FinalizedFeatures
 from shardwise.versions.features import SupportedRange, first_unsupported
 from shardwise.worker.config import WorkerConfig
 from shardwise.worker.items import CoordinatorItems
 
-__all__ = ["FeatureVersions", "Unsupported", "refused_at_start", "stopped_while_running"]
+__all__ = ["FALLBACK_TICKS", "FeatureVersions", "Unsupported", "refused_at_start", "stopped_while_running"]
 
 logger = logging.getLogger(__name__)
+
+#: A worker that has no scan of the lease table to read the items from reads them every this many ticks.
+FALLBACK_TICKS = 10
 
 #: A level this worker cannot run: (feature, finalized level, the worker's range), and where it was finalized.
 Unsupported = tuple[tuple[str, int, SupportedRange], str]
@@ -50,11 +71,25 @@ def stopped_while_running(problem: tuple[str, int, SupportedRange], source: str)
 class FeatureVersions:
     """Reads the finalized levels and writes this worker's advertisement, through the application's items."""
 
-    def __init__(self, config: WorkerConfig, items: CoordinatorItems, *, clock_epoch_s: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        items: CoordinatorItems,
+        *,
+        clock_epoch_s: Callable[[], float],
+        lease_store: LeaseStore | None = None,
+    ) -> None:
         self._config = config
         self._items = items
         self._clock_epoch_s = clock_epoch_s
+        self._lease_store = lease_store
         self._store: FeatureStore | None = None
+        #: The lease store's count of complete scans when the check last used one (-1: never).
+        self._scans_seen = -1
+        #: Ticks since the items were last read (from a scan or by themselves).
+        self._ticks_since_read = 0
+        #: How the running check got the items, per source ("scan", "read"): for tests and logs.
+        self.sources: dict[str, int] = {"scan": 0, "read": 0, "skipped": 0}
         #: The finalized levels as last read (0: not finalized); empty before the first read.
         self.finalized: dict[str, int] = {}
         #: Whether this worker has written its advertisement (its record is then withdrawn at a clean stop).
@@ -70,9 +105,40 @@ class FeatureVersions:
             )
         return self._store
 
-    def first_unsupported(self, supported: Mapping[str, SupportedRange]) -> Unsupported | None:
-        """The first finalized level outside ``supported``, with where it was finalized."""
-        finalized = self.store().read(detect_layout_by_scan=False)
+    def _from_scan(self, store: FeatureStore) -> FinalizedFeatures | None:
+        """The finalized levels from a lease-table scan completed since the last use, if there is one."""
+        lease_store: object = self._lease_store
+        coordinator = store.coordinator
+        if not (
+            isinstance(lease_store, SharedTableScan)
+            and isinstance(coordinator, SharesLeaseTable)
+            and coordinator.shares_lease_table
+        ):
+            return None
+        scans, others = lease_store.last_scan_others()
+        if scans <= self._scans_seen or scans == 0:
+            return None
+        self._scans_seen = scans
+        return store.read_from(coordinator.records_from(others))
+
+    def first_unsupported(
+        self, supported: Mapping[str, SupportedRange], *, running: bool = False
+    ) -> Unsupported | None:
+        """The first finalized level outside ``supported``, with where it was finalized. At start (``running``
+        false) the items are read strongly consistently; a running check reads them as the module says (and
+        returns ``None`` on a tick that has nothing new to look at)."""
+        store = self.store()
+        finalized = self._from_scan(store) if running else None
+        if finalized is not None:
+            self.sources["scan"] += 1
+        elif running and self._ticks_since_read + 1 < FALLBACK_TICKS:
+            self._ticks_since_read += 1
+            self.sources["skipped"] += 1
+            return None
+        else:
+            finalized = store.read(detect_layout_by_scan=False)
+            self.sources["read"] += 1
+        self._ticks_since_read = 0
         self.finalized = dict(finalized.levels)
         problem = first_unsupported(finalized.levels, supported)
         if problem is None:

@@ -230,6 +230,8 @@ class UtilizationGeneration:
         self._was_leader = False
         self._rebalance_hold_until_ns: int | None = None
         self._discovery_interval_ms = context.config.lease_discovery_interval_ms
+        #: The leader's own leases as its latest assignment run left them, until a discovery run uses them.
+        self._leader_keys: list[str] | None = None
 
     @property
     def opened(self) -> bool:
@@ -326,15 +328,25 @@ class UtilizationGeneration:
             assigner.reset(skip_rebalance_until_ns=hold)
         self._was_leader = leader
         if not leader:
+            self._leader_keys = None
             return None
-        return assigner.run_once()
+        run = assigner.run_once()
+        self._leader_keys = _owned_after(assigner.last_leases, run, context.worker_id)
+        return run
 
     def discover(self) -> list[Lease]:
         discoverer = self.discoverer
         if discoverer is None:
             return []
         context = self._context
-        found = discoverer.discover()
+        lock = self.lock
+        if lock is not None and lock.holds_lock():
+            # The leader assigns every lease itself, and its own scan shows which are its own: it queries the
+            # owner index only for a worker that does not lead (saves a Query per interval on the leader).
+            keys, self._leader_keys = self._leader_keys, None
+            found = [] if keys is None else discoverer.discover(keys)
+        else:
+            found = discoverer.discover()
         context.metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
         # KCL queries the owner index every ~10 s on every worker, which makes a small steady fleet read more
         # than the 2.x generation (KCL issue #1406). While nothing changes the interval doubles up to
@@ -373,6 +385,17 @@ GENERATIONS: dict[AssignmentMode, Callable[[GenerationContext], Generation]] = {
     "lease-count-2x": LeaseCountGeneration,
     "utilization-3x": UtilizationGeneration,
 }
+
+
+def _owned_after(scanned: tuple[int, list[Lease]] | None, run: AssignmentRun, worker_id: str) -> list[str] | None:
+    """The keys of the leases ``worker_id`` owns once the assignment ``run`` (made on the ``scanned`` leases) has
+    been applied: what the owner index would show the leader, without asking it."""
+    if scanned is None:
+        return None
+    applied = set(run.applied)
+    moved_to = {move.lease.lease_key: move.to_worker for move in run.decision.moves if move.lease.lease_key in applied}
+    owners = {lease.lease_key: moved_to.get(lease.lease_key, lease.lease_owner) for lease in scanned[1]}
+    return sorted(key for key, owner in owners.items() if owner == worker_id)
 
 
 def request_owner_index(store: LeaseStore, worker_id: str) -> None:

@@ -155,7 +155,7 @@ class Worker:
         )
         # Feature versions: where the finalized levels are read and this worker's ranges advertised, and why the
         # worker stopped if it met a level it cannot run.
-        self._features = FeatureVersions(config, self._items, clock_epoch_s=clock_epoch_s)
+        self._features = FeatureVersions(config, self._items, clock_epoch_s=clock_epoch_s, lease_store=store)
         #: Why the worker stopped on its own (a feature level it cannot run, a permanent error), else ``None``.
         self.stop_reason: ShardwiseError | None = None
         #: How many initialization attempts :meth:`run` made.
@@ -438,7 +438,7 @@ class Worker:
 
     def _check_features(self) -> None:
         """Admission (at start) and the running check: every finalized level must be one this worker runs."""
-        found = self._features.first_unsupported(self.supported_ranges())
+        found = self._features.first_unsupported(self.supported_ranges(), running=self._loops_started)
         if found is not None:
             self._unsupported(*found)
 

@@ -328,7 +328,9 @@ def test_blocked_leases_are_never_touched() -> None:
 
 @pytest.mark.parametrize(("low", "high", "rebalances"), [(45.0, 55.0, False), (44.0, 56.0, True)])
 def test_rebalance_triggers_only_outside_the_threshold(low: float, high: float, rebalances: bool) -> None:
-    leases = held("a", [10.0] * 5, start=0) + held("b", [10.0] * 5, start=10)
+    # Leases of 5 KB/s (5 CPU points each): 44 + 5 ends clearly below 56 (the gap rule); a 10-point lease would
+    # only turn 44/56 into 54/46, which the next run's noise could undo, and does not move.
+    leases = held("a", [5.0] * 10, start=0) + held("b", [5.0] * 10, start=10)
     snapshot = snap(leases, [cpu_worker("a", low), cpu_worker("b", high)])
     decision = variance_run(snapshot)
     assert decision.rebalanced is True

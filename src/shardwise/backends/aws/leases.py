@@ -109,6 +109,8 @@ class DynamoDBLeaseStore:
         )
         self._table = LeaseTable(self._client, config, self._errors, self._capacity)
         self._reported: set[tuple[str, str]] = set()
+        self._scans = 0
+        self._last_others: list[Item] = []
 
     def __repr__(self) -> str:
         return f"DynamoDBLeaseStore(table_name={self.table_name!r})"
@@ -199,6 +201,11 @@ class DynamoDBLeaseStore:
                 leases.append(lease)
         leases.sort(key=lambda lease: lease.lease_key)
         return leases, others
+
+    def last_scan_others(self) -> tuple[int, list[Mapping[str, Any]]]:
+        """How many complete scans this store has made, and the raw non-lease items of the last one."""
+        with self._lock:
+            return self._scans, list(self._last_others)
 
     def get_lease(self, lease_key: str) -> Lease | None:
         with self._translating("GetItem"):
@@ -301,13 +308,19 @@ class DynamoDBLeaseStore:
             "ConsistentRead": self._config.consistent_reads,
             "ReturnConsumedCapacity": "TOTAL",
         }
+        others: list[Item] = []
         while True:
             with self._translating("Scan"):
                 page = self._client.scan(**request)
             self._record_capacity(page.get("ConsumedCapacity"), write=False)
-            yield from page.get("Items", [])
+            items = page.get("Items", [])
+            others.extend(item for item in items if classify_item(item) == "other")
+            yield from items
             last_key = page.get("LastEvaluatedKey")
             if not last_key:
+                with self._lock:  # only a scan read to its end counts (is_empty stops at the first lease)
+                    self._scans += 1
+                    self._last_others = others
                 return
             request["ExclusiveStartKey"] = last_key
 
