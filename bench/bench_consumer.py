@@ -146,7 +146,7 @@ def median_figures(runs: list[Figures]) -> Figures:
 
 
 def measure(
-    name: str, endpoint: str, per_shard: dict[str, int], rounds: int, tmp: Path, fast: bool
+    name: str, endpoint: str, per_shard: dict[str, int], *, rounds: int, tmp: Path, fast: bool
 ) -> dict[str, tuple[Figures, list[Figures]]]:
     total = sum(per_shard.values())
     runs: dict[str, list[Figures]] = {v.label: [] for v in variants(fast)}
@@ -187,7 +187,7 @@ def main() -> None:
         ):
             with standins.running(start(tmp / "logs")) as server:
                 per_shard = fill(server.endpoint_url, records)
-                results = measure(name, server.endpoint_url, per_shard, args.rounds, tmp, fast)
+                results = measure(name, server.endpoint_url, per_shard, rounds=args.rounds, tmp=tmp, fast=fast)
             for label, (med, runs) in results.items():
                 detail = ", ".join(f"{r.cold_us:.1f} / {r.steady_us:.1f}" for r in runs)
                 lines.append(
