@@ -39,6 +39,9 @@ A file looks like this (every key optional except the two names; defaults are KC
     client_version_poll_interval_ms = 60000
     stabilization_period_ms = 600000
 
+    [retrieval]
+    client = "fast"                    # or "boto3": the client that reads records from Kinesis (aws backend)
+
     [state]                            # stateful processors only (shardwise.processor.StatefulRecordProcessor)
     dir = "shardwise-state"            # local stores: <dir>/<application>/<shard_id>/
     engine = "sqlite"                  # or "rocksdb" (pip install 'shardwise[rocksdb]')
@@ -61,7 +64,7 @@ from typing import Any, Literal
 
 from shardwise.assignment.taker import TakerConfig
 from shardwise.assignment.utilization import AssignmentConfig
-from shardwise.backends.config import BackendConfig
+from shardwise.backends.config import BackendConfig, RetrievalConfig
 from shardwise.errors import ConfigurationError
 from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.lifecycle.consumer import ConsumerConfig
@@ -89,7 +92,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "features": FeaturesConfig,
     "state": StateSettings,
 }
-_BACKEND_KEYS = {f.name for f in dataclasses.fields(BackendConfig)}
+#: Sections of the backend config (the rest of it is top-level keys).
+_BACKEND_SECTIONS: dict[str, type[Any]] = {"retrieval": RetrievalConfig}
+_BACKEND_KEYS = {f.name for f in dataclasses.fields(BackendConfig)} - set(_BACKEND_SECTIONS)
 _WORKER_KEYS = {f.name for f in dataclasses.fields(WorkerConfig) if f.name not in _SECTIONS} - {"initial_position"}
 _TOP_KEYS = _BACKEND_KEYS | _WORKER_KEYS | {"initial_position", "initial_timestamp"}
 
@@ -190,18 +195,20 @@ def _build_section(cls: type[Any], values: Mapping[str, Any], prefix: str) -> An
 def build_config(values: Mapping[str, Any]) -> tuple[WorkerConfig, BackendConfig]:
     """Validate a config mapping (file contents merged with overrides) into worker and backend configs."""
     values = dict(values)
-    unknown = sorted(k for k in values if k not in _TOP_KEYS and k not in _SECTIONS)
+    all_sections = {**_SECTIONS, **_BACKEND_SECTIONS}
+    unknown = sorted(k for k in values if k not in _TOP_KEYS and k not in all_sections)
     if unknown:
         raise ConfigurationError(
             f"unknown config key(s) {', '.join(unknown)}; valid top-level keys: "
-            f"{', '.join(sorted(_TOP_KEYS))}, and the sections [{'], ['.join(_SECTIONS)}]"
+            f"{', '.join(sorted(_TOP_KEYS))}, and the sections [{'], ['.join(all_sections)}]"
         )
     sections: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
+    for name, cls in all_sections.items():
         raw = values.pop(name, {})
         if not isinstance(raw, Mapping):
             raise ConfigurationError(f"config key {name} must be a section ([{name}]), got {raw!r}")
         sections[name] = _build_section(cls, raw, f"{name}.")
+    backend_sections = {name: sections.pop(name) for name in _BACKEND_SECTIONS}
     position_name = values.pop("initial_position", "LATEST")
     timestamp_raw = values.pop("initial_timestamp", None)
     timestamp = None if timestamp_raw is None else _timestamp("initial_timestamp", timestamp_raw)
@@ -209,7 +216,7 @@ def build_config(values: Mapping[str, Any]) -> tuple[WorkerConfig, BackendConfig
     if timestamp is not None and sections["consumer"].initial_timestamp is None:
         sections["consumer"] = dataclasses.replace(sections["consumer"], initial_timestamp=timestamp)
     backend_values = {k: values.pop(k) for k in list(values) if k in _BACKEND_KEYS}
-    backend = _build_section(BackendConfig, backend_values, "")
+    backend = dataclasses.replace(_build_section(BackendConfig, backend_values, ""), **backend_sections)
     for required in ("application_name", "stream_name"):
         if not values.get(required):
             flag = "--app" if required == "application_name" else "--stream"

@@ -65,6 +65,7 @@ def open_backend(config: BackendConfig, *, dynamodb_client: DynamoDBClient | Non
         region_name=config.region,
         kinesis_endpoint_url=config.kinesis_endpoint,
         kinesis_limits=config.kinesis_limits,
+        data_client=config.retrieval.client,
     )
 
 

@@ -8,14 +8,26 @@ timeouts, the number of attempts and SQLite's busy timeout default to values der
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from shardwise.errors import ConfigurationError
 
-__all__ = ["DEFAULT_FAILOVER_TIME_MS", "Backend", "BackendConfig", "CallLimits", "DerivedLimits", "derived_call_limits"]
+__all__ = [
+    "DEFAULT_FAILOVER_TIME_MS",
+    "Backend",
+    "BackendConfig",
+    "CallLimits",
+    "DataClient",
+    "DerivedLimits",
+    "RetrievalConfig",
+    "derived_call_limits",
+]
 
 Backend = Literal["local", "aws"]
+#: The client that reads records from Kinesis: the fast data-plane client, or boto3's (the control plane is
+#: always boto3's).
+DataClient = Literal["fast", "boto3"]
 
 #: KCL's failover time (``failoverTimeMillis``); the limits of a config built without a worker derive from it.
 DEFAULT_FAILOVER_TIME_MS = 10_000
@@ -74,6 +86,20 @@ def derived_call_limits(failover_time_ms: int) -> DerivedLimits:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RetrievalConfig:
+    """How records are read (the ``[retrieval]`` section). ``client``: ``"fast"`` (default) reads Kinesis with
+    shardwise's data-plane client (signed HTTP, msgspec decoding); ``"boto3"`` with boto3's client, as before.
+    The local backend ignores it."""
+
+    client: DataClient = "fast"
+
+    def __post_init__(self) -> None:
+        if self.client not in get_args(DataClient):
+            choices = " or ".join(repr(choice) for choice in get_args(DataClient))
+            raise ConfigurationError(f"retrieval.client must be {choices}, got {self.client!r}")
+
+
 _LIMIT_FIELDS = (
     "dynamodb_connect_timeout_ms",
     "dynamodb_read_timeout_ms",
@@ -107,6 +133,7 @@ class BackendConfig:
     kinesis_read_timeout_ms: int | None = None
     kinesis_max_attempts: int | None = None
     sqlite_busy_timeout_ms: int | None = None
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "aws"):

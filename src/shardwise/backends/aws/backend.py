@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shardwise.backends.config import CallLimits
+from shardwise.backends.config import CallLimits, DataClient
 from shardwise.backends.port import Capabilities, TableAdmin
 from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
@@ -35,8 +35,10 @@ class AwsBackend:
         region_name: str | None = None,
         kinesis_endpoint_url: str | None = None,
         kinesis_limits: CallLimits | None = None,
+        data_client: DataClient = "fast",
     ) -> None:
         self._dynamodb = dynamodb
+        self._data_client: DataClient = data_client
         self._region = region_name
         self._kinesis_endpoint = kinesis_endpoint_url
         self._kinesis_limits = kinesis_limits
@@ -67,7 +69,7 @@ class AwsBackend:
             for_what=f"stream {stream_name!r}",
             limits=self._kinesis_limits,
         )
-        return KinesisStream(stream_name, client=client)
+        return KinesisStream(stream_name, client=client, data_client=self._data_client)
 
     def open_coordinator_tables(
         self,

@@ -1,4 +1,9 @@
-"""Amazon Kinesis as a :class:`~shardwise.retrieval.source.StreamSource` (polling, boto3's low-level client).
+"""Amazon Kinesis as a :class:`~shardwise.retrieval.source.StreamSource` (polling).
+
+The data plane — GetRecords and GetShardIterator — goes through the fast client
+(:mod:`shardwise.backends.aws.dataplane`: signed HTTP on a pooled connection, msgspec decoding) unless the stream
+is built with ``data_client="boto3"`` (``retrieval.client = "boto3"``); everything else uses boto3's low-level
+client, from which the fast client takes its endpoint, region, credentials and limits.
 
 Two classes share one client and one error boundary:
 
@@ -8,8 +13,9 @@ Two classes share one client and one error boundary:
   benchmarks and the demo CLI need: create / wait until ACTIVE / delete, ``put_record(s)``, ``split_shard``,
   ``merge_shards``. Keeping these off ``KinesisStream`` keeps the port implementation exactly the port.
 
-Every botocore exception is translated at this boundary (see :func:`_translate`; the code and message are read
-as :mod:`shardwise.backends.aws.errors` reads DynamoDB's), so callers only ever see :mod:`shardwise.errors` types:
+Every botocore exception is translated at this boundary — both clients raise botocore's exceptions, and both go
+through :func:`~shardwise.backends.aws.kinesis_errors.translate_kinesis_error` (code, message, HTTP status) — so
+callers only ever see :mod:`shardwise.errors` types, the same for the same answer whichever client read it:
 
 =========================================================================  ===================================
 Kinesis error code                                                          shardwise error
@@ -27,6 +33,7 @@ parameter validation
 ``ResourceInUseException`` (stream not ACTIVE for an admin call)            :class:`InvalidStateError`
 no region configured                                                        :class:`ConfigurationError`
 any other ``ClientError`` (5xx) or ``BotoCoreError`` (timeouts, connection) :class:`DependencyError`
+an answer that is not the documented shape                                  :class:`DependencyError`
 =========================================================================  ===================================
 """
 
@@ -38,7 +45,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 try:
     from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -46,24 +53,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("shardwise.backends.aws.kinesis needs boto3: pip install 'shardwise[aws]'") from exc
 
 from shardwise.backends.aws.client import kinesis_client
-from shardwise.backends.aws.errors import (
-    ACCESS_DENIED_CODES,
-    CREDENTIALS_FIX,
-    access_denied,
-    error_code,
-    error_message,
-)
+from shardwise.backends.aws.errors import access_denied
+from shardwise.backends.aws.kinesis_errors import THROTTLING_CODES, translate_client_error
+from shardwise.backends.config import DataClient
 from shardwise.errors import (
-    AccessDeniedError,
     ConfigurationError,
     DependencyError,
-    ExpiredIteratorError,
     InvalidArgumentError,
     InvalidStateError,
     ResourceNotFoundError,
-    ShardNotFoundError,
-    ShardwiseError,
-    StreamNotFoundError,
     ThrottlingError,
 )
 from shardwise.hashkeys import HashKeyRange, parse_hash_key
@@ -80,6 +78,8 @@ from shardwise.retrieval.model import (
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
 
+    from shardwise.backends.aws.dataplane import FastDataPlane
+
 __all__ = ["KinesisAdmin", "KinesisStream", "PutResult"]
 
 logger = logging.getLogger(__name__)
@@ -88,16 +88,6 @@ logger = logging.getLogger(__name__)
 _MAX_GET_RECORDS_LIMIT = 10_000
 _MAX_LIST_SHARDS_PAGE = 10_000
 _MAX_PUT_RECORDS_BATCH = 500
-
-_THROTTLING_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "LimitExceededException",
-        "KMSThrottlingException",
-        "ThrottlingException",
-    }
-)
-_INVALID_ARGUMENT_CODES = frozenset({"InvalidArgumentException", "ValidationException"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +105,9 @@ class KinesisStream:
     injected ``client``, one is built from boto3's normal credential/region chain with ``endpoint_url`` and
     ``region_name`` (default: the ARN's region, if an ARN is given) and
     :data:`shardwise.backends.aws.client.KINESIS_CLIENT_CONFIG`.
-    ``page_size`` is ListShards' ``MaxResults`` (1 to 10 000).
+    ``page_size`` is ListShards' ``MaxResults`` (1 to 10 000). ``data_client`` reads records with the fast client
+    (``"fast"``, the default; it follows the boto3 client's endpoint, region, credentials and limits) or with
+    boto3's (``"boto3"``); an endpoint reached through a proxy always uses boto3's.
     """
 
     def __init__(
@@ -127,7 +119,11 @@ class KinesisStream:
         endpoint_url: str | None = None,
         region_name: str | None = None,
         page_size: int = 1000,
+        data_client: DataClient = "fast",
     ) -> None:
+        if data_client not in get_args(DataClient):
+            choices = " or ".join(repr(choice) for choice in get_args(DataClient))
+            raise ConfigurationError(f"data_client must be {choices}, got {data_client!r}")
         if not stream_name and not stream_arn:
             raise ConfigurationError("KinesisStream needs a stream_name or a stream_arn")
         arn_region: str | None = None
@@ -147,6 +143,7 @@ class KinesisStream:
         if client is None:
             client = self._build_client(endpoint_url, region_name or arn_region)
         self._client = client
+        self._data: FastDataPlane | None = _fast_client(client) if data_client == "fast" else None
 
     def _build_client(self, endpoint_url: str | None, region_name: str | None) -> KinesisClient:
         return kinesis_client(
@@ -169,6 +166,11 @@ class KinesisStream:
     def client(self) -> KinesisClient:
         """The underlying boto3 client (shared with :class:`KinesisAdmin`)."""
         return self._client
+
+    @property
+    def data_client(self) -> DataClient:
+        """Which client reads records: ``"fast"`` or ``"boto3"``."""
+        return "fast" if self._data is not None else "boto3"
 
     # -- StreamSource ---------------------------------------------------------------------------------------
 
@@ -210,11 +212,14 @@ class KinesisStream:
         }
         if position.sequence_number is not None:
             request["StartingSequenceNumber"] = position.sequence_number
-        if position.timestamp is not None:
-            request["Timestamp"] = position.timestamp
-        with self._boundary("GetShardIterator", shard_id=shard_id):
-            response = self._client.get_shard_iterator(**request)
-        iterator = response.get("ShardIterator")
+        if self._data is not None:
+            iterator = self._fast_shard_iterator(shard_id, request, position.timestamp)
+        else:
+            if position.timestamp is not None:
+                request["Timestamp"] = position.timestamp
+            with self._boundary("GetShardIterator", shard_id=shard_id):
+                response = self._client.get_shard_iterator(**request)
+            iterator = response.get("ShardIterator")
         if not iterator:
             raise DependencyError(
                 f"Kinesis GetShardIterator on stream {self._stream_name!r} shard {shard_id!r} "
@@ -225,6 +230,14 @@ class KinesisStream:
     def get_records(self, shard_iterator: str, *, limit: int = _MAX_GET_RECORDS_LIMIT) -> GetRecordsResult:
         if not 1 <= limit <= _MAX_GET_RECORDS_LIMIT:
             raise InvalidArgumentError(f"GetRecords limit must be from 1 to {_MAX_GET_RECORDS_LIMIT}, got {limit}")
+        if self._data is not None:
+            from shardwise.backends.aws import dataplane_codec as codec  # noqa: PLC0415 - msgspec: fast client only
+
+            with self._boundary("GetRecords"):
+                request = codec.encode_request({"ShardIterator": shard_iterator, "Limit": limit})
+                body = self._data.call("GetRecords", request, codec.error_parts)
+            with self._parsing("GetRecords"):
+                return codec.decode_get_records(body)
         with self._boundary("GetRecords"):
             response = self._client.get_records(ShardIterator=shard_iterator, Limit=limit)
         with self._parsing("GetRecords"):
@@ -244,6 +257,17 @@ class KinesisStream:
                 child_shards=children,
             )
 
+    def _fast_shard_iterator(self, shard_id: str, request: dict[str, Any], timestamp: datetime | None) -> str | None:
+        from shardwise.backends.aws import dataplane_codec as codec  # noqa: PLC0415 - msgspec: fast client only
+
+        assert self._data is not None
+        if timestamp is not None:
+            request["Timestamp"] = codec.epoch_seconds(timestamp)
+        with self._boundary("GetShardIterator", shard_id=shard_id):
+            body = self._data.call("GetShardIterator", codec.encode_request(request), codec.error_parts)
+        with self._parsing("GetShardIterator"):
+            return codec.decode_shard_iterator(body)
+
     # -- the error boundary ---------------------------------------------------------------------------------
 
     def _stream_ids(self) -> dict[str, str]:
@@ -255,7 +279,7 @@ class KinesisStream:
         try:
             yield
         except ClientError as exc:
-            raise _translate(exc, operation, self._stream_name, shard_id) from exc
+            raise translate_client_error(exc, operation, self._stream_name, shard_id) from exc
         except ParamValidationError as exc:
             raise InvalidArgumentError(f"Kinesis {operation} on stream {self._stream_name!r}: {exc}") from exc
         except BotoCoreError as exc:
@@ -383,7 +407,7 @@ class KinesisAdmin:
                         f"Kinesis PutRecords on stream {self._name!r}: {len(pending)} record(s) still failed "
                         f"after {attempt} attempts ({errors})"
                     )
-                    if set(errors) <= _THROTTLING_CODES:
+                    if set(errors) <= THROTTLING_CODES:
                         raise ThrottlingError(message)
                     raise DependencyError(message)
                 if pending:
@@ -434,6 +458,22 @@ class KinesisAdmin:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
+def _fast_client(client: KinesisClient) -> FastDataPlane | None:
+    """The fast data-plane client beside ``client``; ``None`` (boto3 reads records) when its endpoint goes through
+    a proxy, which the fast client does not support."""
+    try:
+        from shardwise.backends.aws.dataplane import FastDataPlane, proxied  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ConfigurationError(
+            f"the fast Kinesis client needs msgspec ({exc}): pip install 'shardwise[aws]', or set "
+            'retrieval.client = "boto3"'
+        ) from exc
+    if proxied(client.meta.endpoint_url, client.meta.config):
+        logger.info("Kinesis endpoint %s goes through a proxy: records are read with boto3", client.meta.endpoint_url)
+        return None
+    return FastDataPlane.for_client(client)
+
+
 def _parse_stream_arn(arn: str) -> tuple[str, str]:
     """``(region, stream name)`` of ``arn:<partition>:kinesis:<region>:<account>:stream/<name>``."""
     parts = arn.split(":", 5)
@@ -445,41 +485,6 @@ def _parse_stream_arn(arn: str) -> tuple[str, str]:
     if not name or "/" in name:
         raise ConfigurationError(f"{arn!r} does not name a stream")
     return parts[3], name
-
-
-def _translate(exc: ClientError, operation: str, stream_name: str, shard_id: str | None) -> ShardwiseError:
-    """The shardwise error for a Kinesis ``ClientError``; the message names the operation and stream."""
-    code = error_code(exc, "Unknown")
-    detail = error_message(exc)
-    where = f"stream {stream_name!r}" + (f" shard {shard_id!r}" if shard_id else "")
-    message = f"Kinesis {operation} on {where}: {code}: {detail}"
-    if code == "ExpiredIteratorException":
-        return ExpiredIteratorError(message)
-    if code in _THROTTLING_CODES:
-        return ThrottlingError(message)
-    if code == "ResourceNotFoundException":
-        if shard_id is not None and not _names_the_stream(detail):
-            return ShardNotFoundError(message)
-        return StreamNotFoundError(
-            f"{message}; create the stream (or fix the stream name, region or endpoint) and start the worker again"
-        )
-    if code in ACCESS_DENIED_CODES:
-        return AccessDeniedError(f"{message}; {CREDENTIALS_FIX}")
-    if code in _INVALID_ARGUMENT_CODES:
-        return InvalidArgumentError(message)
-    if code == "ResourceInUseException":
-        return InvalidStateError(message)
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return DependencyError(f"{message} (HTTP {status})" if status else message)
-
-
-def _names_the_stream(detail: str) -> bool:
-    """Whether a ``ResourceNotFoundException`` message says the *stream* is missing: Kinesis says "Stream …
-    under account … not found." (kinesalite and kinesis-local alike), but names the shard ("Shard … does not
-    exist", "Could not find shardId …") or the position (kinesis-local: "Unable to find record with provided
-    SequenceNumber …") when only those are missing."""
-    lowered = detail.lower()
-    return lowered.startswith("stream") and "not found" in lowered
 
 
 def _shard_filter_request(shard_filter: ShardFilter) -> dict[str, Any]:

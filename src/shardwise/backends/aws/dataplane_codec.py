@@ -1,0 +1,139 @@
+"""The fast data-plane client's wire format: Kinesis's JSON 1.1 requests and answers for GetRecords and
+GetShardIterator, encoded and decoded with ``msgspec``.
+
+Answers are decoded into typed structs in C — ``Data`` typed as ``bytes``, so msgspec undoes the base64 itself;
+``ApproximateArrivalTimestamp`` (epoch seconds) typed as ``datetime``, so msgspec makes the aware UTC datetime
+itself — and then turned into :class:`~shardwise.retrieval.model.Record` values. ``bench/bench_decode.py`` measures
+this against botocore's parser and against CBOR (``application/x-amz-cbor-1.1``, which Kinesis also speaks).
+
+A body that is not the documented shape raises :class:`ValueError` (the caller's ``_parsing`` block turns it into
+a :class:`~shardwise.errors.DependencyError`, as it does for the boto3 client's answers). Error answers are read
+as botocore reads them (:func:`error_parts`), so both clients see the same code and message.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from shardwise.hashkeys import HashKeyRange, parse_hash_key
+from shardwise.retrieval.model import ChildShard, GetRecordsResult, Record
+
+__all__ = [
+    "decode_get_records",
+    "decode_shard_iterator",
+    "encode_request",
+    "epoch_seconds",
+    "error_parts",
+]
+
+
+class _Record(msgspec.Struct, rename="pascal"):
+    data: bytes
+    sequence_number: str
+    partition_key: str = ""
+    approximate_arrival_timestamp: datetime | None = None
+
+
+class _HashKeyRange(msgspec.Struct, rename="pascal"):
+    starting_hash_key: str
+    ending_hash_key: str
+
+
+class _ChildShard(msgspec.Struct, rename="pascal"):
+    shard_id: str
+    parent_shards: list[str]
+    hash_key_range: _HashKeyRange
+
+
+class _GetRecordsOutput(msgspec.Struct, rename="pascal"):
+    records: list[_Record] = []
+    next_shard_iterator: str | None = None
+    millis_behind_latest: int | None = None
+    child_shards: list[_ChildShard] | None = None
+
+
+class _GetShardIteratorOutput(msgspec.Struct, rename="pascal"):
+    shard_iterator: str | None = None
+
+
+# strict=False: epoch-second numbers decode into datetimes (UTC).
+_GET_RECORDS = msgspec.json.Decoder(_GetRecordsOutput, strict=False)
+_GET_SHARD_ITERATOR = msgspec.json.Decoder(_GetShardIteratorOutput)
+_ANY = msgspec.json.Decoder()
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_request(request: dict[str, Any]) -> bytes:
+    """The JSON body of a request (``datetime`` values must already be epoch seconds: :func:`epoch_seconds`)."""
+    return _ENCODER.encode(request)
+
+
+def epoch_seconds(value: datetime) -> int | float:
+    """A timestamp as botocore's JSON serializer writes it: whole seconds, or seconds with microseconds."""
+    whole = calendar.timegm(value.utctimetuple())
+    return (whole * 10**6 + value.microsecond) / 10**6 if value.microsecond else whole
+
+
+def decode_get_records(body: bytes) -> GetRecordsResult:
+    """A GetRecords answer as a :class:`GetRecordsResult`; :class:`ValueError` if it is not one."""
+    try:
+        output = _GET_RECORDS.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"GetRecords answer does not decode: {exc}") from exc
+    now: datetime | None = None
+    records: list[Record] = []
+    append = records.append
+    for item in output.records:
+        arrival = item.approximate_arrival_timestamp
+        if arrival is None:
+            arrival = now = now or datetime.now(timezone.utc)
+        elif arrival.tzinfo is None:  # an ISO string without a zone: taken as UTC, as on the boto3 path
+            arrival = arrival.replace(tzinfo=timezone.utc)
+        append(Record(item.data, item.partition_key, item.sequence_number, arrival))
+    children = [
+        ChildShard(
+            shard_id=child.shard_id,
+            parent_shards=tuple(child.parent_shards),
+            hash_key_range=HashKeyRange(
+                parse_hash_key(child.hash_key_range.starting_hash_key),
+                parse_hash_key(child.hash_key_range.ending_hash_key),
+            ),
+        )
+        for child in output.child_shards or ()
+    ]
+    return GetRecordsResult(
+        records=records,
+        next_iterator=output.next_shard_iterator or None,
+        millis_behind_latest=output.millis_behind_latest,
+        child_shards=children,
+    )
+
+
+def decode_shard_iterator(body: bytes) -> str | None:
+    """The ``ShardIterator`` of a GetShardIterator answer (``None`` when it has none); :class:`ValueError` if the
+    body is not such an answer."""
+    try:
+        return _GET_SHARD_ITERATOR.decode(body).shard_iterator
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"GetShardIterator answer does not decode: {exc}") from exc
+
+
+def error_parts(body: bytes, status: int) -> tuple[str, str]:
+    """(code, message) of an error answer, read as botocore's JSON parser reads them: the code from ``__type``
+    (without a ``namespace#`` prefix or a ``:`` suffix), else the HTTP status; the message from ``message`` or
+    ``Message``; a body that is not JSON is the message itself."""
+    parsed: Any
+    try:
+        parsed = _ANY.decode(body) if body else {}
+    except msgspec.DecodeError:
+        parsed = {"message": body.decode("utf-8", "replace")}
+    if not isinstance(parsed, dict):
+        parsed = {}
+    message = parsed.get("message", parsed.get("Message", ""))
+    code = parsed.get("__type", str(status))
+    code = str(code).split(":", 1)[0].rsplit("#", 1)[-1]
+    return code, str(message)
