@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import ROOT, record_results, standins
-from _profile import py_spy_argv, summarize
+from _profile import py_spy, py_spy_argv, summarize
 from bench_consumer import child_env, fast_client_available
 
 RECORD_BYTES = 1024
@@ -127,7 +127,7 @@ def main() -> None:
                         f"{records / args.records_per_response / wall:,.0f} | {result['max_rss_kib'] / 1024:.0f} MiB |"
                     )
                     print(lines[-1], flush=True)
-                    if shards == args.profile_shards:
+                    if shards == args.profile_shards and py_spy() is not None:
                         raw = tmp / f"profile-{shards}-{client}.txt"
                         run_worker(
                             server.endpoint_url,
