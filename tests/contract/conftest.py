@@ -52,9 +52,16 @@ def item_backend(request: pytest.FixtureRequest, tmp_path: Path) -> ItemBackend:
     return dynamodb_item_backend(moto.endpoint_url, "legacy" if request.param == "dynamodb-legacy" else "single-table")
 
 
-@pytest.fixture(params=["local", pytest.param("kinesis", marks=pytest.mark.aws)])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("kinesis-fast", marks=pytest.mark.aws),
+        pytest.param("kinesis-boto3", marks=pytest.mark.aws),
+    ]
+)
 def stream_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StreamBackend:
+    """The stream-source contract runs on the local stream and on Kinesis through both data-plane clients."""
     if request.param == "local":
         return local_stream_backend(tmp_path)
     server = request.getfixturevalue("kinesis_local")
-    return kinesis_backend(server.endpoint_url)
+    return kinesis_backend(server.endpoint_url, "fast" if request.param == "kinesis-fast" else "boto3")

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
@@ -173,7 +173,8 @@ def local_stream_backend(tmp_path: Path) -> StreamBackend:
     return StreamBackend("local", create, store.stream, put, split, merge)
 
 
-def kinesis_backend(endpoint_url: str) -> StreamBackend:
+def kinesis_backend(endpoint_url: str, data_client: Literal["fast", "boto3"] = "fast") -> StreamBackend:
+    """Kinesis on a stand-in, read through the fast data-plane client or boto3's (``data_client``)."""
     import boto3
 
     from shardwise.backends.aws.kinesis import KinesisStream
@@ -212,6 +213,6 @@ def kinesis_backend(endpoint_url: str) -> StreamBackend:
         wait_active(stream)
 
     def open_source(name: str) -> StreamSource:
-        return KinesisStream(name, endpoint_url=endpoint_url, region_name="us-east-1")
+        return KinesisStream(name, endpoint_url=endpoint_url, region_name="us-east-1", data_client=data_client)
 
-    return StreamBackend("kinesis", create, open_source, put, split, merge)
+    return StreamBackend(f"kinesis-{data_client}", create, open_source, put, split, merge)

@@ -371,3 +371,45 @@ def test_bad_state_settings_name_the_key(state: dict[str, Any], message: str) ->
     with pytest.raises(ConfigurationError) as raised:
         build_config({"application_name": "a", "stream_name": "s", "state": state})
     assert message in str(raised.value)
+
+
+# -- [retrieval]: the client that reads records ---------------------------------------------------------------
+
+NAMES = {"application_name": "app", "stream_name": "s"}
+
+
+def test_the_fast_client_reads_records_by_default() -> None:
+    _, backend = build_config(NAMES)
+    assert backend.retrieval.client == "fast"
+    assert BackendConfig().retrieval.client == "fast"
+
+
+def test_retrieval_client_from_set_and_from_the_file(tmp_path: Path) -> None:
+    _, backend = build_config(merged(NAMES, dict([parse_override("retrieval.client=boto3")])))
+    assert backend.retrieval.client == "boto3"
+    text = 'application_name = "a"\nstream_name = "s"\nbackend = "aws"\n[retrieval]\nclient = "boto3"\n'
+    _, backend = build_config(load_config_file(write(tmp_path, text)))
+    assert (backend.backend, backend.retrieval.client) == ("aws", "boto3")
+    # The limits are still derived: the section does not replace the rest of the backend config.
+    assert backend.kinesis_read_timeout_ms == 10_000
+
+
+@pytest.mark.parametrize(
+    ("retrieval", "message"),
+    [
+        ({"client": "curl"}, "config key retrieval.client must be 'fast' or 'boto3', got 'curl'"),
+        ({"client": 1}, "config key retrieval.client must be 'fast' or 'boto3', got 1"),
+        ({"clients": "fast"}, "unknown config key(s) retrieval.clients; valid keys in retrieval: client"),
+    ],
+)
+def test_a_bad_retrieval_client_is_one_line_listing_the_choices(retrieval: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        build_config({**NAMES, "retrieval": retrieval})
+    assert str(caught.value) == message
+
+
+def test_retrieval_is_a_section_not_a_top_level_key() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown config key\(s\) client"):
+        build_config({**NAMES, "client": "boto3"})
+    with pytest.raises(ConfigurationError, match=r"config key retrieval must be a section \(\[retrieval\]\)"):
+        build_config({**NAMES, "retrieval": "boto3"})

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from shardwise.backends import open_backend
 from shardwise.backends.aws.backend import AwsBackend
+from shardwise.backends.aws.dataplane import limits_of
 from shardwise.backends.aws.kinesis import KinesisStream
-from shardwise.backends.config import BackendConfig, CallLimits, derived_call_limits
+from shardwise.backends.config import BackendConfig, CallLimits, DataClient, RetrievalConfig, derived_call_limits
 from shardwise.backends.sqlite.backend import SQLiteBackend
 from shardwise.config import build_config, merged, parse_override
 from shardwise.errors import ConfigurationError
@@ -103,6 +104,22 @@ def test_the_aws_clients_carry_the_limits() -> None:
     stream = backend.open_stream("orders")
     assert isinstance(stream, KinesisStream)
     assert settings(stream.client.meta.config) == (0.4, 4.0, {"mode": "standard", "total_max_attempts": 4})
+    # The fast data-plane client reads records within the same limits.
+    assert stream.data_client == "fast"
+    assert limits_of(stream.client.meta.config) == CallLimits(400, 4_000, 4)
+
+
+@pytest.mark.parametrize("client", ["fast", "boto3"])
+def test_the_retrieval_client_reaches_the_streams_the_backend_opens(client: DataClient, tmp_path: Path) -> None:
+    config = BackendConfig(
+        backend="aws", region="us-east-1", endpoint_url="http://127.0.0.1:1", retrieval=RetrievalConfig(client)
+    )
+    stream = open_backend(config).open_stream("orders")
+    assert isinstance(stream, KinesisStream)
+    assert stream.data_client == client
+    # The local backend has one way to read records and ignores the key.
+    local = BackendConfig(db=str(tmp_path / "app.db"), retrieval=RetrievalConfig(client))
+    assert open_backend(local).open_stream("orders") is not None
 
 
 def test_the_aws_clients_of_a_default_config_are_bounded_too() -> None:
@@ -119,3 +136,26 @@ def test_the_sqlite_busy_timeout_is_bounded(tmp_path: Path) -> None:
     derived = open_backend(BackendConfig(db=str(tmp_path / "app.db")))
     assert isinstance(derived, SQLiteBackend)
     assert derived.database.busy_timeout_s == 3.333  # not the 30 s it was
+
+
+def test_every_client_comes_from_one_boto3_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    from shardwise.backends.aws import client as clients
+
+    session = clients.shared_session()
+    assert clients.shared_session() is session
+    created: list[object] = []
+    real = boto3.session.Session
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        created.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(boto3.session, "Session", counting)
+    backend = open_backend(BackendConfig(backend="aws", region="us-east-1", endpoint_url="http://127.0.0.1:1"))
+    backend.open_stream("a")
+    backend.open_stream("b")
+    clients.kinesis_client(region_name="us-east-1", endpoint_url="http://127.0.0.1:1")
+    assert created == []  # no session but the shared one
+    assert clients.shared_session() is session

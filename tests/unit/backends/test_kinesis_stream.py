@@ -387,7 +387,7 @@ def test_unreachable_endpoint_is_a_dependency_error() -> None:
 )
 def test_client_errors_are_translated(code: str, status: int, expected: type[Exception]) -> None:
     client = boto3.session.Session().client("kinesis", region_name=REGION, config=NO_RETRIES)
-    stream = KinesisStream("translated", client=client)
+    stream = KinesisStream("translated", client=client, data_client="boto3")  # Stubber: boto3 path
     with Stubber(client) as stubber:
         stubber.add_client_error("get_records", service_error_code=code, http_status_code=status)
         with pytest.raises(expected, match=rf"GetRecords on stream 'translated': {code}") as caught:
@@ -470,7 +470,7 @@ def test_kinesalite_closed_shard_ends_without_child_shards(lite_stream: StreamFa
 )
 def test_a_missing_shard_is_told_from_a_missing_stream(message: str, expected: type[Exception]) -> None:
     client = boto3.session.Session().client("kinesis", region_name=REGION, config=NO_RETRIES)
-    stream = KinesisStream("translated", client=client)
+    stream = KinesisStream("translated", client=client, data_client="boto3")  # Stubber: boto3 path
     with Stubber(client) as stubber:
         stubber.add_client_error(
             "get_shard_iterator", service_error_code="ResourceNotFoundException", service_message=message

@@ -141,7 +141,7 @@ class FastDataPlane:
         signing_name: str = "kinesis",
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
-        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_base_s: float | None = None,
     ) -> None:
         self._url = endpoint_url.rstrip("/") + "/"
         self._endpoint_url = endpoint_url
@@ -152,7 +152,7 @@ class FastDataPlane:
         self._limits = limits
         self._sleep = sleep
         self._rng = rng
-        self._backoff_base_s = backoff_base_s
+        self._backoff_base_s = BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s
         timeout = urllib3.Timeout(connect=limits.connect_timeout_ms / 1000, read=limits.read_timeout_ms / 1000)
         pool_options: dict[str, Any] = {"maxsize": POOL_SIZE, "block": False, "retries": False, "timeout": timeout}
         if urlsplit(endpoint_url).scheme == "https":
@@ -238,7 +238,7 @@ class FastDataPlane:
 
     def _connection_error(self, exc: urllib3.exceptions.HTTPError) -> Exception:
         """botocore's exception for a urllib3 failure (what botocore's own HTTP session raises)."""
-        url = self._endpoint_url
+        url = self._url  # the request's URL, as botocore names it
         if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError subclass: first
             return EndpointConnectionError(endpoint_url=url, error=exc)
         if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):

@@ -31,14 +31,14 @@ __all__ = [
 ]
 
 
-class _Record(msgspec.Struct, rename="pascal"):
+class _Record(msgspec.Struct, rename="pascal", gc=False):
     data: bytes
     sequence_number: str
     partition_key: str = ""
     approximate_arrival_timestamp: datetime | None = None
 
 
-class _HashKeyRange(msgspec.Struct, rename="pascal"):
+class _HashKeyRange(msgspec.Struct, rename="pascal", gc=False):
     starting_hash_key: str
     ending_hash_key: str
 
