@@ -11,6 +11,8 @@ Modes (``spec["mode"]``):
 
 * ``bare-boto3``: a raw ``boto3.client("kinesis").get_records`` loop, one thread per shard;
 * ``bare-fast``: the same loop on ``KinesisStream.get_records`` (``spec["client"]``: ``fast`` or ``boto3``);
+* ``empty-calls``: ``spec["calls"]`` GetRecords on a caught-up iterator (``client``: ``fast``, ``boto3`` or
+  ``raw-boto3``): CPU per empty call, and a cProfile of that loop;
 * ``worker``: a real :class:`~shardwise.worker.Worker` (leases in SQLite, a processor that counts and
   checkpoints once per batch) on ``KinesisStream(..., data_client=spec["client"])``.
 
@@ -29,6 +31,7 @@ import resource
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -132,8 +135,6 @@ def _threads(shard_ids: list[str], drain: Any) -> None:
 
 
 def _worker(spec: dict[str, Any], progress: Progress) -> None:
-    from pathlib import Path
-
     from shardwise.backends.sqlite.leases import SQLiteLeaseStore
     from shardwise.leasing.shard_sync import InitialPosition
     from shardwise.lifecycle.consumer import ConsumerConfig
@@ -201,13 +202,66 @@ def _report(spec: dict[str, Any], progress: Progress) -> None:
     print(json.dumps(result), flush=True)
 
 
+def _empty_calls(spec: dict[str, Any]) -> None:
+    """``spec["calls"]`` GetRecords on a caught-up iterator (LATEST of an idle shard), one thread: the CPU of one
+    empty call (``time.thread_time``), then the same loop under cProfile (its top functions by own time)."""
+    import cProfile
+    import io
+    import pstats
+
+    if spec["client"] == "raw-boto3":
+        import boto3
+
+        client = boto3.client("kinesis", endpoint_url=spec["endpoint_url"], region_name="us-east-1")
+        shard = client.list_shards(StreamName=spec["stream"])["Shards"][0]["ShardId"]
+        iterator = client.get_shard_iterator(StreamName=spec["stream"], ShardId=shard, ShardIteratorType="LATEST")
+
+        def call(current: str) -> str:
+            return str(client.get_records(ShardIterator=current, Limit=10_000)["NextShardIterator"])
+
+        current = str(iterator["ShardIterator"])
+    else:
+        from shardwise.retrieval.model import StartingPosition
+
+        source = _kinesis_stream(spec)
+        current = source.get_shard_iterator(source.list_shards()[0].shard_id, StartingPosition.latest())
+
+        def call(current: str) -> str:
+            return str(source.get_records(current, limit=10_000).next_iterator)
+
+    for _ in range(5):
+        current = call(current)
+    cpu0 = time.thread_time()
+    for _ in range(spec["calls"]):
+        current = call(current)
+    per_call_ms = (time.thread_time() - cpu0) * 1000 / spec["calls"]
+    profiler = cProfile.Profile(time.thread_time)  # CPU time: waiting on the socket is not cost
+    profiler.enable()
+    for _ in range(spec["calls"]):
+        current = call(current)
+    profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    table = stats.stats  # type: ignore[attr-defined]
+    total = sum(row[2] for row in table.values())  # own times add up to the whole loop
+    rows = []
+    for (path, line, func), row in table.items():
+        share = 100 * row[3] / total
+        if share < 90:  # the loop's own frames (the call, get_records) would top the list at ~100 %
+            rows.append([f"{func} ({Path(path).name}:{line})", share, 100 * row[2] / total])
+    rows.sort(key=lambda found: -found[1])
+    top = rows[:14]
+    print(json.dumps({"ok": True, "cpu_ms_per_call": per_call_ms, "top": top}), flush=True)
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     if spec.get("cpu") is not None:
         os.sched_setaffinity(0, {spec["cpu"]})
     progress = Progress(spec)
     mode = spec["mode"]
-    if mode == "worker":
+    if mode == "empty-calls":
+        _empty_calls(spec)
+    elif mode == "worker":
         _worker(spec, progress)
     else:
         runner = threading.Thread(

@@ -214,13 +214,18 @@ def idle_run(
 
 
 def attach_profile(pid: int, seconds: float, output: Path) -> list[str]:
+    """py-spy attached to ``pid`` for ``seconds``: every thread that is running (its idle detection), not just
+    the GIL holder — py-spy's ``--gil`` reads the *last* GIL holder, which overweights a thread that sleeps."""
     spy = py_spy()
     if spy is None:
         return ["(py-spy not installed)"]
-    argv = [spy, "record", "--gil", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "1000"]
-    subprocess.run(
-        [*argv, "--format", "raw", "--output", str(output)], capture_output=True, timeout=seconds + 60, check=False
-    )
+    argv = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100", "--nonblocking"]
+    try:
+        subprocess.run(
+            [*argv, "--format", "raw", "--output", str(output)], capture_output=True, timeout=seconds + 120, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return ["(py-spy did not finish)"]
     return summarize(output, top=15) if output.exists() else ["(py-spy could not attach)"]
 
 
@@ -360,6 +365,33 @@ def measure_start_up(setup: Setup, client: str, *, profile: bool) -> list[str]:
     return lines
 
 
+def measure_empty_calls(setup: Setup, clients: list[str], calls: int = 300) -> list[str]:
+    """CPU of one empty GetRecords per client (a caught-up iterator on the idle stream), and where it goes."""
+    lines = ["| client | CPU ms per empty GetRecords | functions by inclusive CPU time (cProfile, % of the loop) |"]
+    lines.append("|---|---:|---|")
+    kinds = [*clients, "raw-boto3"] if "boto3" in clients else [*clients, "boto3", "raw-boto3"]
+    for kind in kinds:
+        spec: dict[str, Any] = {"mode": "empty-calls", "client": kind, "endpoint_url": setup.kinesis_url}
+        spec.update(stream="idle", calls=calls)
+        done = subprocess.run(
+            [sys.executable, str(CHILD), json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            cwd=ROOT,
+            timeout=300,
+            check=False,
+        )
+        found = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if not found:
+            raise RuntimeError(f"empty calls failed: {done.stderr[-2000:]}")
+        result = json.loads(found[-1])
+        top = "; ".join(f"`{name}` {cum:.0f} %" for name, cum, _own in result["top"])
+        label = {"raw-boto3": "raw boto3 client", "boto3": "`KinesisStream`, boto3", "fast": "`KinesisStream`, fast"}
+        lines.append(f"| {label[kind]} | {result['cpu_ms_per_call']:.3f} | {top} |")
+    return lines
+
+
 def measure_idle(setup: Setup, args: argparse.Namespace, clients: list[str], floor_per_min: float) -> list[str]:
     """Idle runs for every generation × idle time × client; the table lines, then the profile (if any)."""
     lines = [
@@ -433,6 +465,7 @@ def main() -> None:
             # Cold start first, while the stand-ins are fresh and quiet.
             cold_lines = measure_cold(setup, clients, args.rounds)
             start_up = measure_start_up(setup, clients[0], profile=args.profile_seconds > 0)
+            empty_calls = measure_empty_calls(setup, clients)
             idle_lines = measure_idle(setup, args, clients, floor_per_min)
     lines = [
         "Idle: one worker holding the 4 leases of an empty 4-shard stream on kinesis-local, leases in DynamoDB "
@@ -442,6 +475,11 @@ def main() -> None:
         "request the worker sent to moto, counted by the proxy.",
         "",
         *idle_lines,
+        "",
+        "One empty GetRecords (a caught-up iterator on the idle stream, kinesis-local), one thread, "
+        "`time.thread_time` per call over 300 calls, then the same 300 under cProfile with a CPU-time clock:",
+        "",
+        *empty_calls,
         "",
         f"Cold start: a fresh process each time (median of {args.rounds}), 4 shards on kinesis-local with 100 "
         "records of 100 B waiting; worker: new application (lease table created on moto through the proxy), "
