@@ -170,11 +170,23 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _empty_call_cpu_us(stream: KinesisStream, shard_id: str, calls: int = 300) -> float:
+    """CPU per GetRecords that finds nothing (an idle shard: iterator at LATEST)."""
+    iterator: str | None = stream.get_shard_iterator(shard_id, StartingPosition.latest())
+    cpu = _cpu_s()
+    for _ in range(calls):
+        assert iterator is not None
+        result = stream.get_records(iterator, limit=10_000)
+        assert not result.records
+        iterator = result.next_iterator
+    return (_cpu_s() - cpu) / calls * 1e6
+
+
 def loop_table(log_dir: Path, records: int) -> list[str]:
     """A bare get_records loop over a 4-shard kinesalite stream with each client (CPU of this process only)."""
     lines = [
-        "| client | records | CPU µs per record (read loop) | wall s |",
-        "|---|---:|---:|---:|",
+        "| client | records | CPU µs per record (read loop) | wall s | CPU µs per empty GetRecords |",
+        "|---|---:|---:|---:|---:|",
     ]
     with standins.running(standins.start_kinesalite(log_dir)) as server:
         client = _create(server.endpoint_url, "loop", 4)
@@ -200,7 +212,8 @@ def loop_table(log_dir: Path, records: int) -> list[str]:
                     current = result.next_iterator
             cpu, wall = _cpu_s() - cpu, time.perf_counter() - wall
             assert total == records, (total, records)
-            lines.append(f"| {data_client} | {total:,} | {cpu / total * 1e6:.1f} | {wall:.2f} |")
+            empty = _empty_call_cpu_us(stream, shards[0].shard_id)
+            lines.append(f"| {data_client} | {total:,} | {cpu / total * 1e6:.1f} | {wall:.2f} | {empty:.0f} |")
     return lines
 
 
@@ -226,7 +239,8 @@ def main() -> None:
                 "",
                 f"{args.loop_records:,} records of {DATA_BYTES} B in 4 shards on kinesalite (same process, same 2 "
                 "cores: the stand-in's CPU is not counted; the client's is). Each client read everything twice, in "
-                "turn; CPU from getrusage of this process around the read loop only (client already built).",
+                "turn; CPU from getrusage of this process around the read loop only (client already built); then "
+                "300 GetRecords on an idle shard (LATEST), CPU per call.",
             ]
             record_results(
                 "Kinesis data-plane clients: bare get_records loop",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -31,7 +32,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardwise.backends import service_error
-from shardwise.backends.aws import dataplane
+from shardwise.backends.aws import dataplane, dataplane_codec
 from shardwise.backends.aws.client import client_config
 from shardwise.backends.aws.dataplane import FastDataPlane, limits_of
 from shardwise.backends.aws.dataplane_codec import error_parts
@@ -47,7 +48,7 @@ from shardwise.errors import (
     ThrottlingError,
 )
 from shardwise.retrieval.kpl import aggregate
-from shardwise.retrieval.model import StartingPosition
+from shardwise.retrieval.model import Record, StartingPosition
 from shardwise.retrieval.reader import ShardReader
 
 REGION = "us-east-1"
@@ -69,6 +70,7 @@ class Received:
     body: dict[str, Any]
     headers: dict[str, str]
     signature_ok: bool
+    path: str = "/"
 
 
 @dataclass
@@ -94,12 +96,12 @@ class CannedServer:
             return [r for r in self.received if r.target == target]
 
 
-def _signature_ok(headers: dict[str, str], body: bytes) -> bool:
+def _signature_ok(headers: dict[str, str], body: bytes, path: str) -> bool:
     """Whether ``Authorization`` is the SigV4 signature of what arrived (same keys, at its X-Amz-Date)."""
     lower = {name.lower(): value for name, value in headers.items()}
     authorization = lower.get("authorization", "")
     signed = authorization.split("SignedHeaders=")[-1].split(",")[0].split(";")
-    request = AWSRequest(method="POST", url=f"http://{lower['host']}/", data=body)
+    request = AWSRequest(method="POST", url=f"http://{lower['host']}{path}", data=body)
     for name in signed:
         request.headers[name] = lower[name]
     request.context["timestamp"] = lower["x-amz-date"]
@@ -120,7 +122,8 @@ def server() -> Iterator[CannedServer]:
             headers = dict(self.headers.items())
             target = headers.get("X-Amz-Target", "")
             with canned.lock:
-                canned.received.append(Received(target, json.loads(raw), headers, _signature_ok(headers, raw)))
+                signature_ok = _signature_ok(headers, raw, self.path)
+                canned.received.append(Received(target, json.loads(raw), headers, signature_ok, self.path))
             answer = canned.next_answer(target)
             if answer.delay_s:
                 time.sleep(answer.delay_s)
@@ -237,6 +240,15 @@ def test_records_are_decoded_and_requests_signed(server: CannedServer) -> None:
     assert sent.body == {"ShardIterator": "iterator-1", "Limit": 50}
     assert sent.headers["Content-Type"] == "application/x-amz-json-1.1"
     assert all(r.signature_ok for r in server.received)
+
+
+def test_an_endpoint_with_a_path_is_posted_to_that_path(server: CannedServer) -> None:
+    prefixed = CannedServer(endpoint_url=f"{server.endpoint_url}/kinesis-proxy")
+    fast = KinesisStream("canned", client=_client(prefixed.endpoint_url), data_client="fast")
+    slow = KinesisStream("canned", client=_client(prefixed.endpoint_url), data_client="boto3")
+    server.answer(GET_RECORDS, OK)
+    assert fast.get_records("iterator-1") == slow.get_records("iterator-1")
+    assert [(r.path, r.signature_ok) for r in server.received] == [("/kinesis-proxy", True)] * 2  # as botocore posts
 
 
 def test_get_shard_iterator_sends_what_boto3_sends(server: CannedServer) -> None:
@@ -465,3 +477,26 @@ def test_error_answers_are_read_as_botocores_parser_reads_them(
     raw = json.dumps(body).encode()
     parsed = create_parser("json").parse({"body": raw, "headers": {}, "status_code": status}, _GET_RECORDS_OUTPUT)
     assert error_parts(raw, status) == (parsed["Error"]["Code"], parsed["Error"]["Message"])
+
+
+@given(data=st.binary(max_size=64), partition_key=st.text(max_size=16), sequence=st.from_regex(r"\A[0-9]{1,56}\Z"))
+def test_the_codecs_records_are_what_record_builds(data: bytes, partition_key: str, sequence: str) -> None:
+    arrival = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    made = dataplane_codec._new_record(data, partition_key, sequence, arrival)
+    expected = Record(data, partition_key, sequence, arrival)
+    assert made == expected
+    assert hash(made) == hash(expected)
+    assert repr(made) == repr(expected)
+    assert made.extended_sequence_number == expected.extended_sequence_number
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.data = b"changed"  # type: ignore[misc]
+
+
+def test_the_connection_pool_covers_the_boto3_clients_pool(server: CannedServer) -> None:
+    default = KinesisStream("canned", client=_client(server.endpoint_url))
+    bigger = boto3.session.Session().client(
+        "kinesis", endpoint_url=server.endpoint_url, region_name=REGION, config=Config(max_pool_connections=200)
+    )
+    assert default.data_client == KinesisStream("canned", client=bigger).data_client == "fast"
+    assert dataplane.FastDataPlane.for_client(default.client).pool_size == dataplane.POOL_SIZE
+    assert dataplane.FastDataPlane.for_client(bigger).pool_size == 200

@@ -58,8 +58,9 @@ __all__ = ["FastDataPlane", "limits_of", "proxied"]
 
 _CONTENT_TYPE = "application/x-amz-json-1.1"
 _TARGET_PREFIX = "Kinesis_20131202."
-#: Connections kept per endpoint; more concurrent calls open extra connections instead of waiting (never blocks),
-#: so this only needs to cover the usual consumer threads (16 by default).
+#: Connections kept per endpoint, at least (a client whose ``max_pool_connections`` is larger gets that many):
+#: more concurrent calls open extra connections instead of waiting, and urllib3 warns when it discards them, so
+#: this covers the consumer threads (16 by default) with room to spare.
 POOL_SIZE = 64
 #: botocore's standard mode: throttling and transient codes, and the HTTP statuses it retries.
 RETRYABLE_CODES = frozenset(
@@ -139,11 +140,15 @@ class FastDataPlane:
         *,
         ca_certs: str | None = None,
         signing_name: str = "kinesis",
+        pool_size: int = POOL_SIZE,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
         backoff_base_s: float | None = None,
     ) -> None:
-        self._url = endpoint_url.rstrip("/") + "/"
+        # Where botocore posts a JSON request: the endpoint's own path, or "/" when it has none.
+        parts = urlsplit(endpoint_url)
+        self._path = parts.path or "/"
+        self._url = parts._replace(path=self._path).geturl()
         self._endpoint_url = endpoint_url
         self._host = _host_header(endpoint_url)
         self._region = region_name
@@ -154,7 +159,7 @@ class FastDataPlane:
         self._rng = rng
         self._backoff_base_s = BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s
         timeout = urllib3.Timeout(connect=limits.connect_timeout_ms / 1000, read=limits.read_timeout_ms / 1000)
-        pool_options: dict[str, Any] = {"maxsize": POOL_SIZE, "block": False, "retries": False, "timeout": timeout}
+        pool_options: dict[str, Any] = {"maxsize": pool_size, "block": False, "retries": False, "timeout": timeout}
         if urlsplit(endpoint_url).scheme == "https":
             pool_options["ca_certs"] = ca_certs or get_cert_path(True)
         self._pool = urllib3.connection_from_url(self._url, **pool_options)
@@ -176,6 +181,7 @@ class FastDataPlane:
             limits_of(meta.config),
             ca_certs=ca_certs,
             signing_name=meta.service_model.signing_name or "kinesis",
+            pool_size=max(POOL_SIZE, int(getattr(meta.config, "max_pool_connections", 0) or 0)),
         )
 
     def __repr__(self) -> str:
@@ -184,6 +190,11 @@ class FastDataPlane:
     @property
     def limits(self) -> CallLimits:
         return self._limits
+
+    @property
+    def pool_size(self) -> int:
+        """How many connections the pool keeps."""
+        return int(self._pool.pool.maxsize) if self._pool.pool is not None else 0
 
     def close(self) -> None:
         self._pool.close()
@@ -232,7 +243,7 @@ class FastDataPlane:
         )
         SigV4Auth(credentials.get_frozen_credentials(), self._signing_name, self._region).add_auth(request)
         response = self._pool.urlopen(
-            "POST", "/", body=body, headers=dict(request.headers.items()), redirect=False, preload_content=True
+            "POST", self._path, body=body, headers=dict(request.headers.items()), redirect=False, preload_content=True
         )
         return response.status, response.data
 

@@ -144,6 +144,7 @@ class KinesisStream:
             client = self._build_client(endpoint_url, region_name or arn_region)
         self._client = client
         self._data: FastDataPlane | None = _fast_client(client) if data_client == "fast" else None
+        logger.info("%r reads records with the %s client", self, self.data_client)
 
     def _build_client(self, endpoint_url: str | None, region_name: str | None) -> KinesisClient:
         return kinesis_client(
