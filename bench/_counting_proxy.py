@@ -4,7 +4,9 @@
 
 Forwards every POST to the upstream unchanged (one keep-alive upstream connection per client connection) and
 counts the requests by operation (the ``X-Amz-Target`` header's last part: ``GetItem``, ``UpdateItem``, …).
-``GET /__counts`` answers the counts so far as JSON. The worker under test pays nothing for the counting.
+``GET /__counts`` answers the counts so far as JSON, ``GET /__details`` the same by operation, table and (for
+item reads and writes) the item's key values, so each request can be traced to what it reads or writes. The
+worker under test pays nothing for the counting.
 """
 
 from __future__ import annotations
@@ -22,8 +24,21 @@ HOST = "127.0.0.1"
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 
 
+def _detail(operation: str, body: bytes) -> str:
+    """``operation table [key values]`` of a DynamoDB request (its JSON body)."""
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return operation
+    table = request.get("TableName", "")
+    key = request.get("Key") or {}
+    values = ",".join(str(next(iter(v.values()), "")) for v in key.values() if isinstance(v, dict))
+    return f"{operation} {table} {values}".rstrip()
+
+
 def make_handler(upstream_host: str, upstream_port: int) -> type[BaseHTTPRequestHandler]:
     counts: Counter[str] = Counter()
+    details: Counter[str] = Counter()
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -35,7 +50,7 @@ def make_handler(upstream_host: str, upstream_port: int) -> type[BaseHTTPRequest
 
         def do_GET(self) -> None:
             with lock:
-                body = json.dumps(dict(counts)).encode()
+                body = json.dumps(dict(details if self.path.startswith("/__details") else counts)).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -45,8 +60,10 @@ def make_handler(upstream_host: str, upstream_port: int) -> type[BaseHTTPRequest
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             operation = (self.headers.get("X-Amz-Target") or "?").rpartition(".")[2]
+            detail = _detail(operation, body)
             with lock:
                 counts[operation] += 1
+                details[detail] += 1
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             for attempt in (1, 2):
                 if self.upstream is None:

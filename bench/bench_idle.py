@@ -68,8 +68,9 @@ def start_proxy(upstream: str, log_dir: Path) -> standins.Server:
     raise RuntimeError(f"counting proxy did not start: {log_path.read_text()}")
 
 
-def proxy_counts(proxy: standins.Server) -> Counter[str]:
-    with urllib.request.urlopen(f"{proxy.endpoint_url}/__counts", timeout=5) as response:  # noqa: S310 - 127.0.0.1
+def proxy_counts(proxy: standins.Server, what: str = "counts") -> Counter[str]:
+    url = f"{proxy.endpoint_url}/__{what}"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - 127.0.0.1 only
         return Counter(json.loads(response.read()))
 
 
@@ -185,11 +186,11 @@ def idle_run(
                 )
             time.sleep(0.5)
         time.sleep(settle_s)
-        threads0 = thread_ticks(process.pid)
+        threads0, details0 = thread_ticks(process.pid), proxy_counts(setup.proxy, "details")
         counts0, ticks0, wall0 = proxy_counts(setup.proxy), cpu_ticks(process.pid), time.monotonic()
         time.sleep(window_s)
         counts1, ticks1, wall1 = proxy_counts(setup.proxy), cpu_ticks(process.pid), time.monotonic()
-        threads1 = thread_ticks(process.pid)
+        threads1, details1 = thread_ticks(process.pid), proxy_counts(setup.proxy, "details")
         minutes = (wall1 - wall0) / 60
         held_at_end = owned_leases(setup.dynamodb, app)
         names = thread_names(process.pid)
@@ -206,6 +207,11 @@ def idle_run(
         "cpu_s_per_min": (ticks1 - ticks0) / os.sysconf("SC_CLK_TCK") / minutes,
         "requests_per_min": {op: n for op, n in requests.items() if n > 0},
         "held_at_end": held_at_end,
+        "details": {
+            key.replace(app, "APP"): (details1[key] - details0[key]) / minutes
+            for key in details1
+            if details1[key] > details0[key]
+        },
         "profile": profile,
         "by_thread": {
             name: ticks / os.sysconf("SC_CLK_TCK") / minutes for name, ticks in by_thread.most_common() if ticks > 0
@@ -400,6 +406,7 @@ def measure_idle(setup: Setup, args: argparse.Namespace, clients: list[str], flo
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     profile: list[str] = []
+    requests = ["", "DynamoDB requests per minute by operation, table (APP: the application's) and item key:", ""]
     threads = ["", "CPU s/min by thread (`/proc/PID/task/*/stat` over the window; names from `py-spy dump`):", ""]
     for generation in args.generations.split(","):
         for idle_ms in [int(v) for v in args.idle_ms.split(",")]:
@@ -425,6 +432,8 @@ def measure_idle(setup: Setup, args: argparse.Namespace, clients: list[str], flo
                 print(lines[-1], flush=True)
                 shares = ", ".join(f"{name} {cpu:.2f}" for name, cpu in run["by_thread"].items())
                 threads.append(f"* {generation}, {client}, {idle_ms} ms: {shares}")
+                detail = ", ".join(f"{key} {n:.1f}" for key, n in sorted(run["details"].items(), key=lambda kv: -kv[1]))
+                requests.append(f"* {generation}, {client}, {idle_ms} ms: {detail}")
                 if run["held_at_end"] != SHARDS:
                     lines.append(f"| (held {run['held_at_end']} of {SHARDS} leases at the end) |||||||")
                 if want_profile:
@@ -435,7 +444,7 @@ def measure_idle(setup: Setup, args: argparse.Namespace, clients: list[str], flo
                         "",
                         *run["profile"],
                     ]
-    return lines + threads + profile
+    return lines + requests + threads + profile
 
 
 def main() -> None:
