@@ -500,3 +500,19 @@ def test_the_connection_pool_covers_the_boto3_clients_pool(server: CannedServer)
     assert default.data_client == KinesisStream("canned", client=bigger).data_client == "fast"
     assert dataplane.FastDataPlane.for_client(default.client).pool_size == dataplane.POOL_SIZE
     assert dataplane.FastDataPlane.for_client(bigger).pool_size == 200
+
+
+def test_an_endpoint_behind_a_proxy_is_read_with_boto3(server: CannedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    assert KinesisStream("canned", client=_client(server.endpoint_url)).data_client == "boto3"
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    assert KinesisStream("canned", client=_client(server.endpoint_url)).data_client == "fast"
+    proxied_client = boto3.session.Session().client(
+        "kinesis",
+        endpoint_url=server.endpoint_url,
+        region_name=REGION,
+        config=Config(proxies={"http": "http://127.0.0.1:9"}),
+    )
+    assert KinesisStream("canned", client=proxied_client).data_client == "boto3"
