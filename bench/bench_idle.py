@@ -440,7 +440,7 @@ def measure_idle(setup: Setup, args: argparse.Namespace, clients: list[str], flo
                     profile = [
                         "",
                         f"### Profile: idle worker, {generation}, {client} client, {idle_ms} ms between reads "
-                        f"(py-spy attached for {args.profile_seconds:g} s after the window, GIL holder)",
+                        f"(py-spy attached for {args.profile_seconds:g} s after the window, running threads)",
                         "",
                         *run["profile"],
                     ]
