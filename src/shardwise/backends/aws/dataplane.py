@@ -168,10 +168,16 @@ class FastDataPlane:
     def for_client(cls, client: KinesisClient, *, ca_certs: str | None = None) -> FastDataPlane:
         """The fast client beside a boto3 Kinesis client: its endpoint, region, limits and credentials."""
         meta = client.meta
-        getter = getattr(client, "_get_credentials", None)  # the client's own (refreshable) credentials
+        # The client's own (refreshable) credentials, through botocore's private accessor; without it (a future
+        # botocore), the shared session's, from the same default chain the client's came from.
+        getter = getattr(client, "_get_credentials", None)
+        if not callable(getter):
+            from shardwise.backends.aws.client import shared_session  # noqa: PLC0415
+
+            getter = shared_session().get_credentials
 
         def credentials() -> Credentials | None:
-            found: Credentials | None = getter() if callable(getter) else None
+            found: Credentials | None = getter()
             return found
 
         return cls(
