@@ -6,22 +6,46 @@ logging (the library itself never does), with credentials redacted (:mod:`shardw
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from shardwise import __version__
-from shardwise.cli.demo import demo
-from shardwise.cli.features import features
-from shardwise.cli.leases import leases
 from shardwise.cli.logs import configure_logging
-from shardwise.cli.migrate import migrate
-from shardwise.cli.run import run
-from shardwise.cli.state import state
-from shardwise.cli.stream import stream
 
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+#: Each subcommand's module, imported only when the subcommand runs (or the top-level help lists it): a worker
+#: started with ``shardwise run`` does not pay for the demo, the migration tool or the state commands.
+SUBCOMMANDS = {
+    "demo": "shardwise.cli.demo",
+    "run": "shardwise.cli.run",
+    "leases": "shardwise.cli.leases",
+    "stream": "shardwise.cli.stream",
+    "migrate": "shardwise.cli.migrate",
+    "features": "shardwise.cli.features",
+    "state": "shardwise.cli.state",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands (named in :data:`SUBCOMMANDS`, each its module's attribute of the same name)
+    are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *SUBCOMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = SUBCOMMANDS.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        command = getattr(importlib.import_module(module), cmd_name)
+        assert isinstance(command, click.Command), f"{module}.{cmd_name} is not a click command"
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="shardwise")
 @click.option(
     "-v",
@@ -37,15 +61,6 @@ def cli(verbose: int) -> None:
     account; DynamoDB and Kinesis are used in production.
     """
     configure_logging(verbose)
-
-
-cli.add_command(demo)
-cli.add_command(run)
-cli.add_command(leases)
-cli.add_command(stream)
-cli.add_command(migrate)
-cli.add_command(features)
-cli.add_command(state)
 
 
 def main() -> None:

@@ -209,6 +209,11 @@ class ShardConsumer:
     def is_due(self, now_ns: int) -> bool:
         return not self.is_complete and now_ns >= self._next_due_ns
 
+    @property
+    def next_due_ns(self) -> int:
+        """When (``clock_ns``) the next step is due: 0 for at once."""
+        return self._next_due_ns
+
     def request_shutdown(self) -> None:
         """Ask for a graceful shutdown: the processor gets ``shutdown_requested`` at its next step, then the
         lease is given back — transferred to the next owner during a KCL 3.x handoff, else released."""

@@ -94,7 +94,9 @@ class WorkerConfig:
     state: StateSettings = field(default_factory=StateSettings)  # used only by stateful processors
     shard_sync_interval_ms: int = 60_000
     max_consumer_threads: int = 16
-    dispatch_poll_interval_ms: int = 20
+    # The longest the dispatcher sleeps when nothing wakes it (a finished step, a new lease, a handoff and a consumer
+    # coming due wake it at once): how soon it sees a shutdown request or an overdue handoff.
+    dispatch_poll_interval_ms: int = 250
     shutdown_timeout_ms: int = 30_000
     # How often every worker scans the lease table for malformed lease items (and repeats its warning per item).
     malformed_lease_report_interval_ms: int = 60_000

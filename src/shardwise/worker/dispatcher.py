@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 from shardwise.errors import ConfigurationError
@@ -76,6 +75,7 @@ class Dispatcher:
         self._handoffs: dict[str, int] = {}  # lease key -> ns when the leader's handoff was noticed
         self._lock = threading.Lock()
         self._shutdown_requested = threading.Event()
+        self._wake = threading.Event()  # ends the dispatcher's wait: a step done, a lease, a handoff, a shutdown
         self._shutdown_deadline_ns: int | None = None
         #: Set (under the consumers' lock) once the dispatcher has finished: no shard consumer starts after it.
         self.intake_closed = False
@@ -88,7 +88,9 @@ class Dispatcher:
         return self._shutdown_requested.is_set()
 
     def request_shutdown(self) -> None:
-        """Start a graceful shutdown (idempotent; safe from a signal handler)."""
+        """Start a graceful shutdown (idempotent; safe from a signal handler: it only sets an event, and the
+        dispatcher sees it within ``dispatch_poll_interval_ms`` — waking the dispatcher here could deadlock on
+        the lock of an event the interrupted main thread holds)."""
         if not self._shutdown_requested.is_set():
             self._shutdown_deadline_ns = self._clock_ns() + self._config.shutdown_timeout_ms * 1_000_000
             self._shutdown_requested.set()
@@ -109,6 +111,7 @@ class Dispatcher:
             closed = self.intake_closed
             if not closed:
                 self._add_consumers(leases, tokens)
+                self._wake.set()
         if closed:
             # Taken or discovered while the shutdown finished (the take was under way): nothing will process
             # them here, so give them back at once rather than leave them to expire.
@@ -169,6 +172,7 @@ class Dispatcher:
         for consumer in self.consumers():
             if consumer.shard_id == lease_key:
                 consumer.request_shutdown()
+        self._wake.set()
 
     def _force_overdue_handoffs(self, now: int) -> None:
         timeout_ns = self._config.utilization.graceful_lease_handoff_timeout_ms * 1_000_000
@@ -184,10 +188,16 @@ class Dispatcher:
     # -- the dispatcher thread -----------------------------------------------------------------------------
 
     def run(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
-        """Run due consumer steps on ``pool`` until the shutdown has finished (or timed out)."""
-        poll_s = self._config.dispatch_poll_interval_ms / 1000
+        """Run due consumer steps on ``pool`` until the shutdown has finished (or timed out).
+
+        Between passes the thread sleeps until the next consumer is due (one waiting out its idle time between
+        reads), a step finishes, a lease arrives, a handoff or a shutdown is asked — at most
+        ``dispatch_poll_interval_ms`` — so an idle worker does not spin and a busy one does not wait a poll for
+        its next read."""
+        max_wait_s = self._config.dispatch_poll_interval_ms / 1000
         shutting_down = False
         while True:
+            self._wake.clear()  # a wake from here on ends the wait below at once
             if self._shutdown_requested.is_set() and not shutting_down:
                 shutting_down = True
                 logger.info("worker %s shuts down gracefully", self._worker_id)
@@ -196,6 +206,7 @@ class Dispatcher:
             now = self._clock_ns()
             if self._handoffs:
                 self._force_overdue_handoffs(now)
+            next_due_ns: int | None = None
             with self._lock:
                 for key, consumer in list(self._consumers.items()):
                     future = self._running.get(key)
@@ -208,7 +219,11 @@ class Dispatcher:
                             self._on_shard_end()
                         continue
                     if consumer.is_due(now):
-                        self._running[key] = pool.submit(consumer.step)
+                        future = pool.submit(consumer.step)
+                        self._running[key] = future
+                        future.add_done_callback(self._step_done)
+                    elif next_due_ns is None or consumer.next_due_ns < next_due_ns:
+                        next_due_ns = consumer.next_due_ns
                 remaining = len(self._consumers)
                 if shutting_down and remaining == 0:
                     # Leases that a take or discovery under way still brings are released, not consumed.
@@ -225,4 +240,8 @@ class Dispatcher:
                     with self._lock:
                         self.intake_closed = True
                     return
-            time.sleep(poll_s)
+            wait_s = max_wait_s if next_due_ns is None else min(max_wait_s, max(0.0, (next_due_ns - now) / 1e9))
+            self._wake.wait(wait_s)
+
+    def _step_done(self, _future: concurrent.futures.Future[None]) -> None:
+        self._wake.set()
