@@ -74,8 +74,9 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(spec: dict[str, Any], *, timeout_s: float = 900) -> dict[str, Any]:
-    """Spawn ``_child.py`` with ``spec``; its result with ``spawn_wall`` (when it was spawned) added."""
+def spawn_child(spec: dict[str, Any], *, timeout_s: float = 900) -> dict[str, Any]:
+    """Spawn ``_child.py`` with ``spec`` and wait; its result (the last JSON line it printed) with
+    ``spawn_wall`` (when it was spawned) added."""
     spawn = time.time()
     done = subprocess.run(
         [sys.executable, str(CHILD), json.dumps(spec)],
@@ -91,6 +92,12 @@ def run_child(spec: dict[str, Any], *, timeout_s: float = 900) -> dict[str, Any]
         raise RuntimeError(f"child {spec['mode']} failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     result["spawn_wall"] = spawn
+    return result
+
+
+def run_child(spec: dict[str, Any], *, timeout_s: float = 900) -> dict[str, Any]:
+    """:func:`spawn_child`, which must have read every record it expected."""
+    result = spawn_child(spec, timeout_s=timeout_s)
     if not result["ok"]:
         raise RuntimeError(f"child {spec['mode']} did not read everything: {result}")
     return result

@@ -40,7 +40,7 @@ import boto3
 
 from _common import ROOT, record_results, standins
 from _profile import py_spy, py_spy_argv, summarize
-from bench_consumer import child_env, fast_client_available
+from bench_consumer import child_env, fast_client_available, spawn_child
 from shardwise.assignment.taker import TakerConfig
 
 SHARDS = 4
@@ -286,21 +286,8 @@ def stop_profiled(spy: subprocess.Popen[bytes]) -> None:
 
 def cold_bare(setup: Setup, mode: str, client: str | None) -> dict[str, Any]:
     spec = {"mode": mode, "client": client, "endpoint_url": setup.kinesis_url, "stream": "cold", "expected": None}
-    spawned = time.time()
-    done = subprocess.run(
-        [sys.executable, str(CHILD), json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"bare loop failed: {done.stderr[-2000:]}")
-    result = json.loads(lines[-1])
-    return {"first_s": result["first_wall"] - spawned, "cpu_s": result["first_cpu_s"]}
+    result = spawn_child(spec, timeout_s=120)
+    return {"first_s": result["first_wall"] - result["spawn_wall"], "cpu_s": result["first_cpu_s"]}
 
 
 _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
@@ -379,19 +366,7 @@ def measure_empty_calls(setup: Setup, clients: list[str], calls: int = 300) -> l
     for kind in kinds:
         spec: dict[str, Any] = {"mode": "empty-calls", "client": kind, "endpoint_url": setup.kinesis_url}
         spec.update(stream="idle", calls=calls)
-        done = subprocess.run(
-            [sys.executable, str(CHILD), json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            cwd=ROOT,
-            timeout=300,
-            check=False,
-        )
-        found = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if not found:
-            raise RuntimeError(f"empty calls failed: {done.stderr[-2000:]}")
-        result = json.loads(found[-1])
+        result = spawn_child(spec, timeout_s=300)
         top = "; ".join(f"`{name}` {cum:.0f} %" for name, cum, _own in result["top"])
         label = {"raw-boto3": "raw boto3 client", "boto3": "`KinesisStream`, boto3", "fast": "`KinesisStream`, fast"}
         lines.append(f"| {label[kind]} | {result['cpu_ms_per_call']:.3f} | {top} |")
