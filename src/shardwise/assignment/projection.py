@@ -59,10 +59,13 @@ def _usable(worker: WorkerMetricStats) -> bool:
     return not any(values and values[-1] == MISSED for name, values in worker.stats.items() if name != THROUGHPUT)
 
 
-#: A lease reading less than this (KB/s) counts as idle: 0. An idle shard's EMA halves every renewal and the
-#: workers renew out of phase, so the tiny values of leases decaying to 0 differ between workers by up to 2×
-#: (and only by rounding once they are minute); balancing on them would move leases back and forth for nothing.
-IDLE_KBPS = 0.1
+#: A lease reading less than this (KB/s, about one byte a second) counts as idle: 0. An idle shard's EMA halves
+#: every renewal and the workers renew out of phase, so the tiny values of leases decaying to 0 differ between
+#: workers by up to 2× (and only by rounding once they are minute); balancing on them would move leases back and
+#: forth for nothing. It must stay far below real traffic, however light: at 0.1 KB/s a stream of a few small
+#: records a second read as idle, and a worker joining such a fleet was never given a lease (CI: the Java 3.x
+#: mixed fleet, 2 records of ~20 B per shard per second).
+IDLE_KBPS = 0.001
 
 
 def _effective_throughput(value: float | None) -> float | None:
