@@ -21,6 +21,7 @@ __all__ = [
     "DataClient",
     "DerivedLimits",
     "RetrievalConfig",
+    "check_data_client",
     "derived_call_limits",
 ]
 
@@ -95,9 +96,14 @@ class RetrievalConfig:
     client: DataClient = "fast"
 
     def __post_init__(self) -> None:
-        if self.client not in get_args(DataClient):
-            choices = " or ".join(repr(choice) for choice in get_args(DataClient))
-            raise ConfigurationError(f"retrieval.client must be {choices}, got {self.client!r}")
+        check_data_client(self.client, "retrieval.client")
+
+
+def check_data_client(value: object, name: str) -> None:
+    """:class:`ConfigurationError` naming ``name`` and the choices unless ``value`` is a :data:`DataClient`."""
+    if value not in get_args(DataClient):
+        choices = " or ".join(repr(choice) for choice in get_args(DataClient))
+        raise ConfigurationError(f"{name} must be {choices}, got {value!r}")
 
 
 _LIMIT_FIELDS = (

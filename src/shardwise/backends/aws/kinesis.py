@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 try:
     from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 from shardwise.backends.aws.client import kinesis_client
 from shardwise.backends.aws.errors import access_denied
 from shardwise.backends.aws.kinesis_errors import THROTTLING_CODES, translate_client_error
-from shardwise.backends.config import DataClient
+from shardwise.backends.config import DataClient, check_data_client
 from shardwise.errors import (
     ConfigurationError,
     DependencyError,
@@ -121,9 +121,7 @@ class KinesisStream:
         page_size: int = 1000,
         data_client: DataClient = "fast",
     ) -> None:
-        if data_client not in get_args(DataClient):
-            choices = " or ".join(repr(choice) for choice in get_args(DataClient))
-            raise ConfigurationError(f"data_client must be {choices}, got {data_client!r}")
+        check_data_client(data_client, "data_client")
         if not stream_name and not stream_arn:
             raise ConfigurationError("KinesisStream needs a stream_name or a stream_arn")
         arn_region: str | None = None
