@@ -18,6 +18,15 @@ Both halves of KCL #1803 follow from the take-over rule: a killed leader stops c
 so every contender eventually sees it unchanged for ``leaseDuration`` and exactly one wins the conditional
 update; a live leader heartbeats more often than ``leaseDuration``, so no contender ever sees one version
 for that long. The rule is the pure function :func:`decide_lock_action`; :class:`LeaderLock` runs it.
+
+Reading costs (issue 15): a contender reads the item eventually consistently (half a read unit; a stale read
+can only delay a take-over, never cause a wrong one, since every write is conditioned on the version number
+read) and only when the lock could have expired: once ``leaseDuration`` after it first saw the current version
+number (:func:`next_contender_check`), not every heartbeat period as KCL's non-leaders do. A dead leader is
+therefore replaced within two lease durations of its last heartbeat (one, plus the time until a contender first
+reads that heartbeat). A shardwise leader also writes what the others would otherwise read for themselves
+(``shardwiseLeader``: its name, saying it signals assignments on lease items; ``shardwiseMalformedLeases``: how
+many unreadable lease items its latest scan met) — attributes the lock client and KCL ignore.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +46,9 @@ from shardwise.tables.items import ItemRecord, ItemTable
 __all__ = [
     "ATTR_IS_RELEASED",
     "ATTR_LEASE_DURATION",
+    "ATTR_MALFORMED_LEASES",
     "ATTR_OWNER_NAME",
+    "ATTR_PUBLISHED_BY",
     "ATTR_RECORD_VERSION_NUMBER",
     "IS_RELEASED_VALUE",
     "LEADER_KEY",
@@ -47,6 +58,7 @@ __all__ = [
     "LockObservation",
     "decide_lock_action",
     "lock_from_record",
+    "next_contender_check",
 ]
 
 #: Key of the leader-lock item (written in the format of the DynamoDB lock client KCL uses).
@@ -61,6 +73,16 @@ class LockItem:
     lease_duration_ms: int
     record_version_number: str
     is_released: bool = False
+    #: ``shardwiseLeader``: the name of the shardwise leader that wrote it (``None`` if absent).
+    published_by: str | None = None
+    #: ``shardwiseMalformedLeases``: unreadable lease items in that leader's latest scan (``None`` if absent).
+    malformed_leases: int | None = None
+
+    @property
+    def from_shardwise_leader(self) -> bool:
+        """Whether the current holder is a shardwise leader (it wrote its own name; a lock taken over by a Java
+        worker keeps the attribute of its previous holder, under another ``ownerName``)."""
+        return not self.is_released and self.published_by == self.owner_name
 
 
 logger = logging.getLogger(__name__)
@@ -70,6 +92,8 @@ ATTR_LEASE_DURATION = "leaseDuration"
 ATTR_RECORD_VERSION_NUMBER = "recordVersionNumber"
 ATTR_IS_RELEASED = "isReleased"
 IS_RELEASED_VALUE = "1"
+ATTR_PUBLISHED_BY = "shardwiseLeader"
+ATTR_MALFORMED_LEASES = "shardwiseMalformedLeases"
 
 
 class LockAction(enum.Enum):
@@ -119,6 +143,19 @@ def decide_lock_action(
     return LockAction.WAIT, observation
 
 
+def next_contender_check(
+    observation: LockObservation, lease_duration_ms: int, now: float, min_period_s: float
+) -> float:
+    """When a contender that saw someone else's lock (``observation``) should read it again: as soon as it could
+    have expired (just over ``lease_duration_ms`` after the version number was first seen, the earliest moment
+    :func:`decide_lock_action` may take it over), and never sooner than ``min_period_s`` from ``now``."""
+    return max(now + min_period_s, observation.first_seen + lease_duration_ms / 1000 + _EXPIRY_MARGIN_S)
+
+
+#: How long after a lock could have expired a contender reads it (its take-over rule needs "more than").
+_EXPIRY_MARGIN_S = 0.25
+
+
 def lock_from_record(record: ItemRecord, default_lease_duration_ms: int) -> LockItem:
     """The lock in a ``Leader`` item. ``recordVersionNumber`` is required (``MalformedItemError`` otherwise:
     delete the item to let a new leader be elected); an unreadable ``leaseDuration`` counts as
@@ -132,6 +169,7 @@ def lock_from_record(record: ItemRecord, default_lease_duration_ms: int) -> Lock
             "new leader can be elected",
         )
     owner = attributes.get(ATTR_OWNER_NAME)
+    published_by = attributes.get(ATTR_PUBLISHED_BY)
     return LockItem(
         owner_name=owner if isinstance(owner, str) else "",
         lease_duration_ms=_lease_duration_ms(
@@ -139,7 +177,21 @@ def lock_from_record(record: ItemRecord, default_lease_duration_ms: int) -> Lock
         ),
         record_version_number=rvn,
         is_released=attributes.get(ATTR_IS_RELEASED) == IS_RELEASED_VALUE,
+        published_by=published_by if isinstance(published_by, str) else None,
+        malformed_leases=_count(attributes.get(ATTR_MALFORMED_LEASES)),
     )
+
+
+def _count(raw: object) -> int | None:
+    """A published count (a whole number >= 0, as a number or a string), else ``None``."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = int(raw)
+        except ValueError:
+            return None
+    return raw if isinstance(raw, int) and raw >= 0 else None
 
 
 def _lease_duration_ms(key: str, raw: object, default: int) -> int:
@@ -181,6 +233,7 @@ class LeaderLock:
         heartbeat_period_ms: int = 30_000,
         clock: Callable[[], float] = time.monotonic,
         new_rvn: Callable[[], str] = _new_rvn,
+        published: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         if not owner:
             raise ConfigurationError("the lock owner (worker id) must not be empty")
@@ -208,6 +261,9 @@ class LeaderLock:
         self._held_until = float("-inf")
         self._observation: LockObservation | None = None
         self._next_check: float | None = None
+        #: Extra attributes every write of this worker's carries (see the module docstring).
+        self._published = published
+        self._last_seen: LockItem | None = None
 
     def __repr__(self) -> str:
         return f"LeaderLock(owner={self._owner!r}, table={self._items.table_name!r})"
@@ -222,10 +278,18 @@ class LeaderLock:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def current(self) -> LockItem | None:
-        """The lock item as it is now (a strongly consistent read), or ``None`` if there is none."""
-        record = self._items.get(LEADER_KEY)
-        return None if record is None else lock_from_record(record, self._lease_duration_ms)
+    def current(self, *, consistent: bool = True) -> LockItem | None:
+        """The lock item as it is now (a strongly consistent read unless ``consistent`` is False), or ``None``
+        if there is none."""
+        record = self._items.get(LEADER_KEY, consistent=consistent)
+        item = None if record is None else lock_from_record(record, self._lease_duration_ms)
+        self._last_seen = item
+        return item
+
+    def last_seen(self) -> LockItem | None:
+        """The lock item as this worker last read or wrote it (no store call; ``None`` before, or if absent)."""
+        with self._mutex:
+            return self._last_seen
 
     # -- the protocol ----------------------------------------------------------------------------------
 
@@ -234,7 +298,14 @@ class LeaderLock:
             ATTR_OWNER_NAME: self._owner,
             ATTR_LEASE_DURATION: str(self._lease_duration_ms),
             ATTR_RECORD_VERSION_NUMBER: rvn,
+            **self._publications(),
         }
+
+    def _publications(self) -> dict[str, str]:
+        return {} if self._published is None else dict(self._published())
+
+    def _seen_written(self, attributes: Mapping[str, Any]) -> None:
+        self._last_seen = lock_from_record(ItemRecord(LEADER_KEY, dict(attributes)), self._lease_duration_ms)
 
     def _now_holding(self, rvn: str, started: float) -> None:
         self._held_rvn = rvn
@@ -252,7 +323,10 @@ class LeaderLock:
         the lock. Heartbeats instead if it already does."""
         with self._mutex:
             now = self._clock()
-            current = self.current()
+            # A contender reads eventually consistently (a stale read only delays a take-over: every write below
+            # is conditioned on what was read); a holder reads consistently, as a stale version number would
+            # make it drop a lock it holds.
+            current = self.current(consistent=self._held_rvn is not None)
             action, self._observation = decide_lock_action(
                 current, owner=self._owner, held_rvn=self._held_rvn, observation=self._observation, now=now
             )
@@ -263,8 +337,9 @@ class LeaderLock:
                 self._drop(f"the lock is held by {current.owner_name!r}")
                 return False
             rvn = self._new_rvn()
+            attributes = self._attributes(rvn)
             if action is LockAction.CREATE:
-                won = self._items.put_if_absent(LEADER_KEY, self._attributes(rvn))
+                won = self._items.put_if_absent(LEADER_KEY, attributes)
             else:
                 assert current is not None
                 expect: dict[str, Any] = {ATTR_RECORD_VERSION_NUMBER: current.record_version_number}
@@ -272,10 +347,7 @@ class LeaderLock:
                     expect[ATTR_IS_RELEASED] = IS_RELEASED_VALUE
                 won = (
                     self._items.update(
-                        LEADER_KEY,
-                        set_attributes=self._attributes(rvn),
-                        remove_attributes=[ATTR_IS_RELEASED],
-                        expect=expect,
+                        LEADER_KEY, set_attributes=attributes, remove_attributes=[ATTR_IS_RELEASED], expect=expect
                     )
                     is not None
                 )
@@ -285,6 +357,7 @@ class LeaderLock:
                 self._drop("another worker acquired the lock")
                 return False
             self._now_holding(rvn, now)
+            self._seen_written(attributes)
             previous = "" if current is None else f" from {current.owner_name!r} ({action.value})"
             logger.info("worker %r acquired the leader lock%s", self._owner, previous)
             return True
@@ -305,6 +378,7 @@ class LeaderLock:
             set_attributes={
                 ATTR_RECORD_VERSION_NUMBER: rvn,
                 ATTR_LEASE_DURATION: str(self._lease_duration_ms),
+                **self._publications(),
             },
             expect={ATTR_OWNER_NAME: self._owner, ATTR_RECORD_VERSION_NUMBER: held},
         )
@@ -312,6 +386,7 @@ class LeaderLock:
             self._drop("the lock item changed (taken over, released or deleted)")
             return False
         self._now_holding(rvn, now)
+        self._seen_written(updated.attributes)
         return True
 
     def release(self) -> bool:
@@ -335,9 +410,10 @@ class LeaderLock:
 
     def is_leader(self) -> bool:
         """Whether this worker is the leader, touching the store at most once per heartbeat period: a
-        heartbeat when leading and due, an acquisition attempt (:meth:`try_acquire`) when not. Between those,
-        the last answer holds (while leading: until ``leaseDuration`` after the last successful write).
-        Infrastructure errors are logged, never raised."""
+        heartbeat when leading and due, an acquisition attempt (:meth:`try_acquire`) when not — and, while
+        someone else holds a lock that looks alive, not before it could have expired
+        (:func:`next_contender_check`). Between those, the last answer holds (while leading: until
+        ``leaseDuration`` after the last successful write). Infrastructure errors are logged, never raised."""
         with self._mutex:
             now = self._clock()
             if self._next_check is None or now >= self._next_check:
@@ -349,6 +425,11 @@ class LeaderLock:
                         self.try_acquire()
                 except ShardwiseError as exc:
                     logger.warning("worker %r: leader lock check failed: %s", self._owner, exc)
+                observation, seen = self._observation, self._last_seen
+                if self._held_rvn is None and observation is not None and seen is not None:
+                    self._next_check = next_contender_check(
+                        observation, seen.lease_duration_ms, now, self._heartbeat_period_s
+                    )
             return self._held_rvn is not None and self._clock() < self._held_until
 
     def holds_lock(self) -> bool:

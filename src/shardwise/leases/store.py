@@ -18,7 +18,16 @@ from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.hashkeys import HashKeyRange
 from shardwise.leases.model import Lease
 
-__all__ = ["LeaseScan", "LeaseStore", "MalformedLease", "OwnerIndex", "RawLeaseItem", "SharedTableScan", "repair_hint"]
+__all__ = [
+    "AssignmentSignals",
+    "LeaseScan",
+    "LeaseStore",
+    "MalformedLease",
+    "OwnerIndex",
+    "RawLeaseItem",
+    "SharedTableScan",
+    "repair_hint",
+]
 
 
 def repair_hint(table_name: str, lease_key: str) -> str:
@@ -223,4 +232,25 @@ class SharedTableScan(Protocol):
         """How many complete scans of the table this store has made so far (by any of its reading methods), and
         the raw non-lease items the last one returned: a worker that scans anyway (the 2.x taker, the 3.x
         leader) reads the coordinator items from it instead of getting them again."""
+        ...
+
+    def last_scan_malformed(self) -> tuple[int, list[MalformedLease]]:
+        """The number (as counted by :meth:`last_scan_others`) of the last complete scan that read every item as
+        a lease or not (0: none yet), and the malformed lease items it met: a worker that scans anyway reports
+        them instead of scanning again."""
+        ...
+
+
+@runtime_checkable
+class AssignmentSignals(Protocol):
+    """A lease store over a table that bills reads (DynamoDB), where the 3.x leader tells a worker it has new
+    leases by a write to a lease that worker holds, which the worker's next renewal returns — so workers need
+    not poll the owner index (see :mod:`shardwise.backends.aws.lease_signals`)."""
+
+    def signal_assignment(self, lease: Lease) -> bool:
+        """Signal ``lease.lease_owner`` on ``lease`` (still owned by it; its counter untouched). True if written."""
+        ...
+
+    def assignment_signals_seen(self) -> int:
+        """How many changed signals the lease items this store read or wrote have carried so far."""
         ...

@@ -113,8 +113,9 @@ class ItemTable(Protocol):
         """Create the underlying table if this layout owns one (legacy tables; no-op for single-table)."""
         ...
 
-    def get(self, key: str) -> ItemRecord | None:
-        """A strongly consistent read of one item (``None`` if absent or of another namespace)."""
+    def get(self, key: str, *, consistent: bool = True) -> ItemRecord | None:
+        """A read of one item (``None`` if absent or of another namespace): strongly consistent unless
+        ``consistent`` is False (an eventually consistent read, half the read units on DynamoDB)."""
         ...
 
     def scan(self) -> list[ItemRecord]:

@@ -28,9 +28,9 @@ from typing import Protocol
 
 from shardwise.errors import ConfigurationError, DependencyError, InvalidStateError, ShardwiseError
 from shardwise.leadership.deterministic import DeterministicShuffleLeaderDecider
-from shardwise.leadership.lock import LeaderLock
+from shardwise.leadership.lock import ATTR_MALFORMED_LEASES, ATTR_PUBLISHED_BY, LeaderLock
 from shardwise.leases.model import RESERVED_KEYS, Lease
-from shardwise.leases.store import LeaseStore, OwnerIndex
+from shardwise.leases.store import AssignmentSignals, LeaseStore, OwnerIndex, SharedTableScan
 from shardwise.leasing.assigner import AssignmentRun, LeaseAssignmentManager
 from shardwise.leasing.discoverer import LeaseDiscoverer
 from shardwise.leasing.renewer import LeaseRenewer
@@ -138,6 +138,11 @@ class Generation(Protocol):
         """The lease table as the generation last scanned it: (monotonic ns, leases), if it did."""
         ...
 
+    def needs_own_malformed_scan(self) -> bool:
+        """Whether this worker must scan the lease table itself to report malformed lease items when it has not
+        scanned it for another reason since the last report (see :mod:`shardwise.leasing.bad_items`)."""
+        ...
+
 
 class LeaseCountGeneration:
     """KCL 2.x: every worker takes leases by count; the deterministic leader runs shard sync."""
@@ -199,6 +204,9 @@ class LeaseCountGeneration:
     def recent_leases(self) -> tuple[int, list[Lease]] | None:
         return self.taker.last_scan
 
+    def needs_own_malformed_scan(self) -> bool:
+        return True  # the taker scans every run; only a worker whose taker could not scan gets here
+
 
 def check_worker_id_for_single_table(worker_id: str) -> None:
     if worker_id.startswith("shardId-") or worker_id in RESERVED_KEYS:
@@ -232,6 +240,10 @@ class UtilizationGeneration:
         self._discovery_interval_ms = context.config.lease_discovery_interval_ms
         #: The leader's own leases as its latest assignment run left them, until a discovery run uses them.
         self._leader_keys: list[str] | None = None
+        #: Signalled discovery: the store's signal count at the last owner-index query, and when (monotonic ns)
+        #: the next query is due even without a signal.
+        self._signals_at_query: int | None = None
+        self._next_unsignalled_query_ns = 0
 
     @property
     def opened(self) -> bool:
@@ -261,6 +273,7 @@ class UtilizationGeneration:
             context.worker_id,
             lease_duration_ms=coordination.leader_lease_duration_ms,
             heartbeat_period_ms=coordination.leader_heartbeat_period_ms,
+            published=self._publications,
         )
         self.assigner = LeaseAssignmentManager(
             store,
@@ -332,7 +345,75 @@ class UtilizationGeneration:
             return None
         run = assigner.run_once()
         self._leader_keys = _owned_after(assigner.last_leases, run, context.worker_id)
+        self._signal(run)
         return run
+
+    def _signal(self, run: AssignmentRun) -> None:
+        """Tell every other worker that this run gave leases to, on a lease it holds (see
+        :class:`~shardwise.leases.store.AssignmentSignals`); a worker holding none polls on its own."""
+        store, scanned = self._context.store, self.assigner.last_leases if self.assigner else None
+        if not isinstance(store, AssignmentSignals) or scanned is None:
+            return
+        applied = set(run.applied)
+        targets = {m.to_worker for m in run.decision.moves if m.lease_key in applied} - {self._context.worker_id}
+        for target in sorted(targets):
+            held = [
+                lease
+                for lease in scanned[1]
+                if lease.lease_owner == target and lease.checkpoint_owner is None and lease.lease_key not in applied
+            ]
+            if not held:
+                continue
+            try:
+                store.signal_assignment(held[0])
+            except ShardwiseError as exc:  # the worker's next unsignalled query finds the lease
+                logger.warning("could not signal new leases to %s on %s: %s", target, held[0].lease_key, exc)
+
+    def _publications(self) -> dict[str, str]:
+        """What this worker writes on the lock item while it leads (see :mod:`shardwise.leadership.lock`)."""
+        published = {ATTR_PUBLISHED_BY: self._context.worker_id}
+        store = self._context.store
+        if isinstance(store, SharedTableScan):
+            number, malformed = store.last_scan_malformed()
+            if number:
+                published[ATTR_MALFORMED_LEASES] = str(len(malformed))
+        return published
+
+    def _signalled(self) -> bool:
+        """Whether this worker (not leading) learns of new leases from signals, not by polling the owner index."""
+        lock = self.lock
+        seen = None if lock is None else lock.last_seen()
+        return (
+            isinstance(self._context.store, AssignmentSignals)
+            and seen is not None
+            and seen.from_shardwise_leader
+            and seen.owner_name != self._context.worker_id
+        )
+
+    def _query_due(self) -> bool:
+        """Whether a worker that does not lead queries the owner index in this discovery run: always when polling;
+        when signalled, only if it holds no lease, the last query left leases it could not take yet, a signal
+        arrived since, or the unsignalled interval (five polling ceilings) has passed."""
+        context = self._context
+        store = context.store
+        if not self._signalled() or not isinstance(store, AssignmentSignals):
+            return True
+        discoverer = self.discoverer
+        return (
+            not context.renewer.held()
+            or (discoverer is not None and discoverer.waiting > 0)
+            or store.assignment_signals_seen() != self._signals_at_query
+            or context.clock_ns() >= self._next_unsignalled_query_ns
+        )
+
+    def needs_own_malformed_scan(self) -> bool:
+        lock = self.lock
+        if lock is None or lock.holds_lock():
+            return True  # the leader's assignment runs scan; it gets here only if none did
+        seen = lock.last_seen()
+        if seen is None or not seen.from_shardwise_leader or seen.malformed_leases is None:
+            return True
+        return seen.malformed_leases > 0
 
     def discover(self) -> list[Lease]:
         discoverer = self.discoverer
@@ -345,20 +426,34 @@ class UtilizationGeneration:
             # owner index only for a worker that does not lead (saves a Query per interval on the leader).
             keys, self._leader_keys = self._leader_keys, None
             found = [] if keys is None else discoverer.discover(keys)
-        else:
+            context.metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
+        elif self._query_due():
+            store = context.store
+            self._signals_at_query = store.assignment_signals_seen() if isinstance(store, AssignmentSignals) else None
             found = discoverer.discover()
-        context.metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
+            self._next_unsignalled_query_ns = context.clock_ns() + 5 * self._ceiling_ms() * 1_000_000
+            context.metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
+        else:
+            found = []  # signalled and nothing due: no query, nothing to report
         # KCL queries the owner index every ~10 s on every worker, which makes a small steady fleet read more
         # than the 2.x generation (KCL issue #1406). While nothing changes the interval doubles up to
         # coordination.max_lease_discovery_interval_ms; it drops back to KCL's whenever a lease arrives or the
         # worker holds none (a leader that assigns to itself wakes its own discoverer at once).
+        # Signalled, a discovery run is a local check unless a query is due: it runs every renewal interval, so a
+        # signal (returned by a renewal) is acted on within two renewal intervals.
         base = context.config.lease_discovery_interval_ms
-        ceiling = max(base, context.config.coordination.max_lease_discovery_interval_ms or base)
-        if found or not context.renewer.held():
+        if self._signalled():
+            self._discovery_interval_ms = min(base, context.config.leases.renewal_interval_ms)
+        elif found or not context.renewer.held():
             self._discovery_interval_ms = base
         else:
-            self._discovery_interval_ms = min(ceiling, self._discovery_interval_ms * 2)
+            self._discovery_interval_ms = min(self._ceiling_ms(), self._discovery_interval_ms * 2)
         return found
+
+    def _ceiling_ms(self) -> int:
+        config = self._context.config
+        base = config.lease_discovery_interval_ms
+        return max(base, config.coordination.max_lease_discovery_interval_ms or base)
 
     def acquisition_stamps(self) -> Mapping[str, int]:
         discoverer = self.discoverer

@@ -126,7 +126,11 @@ class Worker:
         )
         self._syncer = ShardSyncer(store, source, config.initial_position)
         self._bad_items = MalformedLeaseReporter(
-            store, self._metrics, clock_ns, interval_ms=config.malformed_lease_report_interval_ms
+            store,
+            self._metrics,
+            clock_ns,
+            interval_ms=config.malformed_lease_report_interval_ms,
+            scan_needed=lambda: self._generation.needs_own_malformed_scan(),  # noqa: PLW0108 (the current one)
         )
         self._synced_once = False
         self.stats = WorkerStats(started_at_ns=clock_ns())
@@ -243,21 +247,19 @@ class Worker:
     @property
     def reports_worker_metrics(self) -> bool:
         """Whether the metrics loop writes this worker's worker-metrics item."""
-        flag = self._report_metrics
-        return self._generation.reports_worker_metrics if flag is None else flag
+        return self._generation.reports_worker_metrics if self._report_metrics is None else self._report_metrics
 
     def supported_ranges(self, version: ClientVersion | None = None) -> dict[str, SupportedRange]:
         """The feature levels this worker can run with (what it advertises): limited by its mode — a worker
         following ``Migration3.0`` runs either generation until ``CLIENT_VERSION_3X``, which is final — and by
         the ``[features]`` pin."""
         version = version if version is not None else self._client_version
-        config = self.config.features
         return worker_supported_ranges(
             assignment=self.config.assignment,
             follows_migration=self._follows_migration,
             final_3x=version is ClientVersion.V3X,
-            release=config.pinned_release,
-            max_levels=config.parsed_max_levels(),
+            release=self.config.features.pinned_release,
+            max_levels=self.config.features.parsed_max_levels(),
         )
 
     def switch_mode(self, mode: AssignmentMode) -> None:
@@ -284,14 +286,12 @@ class Worker:
         self._loops.wake("assigner", "discoverer", "metrics-report", "taker")
 
     def _generation_for(self, mode: AssignmentMode) -> Generation:
-        generation = self._generations.get(mode)
-        if generation is None:
-            generation = self._generations[mode] = GENERATIONS[mode](self._context)
-        return generation
+        if mode not in self._generations:
+            self._generations[mode] = GENERATIONS[mode](self._context)
+        return self._generations[mode]
 
     def _rebalance_hold_until_ns(self) -> int | None:
-        """Until when the first leader term after a switch assigns only expired or unassigned leases: one
-        migration poll interval plus its jitter (``None`` at start: nothing to hold for)."""
+        """Until when a new leader term only assigns expired or unassigned leases (``None`` at start)."""
         if not self._loops_started:
             return None
         hold_ms = 0

@@ -175,6 +175,29 @@ def test_the_item_has_exactly_the_lock_client_attributes(
     assert str(uuid.UUID(record.attributes["recordVersionNumber"])) == record.attributes["recordVersionNumber"]
 
 
+def test_a_leader_publishes_what_others_would_read_for_themselves(database: Path, clock: FakeClock) -> None:
+    published = {"shardwiseLeader": "worker-a", "shardwiseMalformedLeases": "2"}
+    a = LeaderLock(coordinator(database), "worker-a", clock=clock.reader(0), published=lambda: published)
+    b = LeaderLock(coordinator(database), "worker-b", clock=clock.reader(0))
+    assert a.try_acquire()
+    seen = a.last_seen()
+    assert seen is not None and seen.from_shardwise_leader and seen.malformed_leases == 2
+    assert b.try_acquire() is False
+    seen = b.last_seen()
+    assert seen is not None and seen.from_shardwise_leader and seen.malformed_leases == 2
+    published["shardwiseMalformedLeases"] = "0"
+    clock.advance(HEARTBEAT_S)
+    assert a.heartbeat()
+    assert b.try_acquire() is False
+    seen = b.last_seen()
+    assert seen is not None and seen.malformed_leases == 0
+    # Taken over by a worker that publishes nothing (a Java worker): the old attributes stay, under another name.
+    clock.advance(LEASE_S + 1)
+    assert b.try_acquire() is True
+    seen = b.last_seen()
+    assert seen is not None and seen.owner_name == "worker-b" and not seen.from_shardwise_leader
+
+
 def test_a_second_contender_waits(new_lock: functools.partial[LeaderLock]) -> None:
     a, b = new_lock("worker-a"), new_lock("worker-b")
     assert a.try_acquire()
@@ -357,6 +380,7 @@ class CountingItems:
         self.inner = inner
         self.calls = 0
         self.failing = False
+        self.reads: list[bool] = []  # the consistent flag of every get
 
     def _call(self) -> None:
         self.calls += 1
@@ -381,9 +405,10 @@ class CountingItems:
     def create_if_not_exists(self) -> bool:
         return self.inner.create_if_not_exists()
 
-    def get(self, key: str) -> ItemRecord | None:
+    def get(self, key: str, *, consistent: bool = True) -> ItemRecord | None:
         self._call()
-        return self.inner.get(key)
+        self.reads.append(consistent)
+        return self.inner.get(key, consistent=consistent)
 
     def scan(self) -> list[ItemRecord]:
         self._call()
@@ -433,10 +458,29 @@ def test_is_leader_touches_the_store_once_per_heartbeat_period(database: Path, c
 
     follower_items = CountingItems(coordinator(database))
     follower = LeaderLock(follower_items, "worker-b", clock=clock.reader(0))
-    for _ in range(61):  # 0 s … 30 s
+    for _ in range(241):  # 0 s … 120 s: the leader stops heartbeating
         assert follower.is_leader() is False
         clock.advance(0.5)
-    assert follower_items.calls == 2  # one attempt (a read) at 0 s and one at 30 s
+    # One eventually consistent read at 0 s: the lock it saw cannot expire before 120 s, so no read until then.
+    assert follower_items.reads == [False]
+    clock.advance(0.25)
+    assert follower.is_leader() is True  # unchanged for more than the lease duration: taken over
+    assert follower_items.reads == [False, False]
+
+
+def test_a_contender_reads_a_live_lock_about_once_per_lease_duration(database: Path, clock: FakeClock) -> None:
+    leader = LeaderLock(coordinator(database), "worker-a", clock=clock.reader(0))
+    follower_items = CountingItems(coordinator(database))
+    follower = LeaderLock(follower_items, "worker-b", clock=clock.reader(0))
+    assert leader.is_leader() is True
+    for _ in range(600):  # ten minutes, both asked every second (as the assigner and shard-sync loops do)
+        assert follower.is_leader() is False
+        assert leader.is_leader() is True
+        clock.advance(1)
+    # A version number seen at t is read again just after t + 120 s; the leader has heartbeaten by then, so the
+    # next wait starts at that read: reads at about 0, 121, 242, 363, 484 and 605 s (KCL: every 30 s, 20 reads).
+    assert 5 <= len(follower_items.reads) <= 6
+    assert not any(follower_items.reads)  # all eventually consistent
 
 
 def test_is_leader_never_raises_and_stays_leader_only_within_the_lease(

@@ -69,7 +69,7 @@ class FakeItemTable:
     def create_if_not_exists(self) -> bool:
         return False
 
-    def get(self, key: str) -> ItemRecord | None:
+    def get(self, key: str, *, consistent: bool = True) -> ItemRecord | None:
         item = self.items.get(key)
         return None if item is None else ItemRecord(key, copy.deepcopy(item))
 

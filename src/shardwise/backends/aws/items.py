@@ -259,10 +259,10 @@ class DynamoDBItemTable:
             for attribute, wanted in expect.items():
                 expression.require_equal_or_absent(attribute, None if wanted is ABSENT else to_attribute_value(wanted))
 
-    def get(self, key: str) -> ItemRecord | None:
+    def get(self, key: str, *, consistent: bool = True) -> ItemRecord | None:
         with self._errors.translating("GetItem"):
             response = self._client.get_item(
-                TableName=self._table, Key=self._key(key), ConsistentRead=True, ReturnConsumedCapacity="TOTAL"
+                TableName=self._table, Key=self._key(key), ConsistentRead=consistent, ReturnConsumedCapacity="TOTAL"
             )
         self._capacity.record(response.get("ConsumedCapacity"), write=False)
         item = response.get("Item")

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from shardwise.backends.aws.backend import AwsBackend
 from shardwise.backends.aws.client import dynamodb_client
@@ -47,6 +47,7 @@ from shardwise.backends.aws.lease_items import (
     number_value,
     raw_fields,
 )
+from shardwise.backends.aws.lease_signals import ATTR_ASSIGNMENT_SIGNAL, SignalBook
 from shardwise.backends.aws.lease_table import OWNER_INDEX_NAME, DynamoDBLeaseStoreConfig, LeaseTable
 from shardwise.backends.aws.table import CapacityMeter, check_table_name
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
@@ -111,6 +112,8 @@ class DynamoDBLeaseStore:
         self._reported: set[tuple[str, str]] = set()
         self._scans = 0
         self._last_others: list[Item] = []
+        self._last_malformed: tuple[int, list[MalformedLease]] = (0, [])
+        self._signals = SignalBook()
 
     def __repr__(self) -> str:
         return f"DynamoDBLeaseStore(table_name={self.table_name!r})"
@@ -186,26 +189,38 @@ class DynamoDBLeaseStore:
         return not any(self._lease_or_skip(item) is not None for item in self._scan())
 
     def list_leases(self) -> list[Lease]:
-        leases = [lease for item in self._scan() if (lease := self._lease_or_skip(item)) is not None]
-        leases.sort(key=lambda lease: lease.lease_key)
-        return leases
+        return self._full_scan(report="all")[0].leases
 
     def list_leases_and_other_items(self) -> tuple[list[Lease], list[Mapping[str, Any]]]:
         """Every lease and every raw non-lease item (coordinator, worker metrics) of the table, one scan."""
-        leases: list[Lease] = []
-        others: list[Mapping[str, Any]] = []
-        for item in self._scan():
-            if classify_item(item) == "other":
-                others.append(item)
-            elif (lease := self._lease_or_skip(item)) is not None:
-                leases.append(lease)
-        leases.sort(key=lambda lease: lease.lease_key)
-        return leases, others
+        scan, others = self._full_scan(report="malformed")
+        raw: list[Mapping[str, Any]] = list(others)
+        return scan.leases, raw
 
     def last_scan_others(self) -> tuple[int, list[Mapping[str, Any]]]:
         """How many complete scans this store has made, and the raw non-lease items of the last one."""
         with self._lock:
             return self._scans, list(self._last_others)
+
+    def last_scan_malformed(self) -> tuple[int, list[MalformedLease]]:
+        """The number of the last complete scan that read every item (0: none yet), and its malformed items."""
+        with self._lock:
+            number, malformed = self._last_malformed
+            return number, list(malformed)
+
+    def signal_assignment(self, lease: Lease) -> bool:
+        """Add 1 to the assignment signal of ``lease`` if it is still owned by its observed owner (no counter
+        change: see :mod:`shardwise.backends.aws.lease_signals`). True if written."""
+        if lease.lease_owner is None:
+            return False
+        request = Expression()
+        request.require_equal(ATTR_LEASE_OWNER, {"S": lease.lease_owner})
+        request.add(ATTR_ASSIGNMENT_SIGNAL, _ONE)
+        return self._update(lease.lease_key, request) is not None
+
+    def assignment_signals_seen(self) -> int:
+        """How many changed assignment signals this store's reads and writes of lease items have returned."""
+        return self._signals.changes
 
     def get_lease(self, lease_key: str) -> Lease | None:
         with self._translating("GetItem"):
@@ -217,20 +232,36 @@ class DynamoDBLeaseStore:
             )
         self._record_capacity(response.get("ConsumedCapacity"), write=False)
         item = response.get("Item")
-        return None if item is None else self._lease_or_skip(item)
+        if item is None:
+            return None
+        self._signals.observe(lease_key, item)
+        return self._lease_or_skip(item)
 
     def scan_leases(self) -> LeaseScan:
+        return self._full_scan(report="none")[0]
+
+    def _full_scan(self, *, report: Literal["all", "malformed", "none"]) -> tuple[LeaseScan, list[Item]]:
+        """One complete scan, each item read once: the leases and malformed lease items (key order) and the raw
+        non-lease items. ``report``: which skipped items to log (once per key and reason)."""
         scan = LeaseScan()
+        others: list[Item] = []
         for item in self._scan():
             if classify_item(item) == "other":
+                others.append(item)
+                if report == "all":
+                    self._lease_or_skip(item)
                 continue
             try:
                 scan.leases.append(lease_from_item(item))
             except MalformedItemError as exc:
                 scan.malformed.append(MalformedLease(exc.key, exc.problem))
+                if report != "none":
+                    self._report_skip(exc.key, f"malformed lease: {exc.problem}")
         scan.leases.sort(key=lambda lease: lease.lease_key)
         scan.malformed.sort(key=lambda bad: bad.key)
-        return scan
+        with self._lock:
+            self._last_malformed = (self._scans, scan.malformed)
+        return scan, others
 
     def _get_item(self, lease_key: str, *, consistent: bool) -> Item | None:
         with self._translating("GetItem"):
@@ -526,7 +557,9 @@ class DynamoDBLeaseStore:
         except ConditionFailed:
             return None
         self._record_capacity(response.get("ConsumedCapacity"), write=True)
-        return lease_from_item(response["Attributes"])
+        attributes = response["Attributes"]
+        self._signals.observe(lease_key, attributes)
+        return lease_from_item(attributes)
 
     def _record_capacity(self, consumed: Mapping[str, object] | None, *, write: bool) -> None:
         self._capacity.record(consumed, write=write)

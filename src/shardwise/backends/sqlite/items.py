@@ -302,7 +302,8 @@ class SQLiteItemTable:
 
     # -- reads -----------------------------------------------------------------------------------------
 
-    def get(self, key: str) -> ItemRecord | None:
+    def get(self, key: str, *, consistent: bool = True) -> ItemRecord | None:
+        # One database: every read is consistent.
         with self._db.reading() as conn:
             self._require_table(conn)
             found = self._select(conn, key)
