@@ -62,7 +62,7 @@ def test_a_signal_reaches_the_holder_through_its_next_renewal(
 ) -> None:
     leader, worker = stores
     assert isinstance(worker, AssignmentSignals)
-    held = _owned(leader, KEY, "w1")
+    _owned(leader, KEY, "w1")
     held = worker.get_lease(KEY)  # the worker's first sighting (its discovery read) only notes the signal
     assert held is not None
     renewed = worker.renew_lease(held)
