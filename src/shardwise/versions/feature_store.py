@@ -60,6 +60,7 @@ __all__ = [
     "FeatureRecord",
     "FeatureStore",
     "FinalizedFeatures",
+    "advertisement",
     "holds_assignment",
     "parse_advertisement",
 ]
@@ -348,14 +349,7 @@ class FeatureStore:
 
     def advertise(self, worker_id: str, ranges: Mapping[str, SupportedRange], release: str, now_epoch_s: float) -> None:
         """Write this worker's supported ranges on its worker record (a partial, unconditional upsert)."""
-        self._worker_metrics.upsert(
-            worker_id,
-            {
-                ADVERTISED_RANGES: {name: [r.min_level, r.max_level] for name, r in sorted(ranges.items())},
-                ADVERTISED_RELEASE: release,
-                ADVERTISED_AT: int(now_epoch_s),
-            },
-        )
+        self._worker_metrics.upsert(worker_id, advertisement(ranges, release, now_epoch_s))
 
     def withdraw(self, worker_id: str) -> None:
         """Remove this worker's advertisement (clean shutdown): it no longer counts as live."""
@@ -435,3 +429,12 @@ class FeatureStore:
             layout=current.layout if current.layout is not None else self._coordinator.layout,
             sources=current.sources,
         )
+
+
+def advertisement(ranges: Mapping[str, SupportedRange], release: str, now_epoch_s: float) -> dict[str, Any]:
+    """The attributes of a worker's advertisement: its supported ranges, its release and when (epoch seconds)."""
+    return {
+        ADVERTISED_RANGES: {name: [r.min_level, r.max_level] for name, r in sorted(ranges.items())},
+        ADVERTISED_RELEASE: release,
+        ADVERTISED_AT: int(now_epoch_s),
+    }

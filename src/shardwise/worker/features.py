@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from shardwise.errors import ShardwiseError, UnsupportedFeatureVersionError
 from shardwise.leases.store import LeaseStore, SharedTableScan
 from shardwise.tables.items import SharesLeaseTable
-from shardwise.versions.feature_store import FeatureStore, FinalizedFeatures
+from shardwise.versions.feature_store import FeatureStore, FinalizedFeatures, advertisement
 from shardwise.versions.features import SupportedRange, first_unsupported
 from shardwise.worker.config import WorkerConfig
 from shardwise.worker.items import CoordinatorItems
@@ -147,12 +148,18 @@ class FeatureVersions:
 
     def advertise(self, supported: Mapping[str, SupportedRange]) -> None:
         """Write this worker's supported ranges on its worker record (never creates a table for it: after a
-        rollback the legacy worker-metrics table is gone on purpose)."""
+        rollback the legacy worker-metrics table is gone on purpose). A worker that reports its metrics sends
+        :meth:`advertisement` with its report instead (one write, no table check)."""
         store = self.store()
         if not store.worker_metrics.exists():
             return
         store.advertise(self._config.worker_id, supported, self._config.features.pinned_release, self._clock_epoch_s())
         self.advertising = True
+
+    def advertisement(self, supported: Mapping[str, SupportedRange]) -> dict[str, Any]:
+        """The advertisement's attributes, for a metrics report to carry (the worker now counts as advertising)."""
+        self.advertising = True
+        return advertisement(supported, self._config.features.pinned_release, self._clock_epoch_s())
 
     def withdraw(self, *, reported: bool) -> None:
         """At a clean stop, delete this worker's record (metrics and advertisement): a leader that still saw it

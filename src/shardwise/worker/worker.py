@@ -464,17 +464,17 @@ class Worker:
             logger.error("worker %s: %s", self.worker_id, reason)
         self.request_shutdown()
 
-    def _advertise(self) -> None:
+    def _may_advertise(self) -> bool:
         """Only fleets that know KCL 3.x items get worker records: a pure 2.x worker on DynamoDB writes nothing but
         leases, so KCL 2.x workers can share its lease table."""
         may = self._follows_migration or self._generation.reports_worker_metrics or not kcl_2x_peers(self._store)
-        if not may or self._dispatcher.stopping:
-            return
-        if self.reports_worker_metrics and not self._reported_once:
-            # The record would exist without lut/sts/opr until the first report, and KCL's leader logs such a
-            # worker as invalid: advertise with (right after) the first report instead.
-            return
-        self._features.advertise(self.supported_ranges())
+        return may and not self._dispatcher.stopping
+
+    def _advertise(self) -> None:
+        # A worker that reports metrics advertises with every report (one write; and its record never exists
+        # without lut/sts/opr, which KCL's leader would log as an invalid worker).
+        if not self.reports_worker_metrics and self._may_advertise():
+            self._features.advertise(self.supported_ranges())
 
     # -- loops --------------------------------------------------------------------------------------
 
@@ -544,7 +544,7 @@ class Worker:
     def _report_metrics_once(self) -> None:
         reporter = self._items.reporter
         if self.reports_worker_metrics and reporter is not None and not self._dispatcher.stopping:
-            reporter.report()
+            reporter.report(self._features.advertisement(self.supported_ranges()) if self._may_advertise() else None)
             if not self._reported_once:
                 self._reported_once = True
                 self._loops.wake("assigner")  # a new leader need not wait a whole interval for us

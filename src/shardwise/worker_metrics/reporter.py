@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from shardwise.assignment.model import WorkerMetricStats, metrics_to_attributes
 from shardwise.errors import ConfigurationError
@@ -56,8 +57,9 @@ class WorkerMetricsReporter:
     def worker_id(self) -> str:
         return self._worker_id
 
-    def report(self) -> WorkerMetricStats:
-        """Close the interval and write the item; returns what was written. Errors propagate unchanged."""
+    def report(self, extra: Mapping[str, Any] | None = None) -> WorkerMetricStats:
+        """Close the interval and write the item, with the ``extra`` attributes if given (in the same write);
+        returns the metrics written. Errors propagate unchanged."""
         with timed(self._metrics, self.OPERATION):
             stats = WorkerMetricStats(
                 self._worker_id,
@@ -66,7 +68,7 @@ class WorkerMetricsReporter:
                 operating_range=self._collector.operating_range(),
             )
             try:
-                self._items.upsert(self._worker_id, metrics_to_attributes(stats))
+                self._items.upsert(self._worker_id, {**metrics_to_attributes(stats), **(extra or {})})
             except Exception as exc:
                 logger.debug(
                     "worker metrics of %s could not be written to %s: %s", self._worker_id, self._items.table_name, exc
