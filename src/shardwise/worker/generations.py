@@ -243,6 +243,7 @@ class UtilizationGeneration:
         #: Signalled discovery: the store's signal count at the last owner-index query, and when (monotonic ns)
         #: the next query is due even without a signal.
         self._signals_at_query: int | None = None
+        self._last_query_ns = 0
         self._next_unsignalled_query_ns = 0
 
     @property
@@ -392,19 +393,21 @@ class UtilizationGeneration:
 
     def _query_due(self) -> bool:
         """Whether a worker that does not lead queries the owner index in this discovery run: always when polling;
-        when signalled, only if it holds no lease, the last query left leases it could not take yet, a signal
-        arrived since, or the unsignalled interval (five polling ceilings) has passed."""
+        when signalled, at once if a signal arrived since the last query, else once the unsignalled interval
+        (five polling ceilings) has passed — or KCL's interval, while it holds no lease or the last query left
+        leases it could not take yet (a handoff under way)."""
         context = self._context
         store = context.store
         if not self._signalled() or not isinstance(store, AssignmentSignals):
             return True
+        if store.assignment_signals_seen() != self._signals_at_query:
+            return True
+        now = context.clock_ns()
+        if now >= self._next_unsignalled_query_ns:
+            return True
         discoverer = self.discoverer
-        return (
-            not context.renewer.held()
-            or (discoverer is not None and discoverer.waiting > 0)
-            or store.assignment_signals_seen() != self._signals_at_query
-            or context.clock_ns() >= self._next_unsignalled_query_ns
-        )
+        waiting = not context.renewer.held() or (discoverer is not None and discoverer.waiting > 0)
+        return waiting and now >= self._last_query_ns + context.config.lease_discovery_interval_ms * 1_000_000
 
     def needs_own_malformed_scan(self) -> bool:
         lock = self.lock
@@ -431,7 +434,8 @@ class UtilizationGeneration:
             store = context.store
             self._signals_at_query = store.assignment_signals_seen() if isinstance(store, AssignmentSignals) else None
             found = discoverer.discover()
-            self._next_unsignalled_query_ns = context.clock_ns() + 5 * self._ceiling_ms() * 1_000_000
+            self._last_query_ns = context.clock_ns()
+            self._next_unsignalled_query_ns = self._last_query_ns + 5 * self._ceiling_ms() * 1_000_000
             context.metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
         else:
             found = []  # signalled and nothing due: no query, nothing to report

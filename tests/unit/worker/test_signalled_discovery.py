@@ -135,3 +135,17 @@ def test_under_a_leader_that_publishes_nothing_it_polls(moto_server: Server) -> 
         setup.discover()
     assert setup.queries() == 4  # every run queries; the loop itself backs off between runs
     assert setup.generation.discovery_interval_s() > 10
+
+
+def test_a_worker_holding_nothing_polls_at_kcls_interval(moto_server: Server) -> None:
+    setup = Setup(moto_server, leader_publishes=True)
+    base_s = WorkerConfig("a", "s").lease_discovery_interval_ms / 1000
+    assert setup.discover() == []
+    assert setup.queries() == 1
+    setup.clock.advance(int((base_s - 1) * S))
+    assert setup.discover() == []
+    assert setup.queries() == 1  # not yet: KCL's interval since the last query
+    setup.clock.advance(S)
+    setup.assign(0)
+    assert setup.discover() == [_key(0)]
+    assert setup.queries() == 2
