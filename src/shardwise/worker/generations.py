@@ -414,9 +414,11 @@ class UtilizationGeneration:
         if lock is None or lock.holds_lock():
             return True  # the leader's assignment runs scan; it gets here only if none did
         seen = lock.last_seen()
-        if seen is None or not seen.from_shardwise_leader or seen.malformed_leases is None:
-            return True
-        return seen.malformed_leases > 0
+        if seen is None or not seen.from_shardwise_leader:
+            return True  # no leader, or one that publishes nothing (a Java worker)
+        # A shardwise leader that has not published a count yet has not scanned yet: it does once it runs, and its
+        # heartbeats publish what it found, which this worker sees at its next read of the lock.
+        return seen.malformed_leases is not None and seen.malformed_leases > 0
 
     def discover(self) -> list[Lease]:
         discoverer = self.discoverer

@@ -11,7 +11,7 @@ import pytest
 
 from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.checkpoint.sequence import TRIM_HORIZON
-from shardwise.leadership.lock import ATTR_PUBLISHED_BY, LeaderLock
+from shardwise.leadership.lock import ATTR_MALFORMED_LEASES, ATTR_PUBLISHED_BY, LeaderLock
 from shardwise.leases.model import Lease
 from shardwise.leasing.renewer import LeaseRenewer
 from shardwise.metrics.sink import NullMetricsSink
@@ -69,8 +69,8 @@ class Setup:
         )
         self.generation = UtilizationGeneration(context)
         self.generation.open()
-        published = {ATTR_PUBLISHED_BY: "w1"} if leader_publishes else {}
-        self.leader = LeaderLock(items.open().coordinator, "w1", published=lambda: published)
+        self.published = {ATTR_PUBLISHED_BY: "w1"} if leader_publishes else {}
+        self.leader = LeaderLock(items.open().coordinator, "w1", published=lambda: self.published)
         assert self.leader.try_acquire()
         assert self.generation.assign() is None  # w2 reads the lock: w1 leads
         self.meter = ReadUnitsMeter()
@@ -149,3 +149,22 @@ def test_a_worker_holding_nothing_polls_at_kcls_interval(moto_server: Server) ->
     setup.assign(0)
     assert setup.discover() == [_key(0)]
     assert setup.queries() == 2
+
+
+@pytest.mark.parametrize("leader_publishes", [True, False])
+def test_a_worker_scans_for_malformed_leases_only_when_the_leader_says_so(
+    moto_server: Server, leader_publishes: bool
+) -> None:
+    setup = Setup(moto_server, leader_publishes=leader_publishes)
+    lock = setup.generation.lock
+    assert lock is not None
+    # A leader that publishes nothing (a Java worker): scan for yourself. A shardwise leader that has not scanned
+    # yet: it will, and publish what it found.
+    assert setup.generation.needs_own_malformed_scan() is not leader_publishes
+    if not leader_publishes:
+        return
+    for count, needed in (("2", True), ("0", False)):
+        setup.published[ATTR_MALFORMED_LEASES] = count
+        assert setup.leader.heartbeat()
+        assert lock.try_acquire() is False  # the worker's next read of the lock
+        assert setup.generation.needs_own_malformed_scan() is needed
