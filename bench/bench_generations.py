@@ -58,6 +58,8 @@ class Result:
     stats: RequestStats  # the whole fleet's, over the window
     lease_moves: int
     leases_per_worker: list[int]
+    warmup_s: float = 0.0  # how long the fleet took to settle (or the cap)
+    settled: bool = True  # whether it settled within the cap
 
     def per_worker_minute(self, value: float) -> float:
         return value / self.workers / self.minutes
@@ -106,7 +108,10 @@ def run(
     warmup_s: float,
     window_s: float,
     by_thread: bool = False,
+    settle_s: float = 0.0,
 ) -> Result:
+    """One fleet: start it, warm up (``warmup_s``; with ``settle_s``, until every worker holds its even share and
+    no lease has moved for ``settle_s``, at most ``warmup_s``), then measure a ``window_s`` window."""
     app = f"gen-{generation}-{shards}x{workers}"
     streams = LocalStreamStore(tmp / f"{app}.db")
     streams.create_stream(app, shards)
@@ -150,10 +155,27 @@ def run(
     for thread in threads:
         thread.start()
     observer = store()
-    time.sleep(warmup_s)
 
     def owners() -> dict[str, str | None]:
         return {lease.lease_key: lease.lease_owner for lease in observer.list_leases()}
+
+    started = time.monotonic()
+    settled = settle_s <= 0
+    if settled:
+        time.sleep(warmup_s)
+    else:
+        even = {shards // workers, -(-shards // workers)}
+        last, last_change = owners(), time.monotonic()
+        while time.monotonic() - started < warmup_s:
+            time.sleep(2.0)
+            now_owners = owners()
+            if now_owners != last:
+                last, last_change = now_owners, time.monotonic()
+            counts = [list(now_owners.values()).count(w.worker_id) for w in fleet]
+            if set(counts) <= even and time.monotonic() - last_change >= settle_s:
+                settled = True
+                break
+    warmed_s = time.monotonic() - started
 
     start_stats = [meter.snapshot() for meter in meters]
     previous = owners()
@@ -171,13 +193,21 @@ def run(
         worker.request_shutdown()
     for thread in threads:
         thread.join(60)
-    return Result(generation, shards, workers, window_s / 60, _total(window), moves, counts)
+    return Result(generation, shards, workers, window_s / 60, _total(window), moves, counts, warmed_s, settled)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5.0, help="steady-state window per run")
-    parser.add_argument("--warmup-seconds", type=float, default=180.0)
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=180.0, help="warm-up (with --settle-seconds: its upper bound)"
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=0.0,
+        help="warm up until every worker holds its even share and no lease has moved for this long",
+    )
     parser.add_argument("--sizes", default="1x1,8x4,64x8", help="comma-separated SHARDSxWORKERS")
     parser.add_argument(
         "--by-thread", action="store_true", help="break request kinds down by the worker loop that sent them"
@@ -197,19 +227,22 @@ def main() -> None:
                     warmup_s=args.warmup_seconds,
                     window_s=args.minutes * 60,
                     by_thread=args.by_thread,
+                    settle_s=args.settle_seconds,
                 )
                 print(result, flush=True)
                 results.append(result)
     lines = [
         "| shards × workers | generation | read units / worker-minute (moto, flat) | read units / worker-minute "
         "(DynamoDB billing) | write units / worker-minute (moto) | requests / worker-minute | "
-        "lease moves in window | leases per worker at the end |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "lease moves in window | leases per worker at the end | warm-up |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
+        warmup = f"{r.warmup_s:,.0f} s" + ("" if r.settled else " (not settled)")
         lines.append(
             f"| {r.shards} × {r.workers} | {r.generation} | {r.flat_reads:,.2f} | {r.billed_reads:,.2f} | "
-            f"{r.flat_writes:,.1f} | {r.requests:,.1f} | {r.lease_moves} | {'/'.join(map(str, r.leases_per_worker))} |"
+            f"{r.flat_writes:,.1f} | {r.requests:,.1f} | {r.lease_moves} | {'/'.join(map(str, r.leases_per_worker))} "
+            f"| {warmup} |"
         )
     lines.append("")
     for shards, workers in sizes:
@@ -237,11 +270,17 @@ def main() -> None:
                 f"{r.per_worker_minute(r.stats.billed_read_units.get(kind, 0)):,.2f} |"
             )
     filtered = sum(r.stats.filtered for r in results)
+    warmup_prose = (
+        f"{args.warmup_seconds:g} s warm-up"
+        if args.settle_seconds <= 0
+        else f"Warm-up until every worker holds its even share of the leases and no lease has moved for "
+        f"{args.settle_seconds:g} s (at most {args.warmup_seconds:g} s; the table gives how long it took)"
+    )
     lines.append(
         f"\nDefault (KCL) timings: failover 10 s (renewals every 3.3 s, 2.x taker scans every 20 s), 3.x leader "
         f"scans every 20 s (leases and worker metrics in one scan), owner-index queries every 10 s backing off to "
-        f"60 s while nothing changes, worker metrics every 30 s. {FEATURE_CHECK_PROSE} {args.warmup_seconds:g} s "
-        f"warm-up, then a {args.minutes:g}-minute window. Streams get {RECORDS_PER_SHARD_PER_SECOND} records/s per "
+        f"60 s while nothing changes, worker metrics every 30 s. {FEATURE_CHECK_PROSE} {warmup_prose}, then a "
+        f"{args.minutes:g}-minute window. Streams get {RECORDS_PER_SHARD_PER_SECOND} records/s per "
         "shard and processors checkpoint every batch (about one write per shard per 1.5 s, the same in both "
         "generations). Two read accountings: moto's (it bills an UpdateItem 0.5 units where DynamoDB bills at "
         "least 1, and a Scan or Query 1 unit whatever its size, which understates what full scans of a 64-lease "
@@ -255,7 +294,8 @@ def main() -> None:
     record_results(
         "Lease-assignment generations",
         f"python bench/bench_generations.py --minutes {args.minutes:g} --warmup-seconds {args.warmup_seconds:g} "
-        f"--sizes {args.sizes}{' --by-thread' if args.by_thread else ''}",
+        + (f"--settle-seconds {args.settle_seconds:g} " if args.settle_seconds > 0 else "")
+        + f"--sizes {args.sizes}{' --by-thread' if args.by_thread else ''}",
         lines,
     )
 
