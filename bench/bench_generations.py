@@ -30,6 +30,7 @@ from pathlib import Path
 from _common import record_results, standins
 from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.backends.sqlite.stream import LocalStreamStore
+from shardwise.errors import TableNotFoundError
 from shardwise.leasing.shard_sync import InitialPosition
 from shardwise.processor import BaseRecordProcessor, ProcessRecordsInput
 from shardwise.worker import AssignmentMode, Worker, WorkerConfig
@@ -157,7 +158,10 @@ def run(
     observer = store()
 
     def owners() -> dict[str, str | None]:
-        return {lease.lease_key: lease.lease_owner for lease in observer.list_leases()}
+        try:
+            return {lease.lease_key: lease.lease_owner for lease in observer.list_leases()}
+        except TableNotFoundError:  # the first worker has not created it yet
+            return {}
 
     started = time.monotonic()
     settled = settle_s <= 0
