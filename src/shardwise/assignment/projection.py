@@ -37,6 +37,7 @@ __all__ = [
     "IDLE_KBPS",
     "Book",
     "DeciderRun",
+    "above",
     "is_graceful",
     "movable_keys",
     "move_reason",
@@ -66,6 +67,16 @@ def _usable(worker: WorkerMetricStats) -> bool:
 #: records a second read as idle, and a worker joining such a fleet was never given a lease (CI: the Java 3.x
 #: mixed fleet, 2 records of ~20 B per shard per second).
 IDLE_KBPS = 0.001
+
+
+#: Relative slack of "above the average / the operating range": a fleet with exactly equal throughput has
+#: synthetic values of 100 ± rounding, which must not read as "above the range of 100".
+_LIMIT_TOLERANCE = 1e-9
+
+
+def above(value: float, limit: float) -> bool:
+    """Whether ``value`` is above ``limit`` by more than rounding."""
+    return value > limit + abs(limit) * _LIMIT_TOLERANCE
 
 
 def _effective_throughput(value: float | None) -> float | None:

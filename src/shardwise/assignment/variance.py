@@ -13,18 +13,19 @@ import random
 from collections.abc import Iterable, Iterator
 
 from shardwise.assignment.model import THROUGHPUT
-from shardwise.assignment.projection import Book, DeciderRun, is_graceful, movable_keys, move_reason, stays_with_owner
+from shardwise.assignment.projection import (
+    Book,
+    DeciderRun,
+    above,
+    is_graceful,
+    movable_keys,
+    move_reason,
+    stays_with_owner,
+)
+from shardwise.assignment.settle import find_settle
 from shardwise.assignment.utilization import AssignmentConfig, AssignmentDecision, AssignmentSnapshot
 
 __all__ = ["decide_variance_based", "metrics_out_of_balance", "projected_loads"]
-
-#: Relative slack of "above the average / the operating range": a fleet with exactly equal throughput has
-#: synthetic values of 100 ± rounding, which must not read as "above the range of 100".
-_LIMIT_TOLERANCE = 1e-9
-
-
-def _above(value: float, limit: float) -> bool:
-    return value > limit + abs(limit) * _LIMIT_TOLERANCE
 
 
 def _donors_for(book: Book, metric: str) -> list[str]:
@@ -46,7 +47,7 @@ def _donors_for(book: Book, metric: str) -> list[str]:
         if metric not in per_metric:
             continue
         value = per_metric[metric]
-        above_range = _above(value, book.limits[worker][metric])
+        above_range = above(value, book.limits[worker][metric])
         if value > upper or value < lower or above_range:
             triggered = True
         if value >= upper or above_range:
@@ -106,6 +107,8 @@ def _leases_to_take(
     if book.assigned_tp(donor) == 0:
         return [rng.choice(movable)]
     rng.shuffle(movable)
+    if book.config.rebalance_past_average:
+        movable.sort(key=lambda key: -book.tp[key])
     picked: list[str] = []
     remaining = take
     for key in movable:
@@ -127,7 +130,7 @@ def _values_after_taking(book: Book, worker: str, key: str) -> Iterator[tuple[st
 
 
 def _above_average_or_range(book: Book, worker: str, name: str, value: float) -> bool:
-    return _above(value, book.fleet_avg[name]) or _above(value, book.limits[worker][name])
+    return above(value, book.fleet_avg[name]) or above(value, book.limits[worker][name])
 
 
 def _would_exceed_average(book: Book, worker: str, key: str) -> bool:
@@ -193,11 +196,11 @@ def _reduces_variance(book: Book, metric: str, key: str, recipient: str) -> bool
         threshold = book.config.rebalance_threshold_percentage / 100
         donor_value, recipient_after = book.values[source][metric], book.values[recipient][metric] + delta
         band = book.fleet_avg[metric] * (1 + threshold)
-        clearly_lower = not _above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 2)
+        clearly_lower = not above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 2)
         into_band = (
-            _above(donor_value, band)
-            and not _above(recipient_after, band)
-            and not _above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 5)
+            above(donor_value, band)
+            and not above(recipient_after, band)
+            and not above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 5)
         )
         if not (clearly_lower or into_band):
             return False
@@ -215,11 +218,23 @@ def _may_pass_average(book: Book, metric: str, key: str, recipient: str) -> bool
         return False
     for name, after in _values_after_taking(book, recipient, key):
         if name == metric:
-            if name != THROUGHPUT and _above(after, book.limits[recipient][name]):
+            if name != THROUGHPUT and above(after, book.limits[recipient][name]):
                 return False
         elif _above_average_or_range(book, recipient, name, after):
             return False
     return _lowers_variance(book, metric, key, recipient)
+
+
+def _settle(run: DeciderRun, metric: str, donors: Iterable[str]) -> None:
+    """One settling action (:mod:`shardwise.assignment.settle`) for each donor the fill gave nothing from."""
+    snapshot, book = run.snapshot, run.book
+    for donor in donors:
+        action = find_settle(book, snapshot, metric, donor, run.moved)
+        if action is None:
+            continue
+        for key, worker in ((action.give, action.recipient), *((back, donor) for back in action.back)):
+            lease = book.leases[key]
+            run.record(lease, worker, "rebalance", graceful=is_graceful(lease, snapshot, book.config))
 
 
 def decide_variance_based(
@@ -289,6 +304,8 @@ def decide_variance_based(
                 run.record(lease, worker, "rebalance", graceful=is_graceful(lease, snapshot, config))
                 book.requeue_after_move(worker)
                 given += 1
+        if config.rebalance_past_average:
+            _settle(run, metric, [donor for donor, _ in donors])
 
     return run.decision(rebalanced=True, rebalance_metric=metric, donors=tuple(donors))
 
