@@ -1,29 +1,41 @@
-"""The variance decider's settling step: one move or swap for a donor KCL's fill could not take anything from.
+"""The variance decider's settling step: one move or exchange for a donor KCL's fill leaves above the band.
 
-KCL's rebalance (:mod:`shardwise.assignment.variance`) gives a donor's leases only while the best recipient stays
-at or below the fleet average. When a donor's smallest lease is large next to the gap between it and the
-others (three leases of 90, 30 and 30 KB/s against workers of ten 10 KB/s leases), nothing fits: the donor stays
-up to ~15 % above the mean for good. A settling action is the one step that can still help such a donor:
+KCL's rebalance (:mod:`shardwise.assignment.variance`, step B) gives a donor's leases only while the best
+recipient stays at or below the fleet average, and only a dampened share of its excess per run. When a donor's
+leases are large next to the gaps between the workers (90, 30 and 30 KB/s against workers of 10 KB/s leases),
+nothing fits: the donor stays up to ~15 % above the mean for good, and a donor drained one small lease per run
+takes many runs to get back within the threshold. After step B, each donor still above the *band*
+(``average × (1 + threshold)``, ``threshold = rebalance_threshold_percentage / 100``; for an explicit metric,
+also above its operating range) may make one settling action:
 
-* a **move** of one of its leases to another worker, or, when no single move qualifies,
-* a **swap**: one of its leases for a smaller one of another worker (two graceful handoffs; the difference
-  of their throughputs is what moves).
+* a **move** of one of its leases to another worker, or, when no move qualifies,
+* an **exchange**: one of its leases for some of another worker's leases, each less than half its size
+  (:data:`_EXCHANGE_RATIO`), chosen largest first to bring the two workers closest to equal. The difference of
+  their throughputs is what moves; every lease goes by a graceful handoff like any rebalancing move.
 
 An action qualifies when it lowers the higher of the two workers by at least the *margin*, half of
 ``rebalance_threshold_percentage`` of the fleet average: with ``d`` the donor's value, ``r`` the other
-worker's and ``delta`` the load that moves, ``delta >= margin`` and ``r + delta <= d − margin``. Among the
-qualifying actions the one leaving the lower of those two maxima is taken (then by lease key and worker id:
-no randomness). This is the gap rule of ``variance._reduces_variance`` again, for a load that may come to rest
-above the average: it never takes a worker to where the donor was, so the reverse action — which would have to
-lift that pair's maximum back by ``delta >= margin`` — cannot qualify on the next run unless the measures move
-by more than half the margin each, and every action lowers the sum of squared loads by at least
-``2 × delta × margin``, so repeated runs cannot cycle.
+worker's and ``delta`` the load that moves, ``delta >= margin`` and ``r + delta <= d − margin`` — the gap rule
+of ``variance._reduces_variance``, for a load that may come to rest above the average. When step B gave every
+lease its fill picked from this donor (it was held back by dampening alone, not stopped), the action must also
+leave both workers within the band: settling finishes a donor's way back, it never continues KCL's dampened
+drift. Among qualifying actions the one leaving the lower of the two maxima is taken, then by lease key and
+worker id (no randomness).
 
-Only leases rebalancing may move (:func:`~shardwise.assignment.projection.movable_keys`) and that carry load
-take part; the other worker must fit both caps after the action, report the balanced metric, stay within the
-operating range of an explicit metric and not go above the average or range of any other metric (KCL's recipient
-rule for the metrics not being balanced). A donor's value never goes below 0 nor does the other worker's in a
-swap, so the projected total is kept and the variance of the metric strictly falls.
+Why this converges and cannot oscillate: an action never takes the other worker to where the donor was
+(``r + delta <= d − margin``), so the reverse action would have to *raise* that pair's maximum by ``delta >=
+margin`` and cannot qualify unless the measures move by more than half the margin each; and every action lowers
+the sum of squared loads by at least ``2 × delta × margin`` (the total is kept: no value is projected below 0),
+a bounded step down from a finite start, so repeated runs end. Measures closer to the idle floor than
+:data:`~shardwise.assignment.projection.READING_SPREAD` times it are not balanced on, and an exchange never
+trades leases within that factor of each other: the same lease can read that far apart on two workers (EMAs
+decaying out of phase), and a settling action must not rest on such a difference.
+
+Only leases rebalancing may move (:func:`~shardwise.assignment.projection.movable_keys`: not SHARD_END, not
+blocked, not moved this run) and that carry load take part; every worker given a lease must be within both caps
+afterwards; the other worker must report the balanced metric, stay within the operating range of an explicit
+one and not go above the average or range of any other metric (KCL's recipient rule for the metrics not being
+balanced).
 """
 
 from __future__ import annotations
@@ -32,17 +44,15 @@ import math
 from dataclasses import dataclass
 
 from shardwise.assignment.model import THROUGHPUT
-from shardwise.assignment.projection import IDLE_KBPS, Book, above, movable_keys
+from shardwise.assignment.projection import READING_SPREAD, Book, above, movable_keys
 from shardwise.assignment.utilization import AssignmentSnapshot
 
 __all__ = ["Settle", "find_settle", "settle_margin"]
 
-#: How far apart two workers can read the same lease's throughput: their throughput EMAs decay out of phase on a
-#: stream going idle, up to 2× (see :data:`~shardwise.assignment.projection.IDLE_KBPS`). A settling action must
-#: not rest on such a difference, or it could be undone once the leases are read by their new holders: an
-#: exchange takes back only leases less than 1/this of the one it gives, and a lease reading less than this
-#: many times the idle floor (which another worker may read as idle, 0) takes no part.
-_READING_SPREAD = 2.0
+#: An exchange takes back only leases less than 1/this of the one it gives: the same lease can read up to this
+#: factor apart on two workers (:data:`~shardwise.assignment.projection.READING_SPREAD`), and an exchange of
+#: leases closer in size could be undone once they are read by their new holders.
+_EXCHANGE_RATIO = READING_SPREAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +82,7 @@ def _loaded(
     found = []
     for key in movable_keys(book, snapshot, worker, moved):
         share = book.contribution(metric, book.tp[key])
-        if book.tp[key] >= _READING_SPREAD * IDLE_KBPS and 0 < share <= value:
+        if not book.near_idle(key) and 0 < share <= value:
             found.append((share, key))
     return sorted(found)
 
@@ -107,6 +117,8 @@ class _Pair:
     donor: str
     recipient: str
     margin: float
+    into_band: bool
+    max_net_tp: float
 
     @property
     def gap(self) -> float:
@@ -119,12 +131,16 @@ class _Pair:
         if delta < self.margin or r + delta > d - self.margin:
             return None
         peak = max(d - delta, r + delta)
-        return None if above(peak, book.fleet_avg[metric] + 2 * self.margin) else peak
+        if self.into_band and above(peak, book.fleet_avg[metric] + 2 * self.margin):
+            return None
+        return peak
 
     def allows(self, give: str, back: tuple[str, ...]) -> bool:
         """Caps on both sides, and the recipient's other metrics."""
         book = self.book
         net_tp = book.tp[give] - math.fsum(book.tp[key] for key in back)
+        if net_tp > self.max_net_tp:
+            return False
         if not _fits(book, self.recipient, leases_gained=1 - len(back), net_tp=net_tp):
             return False
         if back and not _fits(book, self.donor, leases_gained=len(back) - 1, net_tp=-net_tp):
@@ -163,7 +179,7 @@ def _best_exchange(pair: _Pair, give: list[tuple[float, str]], take: list[tuple[
         if share in seen:
             continue
         seen.add(share)
-        smaller = [item for item in take if item[0] * _READING_SPREAD < share]
+        smaller = [item for item in take if item[0] * _EXCHANGE_RATIO < share]
         total, back = _take_back(smaller, share - pair.gap / 2, share - pair.margin)
         peak = pair.peak_after(share - total) if back else None
         if peak is None:
@@ -181,11 +197,22 @@ def _better(candidate: Settle | None, best: Settle | None) -> bool:
     return best is None or (candidate.peak_after, candidate.recipient) < (best.peak_after, best.recipient)
 
 
-def find_settle(book: Book, snapshot: AssignmentSnapshot, metric: str, donor: str, moved: set[str]) -> Settle | None:
+def find_settle(
+    book: Book,
+    snapshot: AssignmentSnapshot,
+    metric: str,
+    donor: str,
+    *,
+    moved: set[str],
+    into_band: bool,
+    max_net_tp: float = math.inf,
+) -> Settle | None:
     """The best qualifying move of one of ``donor``'s leases, else the best qualifying exchange, else ``None``.
 
     Only a donor above ``average × (1 + threshold)`` (or, for an explicit metric, above its operating range)
-    settles; ``moved`` holds the leases this run has already moved, which take no part.
+    settles; ``moved`` holds the leases this run has already moved, which take no part; ``into_band``: both
+    workers must end within the band; ``max_net_tp``: the most throughput (KB/s) the action may move (the
+    donor's take when ``allow_throughput_overshoot`` is off).
     """
     margin = settle_margin(book, metric)
     if margin <= 0 or metric not in book.values.get(donor, {}):
@@ -198,7 +225,7 @@ def find_settle(book: Book, snapshot: AssignmentSnapshot, metric: str, donor: st
     if not give:
         return None
     pairs = [
-        _Pair(book, metric, donor, worker, margin)
+        _Pair(book, metric, donor, worker, margin, into_band, max_net_tp)
         for worker in book.worker_ids
         if worker != donor and metric in book.values[worker] and book.values[worker][metric] + 2 * margin <= d
     ]

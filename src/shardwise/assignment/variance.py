@@ -2,8 +2,10 @@
 
 :func:`decide_variance_based` gives the expired and unassigned leases to the workers with the most headroom and,
 on a rebalancing run, moves leases from the workers above the fleet average of the most unbalanced metric to
-the ones below it. :func:`metrics_out_of_balance` and :func:`projected_loads` expose the same judgement for the
-leader's metrics and logs and for tests. The bookkeeping is :mod:`shardwise.assignment.projection`'s.
+the ones below it; under ``rebalance_past_average`` a donor still above the threshold after that makes one
+settling move or exchange (:mod:`shardwise.assignment.settle`). :func:`metrics_out_of_balance` and
+:func:`projected_loads` expose the same judgement for the leader's metrics and logs and for tests. The
+bookkeeping is :mod:`shardwise.assignment.projection`'s.
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ def _leases_to_take(
     """KCL ``getLeasesToTake``: one arbitrary lease from a donor without throughput, else a greedy fill.
 
     The donor's movable leases are shuffled and every lease that keeps the remaining amount above 0 is taken;
-    if none is, and overshoot is allowed, the smallest lease is taken instead.
+    if none is, and overshoot is allowed, the smallest lease is taken instead. Not in KCL: a lease whose load
+    is within :data:`~shardwise.assignment.projection.READING_SPREAD` of the idle floor is not picked (its next
+    holder may read it as idle, and the imbalance it seemed to fix comes back the other way).
     """
     if not book.members.get(donor):
         return []
@@ -106,9 +110,10 @@ def _leases_to_take(
         return []
     if book.assigned_tp(donor) == 0:
         return [rng.choice(movable)]
+    movable = [key for key in movable if not book.near_idle(key)]
+    if not movable:
+        return []
     rng.shuffle(movable)
-    if book.config.rebalance_past_average:
-        movable.sort(key=lambda key: -book.tp[key])
     picked: list[str] = []
     remaining = take
     for key in movable:
@@ -225,11 +230,45 @@ def _may_pass_average(book: Book, metric: str, key: str, recipient: str) -> bool
     return _lowers_variance(book, metric, key, recipient)
 
 
-def _settle(run: DeciderRun, metric: str, donors: Iterable[str]) -> None:
-    """One settling action (:mod:`shardwise.assignment.settle`) for each donor the fill gave nothing from."""
+def _give(run: DeciderRun, metric: str, donor: str, take: float, rng: random.Random) -> bool:
+    """Step B for one donor: its leases picked by the greedy fill, each to the best queued worker, until KCL's
+    stop rule. Whether the donor gave every lease picked (it was not stopped)."""
+    snapshot, book, config = run.snapshot, run.book, run.book.config
+    given = 0
+    picked = _leases_to_take(book, snapshot, donor, take, moved=run.moved, rng=rng)
+    for key in picked:
+        if not book.queued:
+            return False
+        worker = book.pop_recipient(key)
+        if worker is None:
+            continue  # nobody can take this lease under the caps; a smaller one may still fit
+        if _would_exceed_average(book, worker, key) and not (
+            given == 0 and config.rebalance_past_average and _may_pass_average(book, metric, key, worker)
+        ):
+            return False  # KCL: stop taking from this donor; the worker is not queued again
+        lease = book.leases[key]
+        if stays_with_owner(lease, worker, key in snapshot.expired_keys):
+            book.enqueue(worker)
+            continue
+        if not _reduces_variance(book, metric, key, worker):
+            book.enqueue(worker)
+            return False
+        run.record(lease, worker, "rebalance", graceful=is_graceful(lease, snapshot, config))
+        book.requeue_after_move(worker)
+        given += 1
+    return given == len(picked) > 0
+
+
+def _settle(run: DeciderRun, metric: str, donors: Iterable[tuple[str, float]], filled: set[str]) -> None:
+    """Step C: at most one settling action (:mod:`shardwise.assignment.settle`) per donor, in B's order; a donor
+    in ``filled`` (B gave every lease its fill picked) may only settle into the band, and without
+    ``allow_throughput_overshoot`` no action moves more throughput than the donor's take."""
     snapshot, book = run.snapshot, run.book
-    for donor in donors:
-        action = find_settle(book, snapshot, metric, donor, run.moved)
+    for donor, take in donors:
+        limit = math.inf if book.config.allow_throughput_overshoot else take
+        action = find_settle(
+            book, snapshot, metric, donor, moved=run.moved, into_band=donor in filled, max_net_tp=limit
+        )
         if action is None:
             continue
         for key, worker in ((action.give, action.recipient), *((back, donor) for back in action.back)):
@@ -256,6 +295,11 @@ def decide_variance_based(
        worker leaves the queue) — except for the donor's first lease under ``rebalance_past_average``. A move
        that would not lower the projected variance of the metric also stops the donor. SHARD_END and blocked
        leases, and leases moved or spilled in A, are never rebalanced.
+    C. Under ``rebalance_past_average`` (not in KCL): each donor still above ``average × (1 + threshold)`` (or
+       its operating range) makes at most one settling move or exchange (:func:`~.settle.find_settle`), which
+       must leave both workers within that band when B gave every lease its fill picked from the donor. This
+       is what brings a fleet whose leases are large next to its imbalance within the threshold in a few runs,
+       and it cannot undo itself on the next run (see :mod:`shardwise.assignment.settle`).
     """
     run = DeciderRun(snapshot, config)
     book = run.book
@@ -282,30 +326,9 @@ def decide_variance_based(
     run.moved.update(run.spilled)  # a lease no worker could take under the caps is not rebalanced either
     metric, donors = _choose_metric(book)
     if metric is not None:
-        for donor, take in donors:
-            given = 0
-            for key in _leases_to_take(book, snapshot, donor, take, moved=run.moved, rng=rng):
-                if not book.queued:
-                    break
-                worker = book.pop_recipient(key)
-                if worker is None:
-                    continue  # nobody can take this lease under the caps; a smaller one may still fit
-                if _would_exceed_average(book, worker, key) and not (
-                    given == 0 and config.rebalance_past_average and _may_pass_average(book, metric, key, worker)
-                ):
-                    break  # KCL: stop taking from this donor; the worker is not queued again
-                lease = book.leases[key]
-                if stays_with_owner(lease, worker, key in snapshot.expired_keys):
-                    book.enqueue(worker)
-                    continue
-                if not _reduces_variance(book, metric, key, worker):
-                    book.enqueue(worker)
-                    break
-                run.record(lease, worker, "rebalance", graceful=is_graceful(lease, snapshot, config))
-                book.requeue_after_move(worker)
-                given += 1
+        filled = {donor for donor, take in donors if _give(run, metric, donor, take, rng)}
         if config.rebalance_past_average:
-            _settle(run, metric, [donor for donor, _ in donors])
+            _settle(run, metric, donors, filled)
 
     return run.decision(rebalanced=True, rebalance_metric=metric, donors=tuple(donors))
 
