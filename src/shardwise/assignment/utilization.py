@@ -97,7 +97,7 @@ class AssignmentConfig:
       makes one settling move or exchange (:mod:`shardwise.assignment.settle`: it must lower the higher of the
       two workers by half the threshold, so it cannot be undone the next run). Without it, leases much larger
       than the imbalance (one 100 KB/s shard among 10 KB/s ones) can leave a worker far above the average
-      forever. ``False`` = KCL's rules exactly.
+      forever. ``False`` = KCL's rules (the idle floor aside, which applies either way).
     """
 
     rebalance_threshold_percentage: int = 10
