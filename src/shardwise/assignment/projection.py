@@ -35,8 +35,10 @@ from shardwise.leases.model import Lease
 
 __all__ = [
     "IDLE_KBPS",
+    "READING_SPREAD",
     "Book",
     "DeciderRun",
+    "above",
     "is_graceful",
     "movable_keys",
     "move_reason",
@@ -66,6 +68,21 @@ def _usable(worker: WorkerMetricStats) -> bool:
 #: records a second read as idle, and a worker joining such a fleet was never given a lease (CI: the Java 3.x
 #: mixed fleet, 2 records of ~20 B per shard per second).
 IDLE_KBPS = 0.001
+
+#: How far apart two workers can read the same lease's throughput on a stream going idle: the EMAs halve every
+#: renewal and the workers renew out of phase, up to 2× (see :data:`IDLE_KBPS`). A lease reading below this many
+#: times the idle floor may read as idle (0) once another worker holds it.
+READING_SPREAD = 2.0
+
+
+#: Relative slack of "above the average / the operating range": a fleet with exactly equal throughput has
+#: synthetic values of 100 ± rounding, which must not read as "above the range of 100".
+_LIMIT_TOLERANCE = 1e-9
+
+
+def above(value: float, limit: float) -> bool:
+    """Whether ``value`` is above ``limit`` by more than rounding."""
+    return value > limit + abs(limit) * _LIMIT_TOLERANCE
 
 
 def _effective_throughput(value: float | None) -> float | None:
@@ -144,6 +161,11 @@ class Book:
         if extra is not None:
             parts.append(extra)
         return math.fsum(parts)
+
+    def near_idle(self, key: str) -> bool:
+        """Whether lease ``key`` carries load too close to the idle floor to be balanced on (see
+        :data:`READING_SPREAD`): moving it could turn its load into 0 and back, run after run."""
+        return 0 < self.tp[key] < READING_SPREAD * IDLE_KBPS
 
     def contribution(self, metric: str, tp: float) -> float:
         """How much holding one more lease of throughput ``tp`` adds to a worker's value of ``metric``.

@@ -24,8 +24,9 @@ decision depends only on the snapshot, the configuration and the generator's sta
 
 Where the deciders depart from KCL (each a documented choice, see the functions): a recipient must fit both
 caps *after* taking the lease; a lease moves at most once per run; a rebalancing move must lower the projected
-variance of the balanced metric; ``AssignmentConfig.rebalance_past_average``; ties are broken by lease count
-and worker id instead of hash order.
+variance of the balanced metric; ``AssignmentConfig.rebalance_past_average`` (with the variance decider's
+settling moves and exchanges, :mod:`shardwise.assignment.settle`); leases whose load is within 2× of the idle
+floor are not rebalanced; ties are broken by lease count and worker id instead of hash order.
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ class AssignmentConfig:
     * ``rebalance_past_average`` (shardwise, not in KCL): when the first lease a donor gives in a run would take
       the best recipient above the fleet average, KCL gives nothing; with this flag the lease still moves if
       that strictly lowers the variance of the balanced metric and keeps the recipient's explicit metrics
-      within their operating ranges. Without it, leases much larger than the imbalance (one 100 KB/s shard
-      among 10 KB/s ones) can leave a worker far above the average forever. ``False`` = KCL's rule exactly.
+      within their operating ranges; and a donor still above ``average × (1 + threshold)`` after KCL's fill
+      makes one settling move or exchange (:mod:`shardwise.assignment.settle`: it must lower the higher of the
+      two workers by half the threshold, so it cannot be undone the next run). Without it, leases much larger
+      than the imbalance (one 100 KB/s shard among 10 KB/s ones) can leave a worker far above the average
+      forever. ``False`` = KCL's rules (the idle floor aside, which applies either way).
     """
 
     rebalance_threshold_percentage: int = 10

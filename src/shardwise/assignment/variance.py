@@ -2,8 +2,10 @@
 
 :func:`decide_variance_based` gives the expired and unassigned leases to the workers with the most headroom and,
 on a rebalancing run, moves leases from the workers above the fleet average of the most unbalanced metric to
-the ones below it. :func:`metrics_out_of_balance` and :func:`projected_loads` expose the same judgement for the
-leader's metrics and logs and for tests. The bookkeeping is :mod:`shardwise.assignment.projection`'s.
+the ones below it; under ``rebalance_past_average`` a donor still above the threshold after that makes one
+settling move or exchange (:mod:`shardwise.assignment.settle`). :func:`metrics_out_of_balance` and
+:func:`projected_loads` expose the same judgement for the leader's metrics and logs and for tests. The
+bookkeeping is :mod:`shardwise.assignment.projection`'s.
 """
 
 from __future__ import annotations
@@ -13,18 +15,19 @@ import random
 from collections.abc import Iterable, Iterator
 
 from shardwise.assignment.model import THROUGHPUT
-from shardwise.assignment.projection import Book, DeciderRun, is_graceful, movable_keys, move_reason, stays_with_owner
+from shardwise.assignment.projection import (
+    Book,
+    DeciderRun,
+    above,
+    is_graceful,
+    movable_keys,
+    move_reason,
+    stays_with_owner,
+)
+from shardwise.assignment.settle import find_settle
 from shardwise.assignment.utilization import AssignmentConfig, AssignmentDecision, AssignmentSnapshot
 
 __all__ = ["decide_variance_based", "metrics_out_of_balance", "projected_loads"]
-
-#: Relative slack of "above the average / the operating range": a fleet with exactly equal throughput has
-#: synthetic values of 100 ± rounding, which must not read as "above the range of 100".
-_LIMIT_TOLERANCE = 1e-9
-
-
-def _above(value: float, limit: float) -> bool:
-    return value > limit + abs(limit) * _LIMIT_TOLERANCE
 
 
 def _donors_for(book: Book, metric: str) -> list[str]:
@@ -46,7 +49,7 @@ def _donors_for(book: Book, metric: str) -> list[str]:
         if metric not in per_metric:
             continue
         value = per_metric[metric]
-        above_range = _above(value, book.limits[worker][metric])
+        above_range = above(value, book.limits[worker][metric])
         if value > upper or value < lower or above_range:
             triggered = True
         if value >= upper or above_range:
@@ -96,7 +99,9 @@ def _leases_to_take(
     """KCL ``getLeasesToTake``: one arbitrary lease from a donor without throughput, else a greedy fill.
 
     The donor's movable leases are shuffled and every lease that keeps the remaining amount above 0 is taken;
-    if none is, and overshoot is allowed, the smallest lease is taken instead.
+    if none is, and overshoot is allowed, the smallest lease is taken instead. Not in KCL: a lease whose load
+    is within :data:`~shardwise.assignment.projection.READING_SPREAD` of the idle floor is not picked (its next
+    holder may read it as idle, and the imbalance it seemed to fix comes back the other way).
     """
     if not book.members.get(donor):
         return []
@@ -105,6 +110,9 @@ def _leases_to_take(
         return []
     if book.assigned_tp(donor) == 0:
         return [rng.choice(movable)]
+    movable = [key for key in movable if not book.near_idle(key)]
+    if not movable:
+        return []
     rng.shuffle(movable)
     picked: list[str] = []
     remaining = take
@@ -127,7 +135,7 @@ def _values_after_taking(book: Book, worker: str, key: str) -> Iterator[tuple[st
 
 
 def _above_average_or_range(book: Book, worker: str, name: str, value: float) -> bool:
-    return _above(value, book.fleet_avg[name]) or _above(value, book.limits[worker][name])
+    return above(value, book.fleet_avg[name]) or above(value, book.limits[worker][name])
 
 
 def _would_exceed_average(book: Book, worker: str, key: str) -> bool:
@@ -193,11 +201,11 @@ def _reduces_variance(book: Book, metric: str, key: str, recipient: str) -> bool
         threshold = book.config.rebalance_threshold_percentage / 100
         donor_value, recipient_after = book.values[source][metric], book.values[recipient][metric] + delta
         band = book.fleet_avg[metric] * (1 + threshold)
-        clearly_lower = not _above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 2)
+        clearly_lower = not above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 2)
         into_band = (
-            _above(donor_value, band)
-            and not _above(recipient_after, band)
-            and not _above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 5)
+            above(donor_value, band)
+            and not above(recipient_after, band)
+            and not above(recipient_after, donor_value - book.fleet_avg[metric] * threshold / 5)
         )
         if not (clearly_lower or into_band):
             return False
@@ -215,11 +223,57 @@ def _may_pass_average(book: Book, metric: str, key: str, recipient: str) -> bool
         return False
     for name, after in _values_after_taking(book, recipient, key):
         if name == metric:
-            if name != THROUGHPUT and _above(after, book.limits[recipient][name]):
+            if name != THROUGHPUT and above(after, book.limits[recipient][name]):
                 return False
         elif _above_average_or_range(book, recipient, name, after):
             return False
     return _lowers_variance(book, metric, key, recipient)
+
+
+def _give(run: DeciderRun, metric: str, donor: str, take: float, rng: random.Random) -> bool:
+    """Step B for one donor: its leases picked by the greedy fill, each to the best queued worker, until KCL's
+    stop rule. Whether the donor gave every lease picked (it was not stopped)."""
+    snapshot, book, config = run.snapshot, run.book, run.book.config
+    given = 0
+    picked = _leases_to_take(book, snapshot, donor, take, moved=run.moved, rng=rng)
+    for key in picked:
+        if not book.queued:
+            return False
+        worker = book.pop_recipient(key)
+        if worker is None:
+            continue  # nobody can take this lease under the caps; a smaller one may still fit
+        if _would_exceed_average(book, worker, key) and not (
+            given == 0 and config.rebalance_past_average and _may_pass_average(book, metric, key, worker)
+        ):
+            return False  # KCL: stop taking from this donor; the worker is not queued again
+        lease = book.leases[key]
+        if stays_with_owner(lease, worker, key in snapshot.expired_keys):
+            book.enqueue(worker)
+            continue
+        if not _reduces_variance(book, metric, key, worker):
+            book.enqueue(worker)
+            return False
+        run.record(lease, worker, "rebalance", graceful=is_graceful(lease, snapshot, config))
+        book.requeue_after_move(worker)
+        given += 1
+    return given == len(picked) > 0
+
+
+def _settle(run: DeciderRun, metric: str, donors: Iterable[tuple[str, float]], filled: set[str]) -> None:
+    """Step C: at most one settling action (:mod:`shardwise.assignment.settle`) per donor, in B's order; a donor
+    in ``filled`` (B gave every lease its fill picked) may only settle into the band, and without
+    ``allow_throughput_overshoot`` no action moves more throughput than the donor's take."""
+    snapshot, book = run.snapshot, run.book
+    for donor, take in donors:
+        limit = math.inf if book.config.allow_throughput_overshoot else take
+        action = find_settle(
+            book, snapshot, metric, donor, moved=run.moved, into_band=donor in filled, max_net_tp=limit
+        )
+        if action is None:
+            continue
+        for key, worker in ((action.give, action.recipient), *((back, donor) for back in action.back)):
+            lease = book.leases[key]
+            run.record(lease, worker, "rebalance", graceful=is_graceful(lease, snapshot, book.config))
 
 
 def decide_variance_based(
@@ -241,6 +295,11 @@ def decide_variance_based(
        worker leaves the queue) — except for the donor's first lease under ``rebalance_past_average``. A move
        that would not lower the projected variance of the metric also stops the donor. SHARD_END and blocked
        leases, and leases moved or spilled in A, are never rebalanced.
+    C. Under ``rebalance_past_average`` (not in KCL): each donor still above ``average × (1 + threshold)`` (or
+       its operating range) makes at most one settling move or exchange (:func:`~.settle.find_settle`), which
+       must leave both workers within that band when B gave every lease its fill picked from the donor. This
+       is what brings a fleet whose leases are large next to its imbalance within the threshold in a few runs,
+       and it cannot undo itself on the next run (see :mod:`shardwise.assignment.settle`).
     """
     run = DeciderRun(snapshot, config)
     book = run.book
@@ -267,28 +326,9 @@ def decide_variance_based(
     run.moved.update(run.spilled)  # a lease no worker could take under the caps is not rebalanced either
     metric, donors = _choose_metric(book)
     if metric is not None:
-        for donor, take in donors:
-            given = 0
-            for key in _leases_to_take(book, snapshot, donor, take, moved=run.moved, rng=rng):
-                if not book.queued:
-                    break
-                worker = book.pop_recipient(key)
-                if worker is None:
-                    continue  # nobody can take this lease under the caps; a smaller one may still fit
-                if _would_exceed_average(book, worker, key) and not (
-                    given == 0 and config.rebalance_past_average and _may_pass_average(book, metric, key, worker)
-                ):
-                    break  # KCL: stop taking from this donor; the worker is not queued again
-                lease = book.leases[key]
-                if stays_with_owner(lease, worker, key in snapshot.expired_keys):
-                    book.enqueue(worker)
-                    continue
-                if not _reduces_variance(book, metric, key, worker):
-                    book.enqueue(worker)
-                    break
-                run.record(lease, worker, "rebalance", graceful=is_graceful(lease, snapshot, config))
-                book.requeue_after_move(worker)
-                given += 1
+        filled = {donor for donor, take in donors if _give(run, metric, donor, take, rng)}
+        if config.rebalance_past_average:
+            _settle(run, metric, donors, filled)
 
     return run.decision(rebalanced=True, rebalance_metric=metric, donors=tuple(donors))
 

@@ -12,7 +12,6 @@ import math
 import random
 from collections.abc import Sequence
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -118,12 +117,6 @@ def test_leases_that_do_not_divide_evenly_stay_put_under_even_load(
     assert fleet.moves_per_run == [0] * len(fleet.moves_per_run)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 15 point 4, not met yet: KCL's rule that a recipient may not go above the fleet average "
-    "leaves a donor up to ~15 % above the mean when its smallest lease is large (e.g. 4 workers x 8 leases of "
-    "10-20 KB/s: 120 vs 100/100/100); Hypothesis finds such fleets in some runs",
-)
 @SETTINGS
 @given(
     workers=st.integers(2, 6),
