@@ -32,7 +32,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardwise.backends import service_error
-from shardwise.backends.aws import dataplane, dataplane_codec
+from shardwise.backends.aws import dataplane, dataplane_codec, signed_http
 from shardwise.backends.aws.client import client_config
 from shardwise.backends.aws.dataplane import FastDataPlane, limits_of
 from shardwise.backends.aws.dataplane_codec import error_parts
@@ -150,7 +150,7 @@ def server() -> Iterator[CannedServer]:
 @pytest.fixture(autouse=True)
 def quick_back_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """Milliseconds between the fast client's attempts, so retries do not slow the suite down."""
-    monkeypatch.setattr(dataplane, "BACKOFF_BASE_S", 0.002)
+    monkeypatch.setattr(signed_http, "BACKOFF_BASE_S", 0.002)
 
 
 def _client(endpoint_url: str, *, attempts: int = 3, read_timeout_s: float = 5.0) -> Any:

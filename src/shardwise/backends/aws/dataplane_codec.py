@@ -8,7 +8,8 @@ this against botocore's parser and against CBOR (``application/x-amz-cbor-1.1``,
 
 A body that is not the documented shape raises :class:`ValueError` (the caller's ``_parsing`` block turns it into
 a :class:`~shardwise.errors.DependencyError`, as it does for the boto3 client's answers). Error answers are read
-as botocore reads them (:func:`error_parts`), so both clients see the same code and message.
+as botocore reads them
+(:func:`~shardwise.backends.aws.signed_http.error_parts`), so both clients see the same code and message.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from shardwise.backends.aws.signed_http import error_parts
 from shardwise.hashkeys import HashKeyRange, parse_hash_key
 from shardwise.retrieval.model import ChildShard, GetRecordsResult, Record
 
@@ -65,7 +67,6 @@ class _GetShardIteratorOutput(msgspec.Struct, rename="pascal"):
 # strict=False: epoch-second numbers decode into datetimes (UTC).
 _GET_RECORDS = msgspec.json.Decoder(_GetRecordsOutput, strict=False)
 _GET_SHARD_ITERATOR = msgspec.json.Decoder(_GetShardIteratorOutput)
-_ANY = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -156,20 +157,3 @@ def decode_shard_iterator(body: bytes) -> str | None:
         return _GET_SHARD_ITERATOR.decode(body).shard_iterator
     except msgspec.DecodeError as exc:
         raise ValueError(f"GetShardIterator answer does not decode: {exc}") from exc
-
-
-def error_parts(body: bytes, status: int) -> tuple[str, str]:
-    """(code, message) of an error answer, read as botocore's JSON parser reads them: the code from ``__type``
-    (without a ``namespace#`` prefix or a ``:`` suffix), else the HTTP status; the message from ``message`` or
-    ``Message``; a body that is not JSON is the message itself."""
-    parsed: Any
-    try:
-        parsed = _ANY.decode(body) if body else {}
-    except msgspec.DecodeError:
-        parsed = {"message": body.decode("utf-8", "replace")}
-    if not isinstance(parsed, dict):
-        parsed = {}
-    message = parsed.get("message", parsed.get("Message", ""))
-    code = parsed.get("__type", str(status))
-    code = str(code).split(":", 1)[0].rsplit("#", 1)[-1]
-    return code, str(message)
