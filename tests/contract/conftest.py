@@ -21,13 +21,21 @@ from support.backends import (
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("dynamodb", marks=pytest.mark.aws)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("dynamodb-fast", marks=pytest.mark.aws),
+        pytest.param("dynamodb-boto3", marks=pytest.mark.aws),
+    ]
+)
 def lease_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeaseBackend]:
+    """Every lease store: SQLite, and DynamoDB with its conditional updates written by the direct client
+    (``dynamodb-fast``, what a worker uses by default) and by boto3 (``dynamodb-boto3``)."""
     if request.param == "sqlite":
         yield sqlite_backend(tmp_path)
     else:
         moto = request.getfixturevalue("moto_server")
-        yield dynamodb_backend(moto.endpoint_url)
+        yield dynamodb_backend(moto.endpoint_url, data_client="fast" if request.param == "dynamodb-fast" else "boto3")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from shardwise.backends.config import DataClient
 from shardwise.leases.store import LeaseStore
 from shardwise.retrieval.source import StreamSource
 from shardwise.tables.items import ItemTable, Layout
@@ -57,7 +58,7 @@ def sqlite_backend(tmp_path: Path) -> LeaseBackend:
     return LeaseBackend("sqlite", open_store, put_non_lease, put_malformed)
 
 
-def dynamodb_backend(endpoint_url: str) -> LeaseBackend:
+def dynamodb_backend(endpoint_url: str, *, data_client: DataClient = "boto3") -> LeaseBackend:
     import boto3
 
     from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
@@ -70,6 +71,7 @@ def dynamodb_backend(endpoint_url: str) -> LeaseBackend:
             DynamoDBLeaseStoreConfig(table_name=table, table_poll_interval_s=0.05),
             endpoint_url=endpoint_url,
             region_name="us-east-1",
+            data_client=data_client,
         )
 
     def put_non_lease(key: str, entity_type: str) -> None:

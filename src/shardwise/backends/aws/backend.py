@@ -57,7 +57,9 @@ class AwsBackend:
     def open_lease_store(self, table_name: str) -> LeaseStore:
         from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig  # noqa: PLC0415
 
-        return DynamoDBLeaseStore(DynamoDBLeaseStoreConfig(table_name=table_name), client=self._dynamodb)
+        return DynamoDBLeaseStore(
+            DynamoDBLeaseStoreConfig(table_name=table_name), client=self._dynamodb, data_client=self._data_client
+        )
 
     def open_stream(self, stream_name: str) -> StreamSource:
         from shardwise.backends.aws.client import kinesis_client  # noqa: PLC0415

@@ -49,7 +49,9 @@ from shardwise.backends.aws.lease_items import (
 )
 from shardwise.backends.aws.lease_signals import ATTR_ASSIGNMENT_SIGNAL, SignalBook
 from shardwise.backends.aws.lease_table import OWNER_INDEX_NAME, DynamoDBLeaseStoreConfig, LeaseTable
+from shardwise.backends.aws.lease_writes import update_item_function
 from shardwise.backends.aws.table import CapacityMeter, check_table_name
+from shardwise.backends.config import DataClient, check_data_client
 from shardwise.checkpoint.sequence import ExtendedSequenceNumber
 from shardwise.errors import ConfigurationError, MalformedItemError, TableNotFoundError
 from shardwise.hashkeys import HashKeyRange
@@ -83,6 +85,12 @@ class DynamoDBLeaseStore:
     Pass a boto3 DynamoDB ``client`` (thread-safe; shared freely), or let the store build one from boto3's
     default credential and region chain, with ``endpoint_url`` / ``region_name`` if given, and standard
     retries (10 attempts). The store itself is safe to use from several threads.
+
+    ``data_client``: ``"fast"`` writes the conditional updates (renewals, takes, evictions,
+    assignments, hand-offs, checkpoints) with the direct signed client beside ``client``
+    (:mod:`shardwise.backends.aws.lease_writes`: same requests, same retries, same errors); ``"boto3"`` (the
+    default here, so a store around a client you stub or instrument sees every call) sends everything through
+    ``client``. The worker's backend passes ``retrieval.client`` (``"fast"`` by default).
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class DynamoDBLeaseStore:
         client: DynamoDBClient | None = None,
         endpoint_url: str | None = None,
         region_name: str | None = None,
+        data_client: DataClient = "boto3",
     ) -> None:
         if client is not None and (endpoint_url is not None or region_name is not None):
             raise ConfigurationError(
@@ -101,6 +110,9 @@ class DynamoDBLeaseStore:
         self._client = (
             client if client is not None else dynamodb_client(endpoint_url=endpoint_url, region_name=region_name)
         )
+        check_data_client(data_client, "data_client")
+        self._data_client: DataClient = data_client
+        self._update_item = update_item_function(self._client, data_client)
         self._lock = threading.Lock()
         self._capacity = CapacityMeter()
         self._errors = TableErrors(
@@ -131,7 +143,7 @@ class DynamoDBLeaseStore:
     @property
     def backend(self) -> AwsBackend:
         """The AWS backend this store's client reaches (the seam's :class:`BackendBound`)."""
-        return AwsBackend(self._client, region_name=self._client.meta.region_name)
+        return AwsBackend(self._client, region_name=self._client.meta.region_name, data_client=self._data_client)
 
     @property
     def client(self) -> DynamoDBClient:
@@ -553,7 +565,7 @@ class DynamoDBLeaseStore:
             params["ExpressionAttributeValues"] = request.values
         try:
             with self._translating("UpdateItem", conditional=True):
-                response = self._client.update_item(**params)
+                response = self._update_item(**params)
         except ConditionFailed:
             return None
         self._record_capacity(response.get("ConsumedCapacity"), write=True)

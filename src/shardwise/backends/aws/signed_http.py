@@ -10,14 +10,14 @@ Semantics are the boto3 client's (*standard* retry mode, :class:`~shardwise.back
 
 * every attempt has the connect and read timeouts of the limits; the call makes at most ``max_attempts``;
 * throttling codes (botocore's standard list, and ``KMSThrottlingException``), botocore's transient codes, HTTP
-  500/502/503/504, connection errors and timeouts, and (DynamoDB) a body whose CRC32 does not match its
-  ``x-amz-crc32`` header are retried after an exponential back-off with jitter
-  (:func:`shardwise.retry.backoff_s`); anything else is returned at once;
+  500/502/503/504 and connection errors and timeouts are retried after an exponential back-off with jitter
+  (:func:`shardwise.retry.backoff_s`); anything else is returned at once (DynamoDB's ``x-amz-crc32`` header is
+  not checked: botocore checks it in its *legacy* retry mode only);
 * requests are signed per attempt with credentials frozen at that moment, so refreshing credentials (a role,
   SSO, a container provider) keep working;
 * failures are raised as botocore's own exceptions — a ``ClientError`` carrying the service's code, message
   and HTTP status (and botocore's retry bookkeeping), ``ReadTimeoutError``, ``ConnectTimeoutError``,
-  ``EndpointConnectionError``, ``ConnectionClosedError``, ``NoCredentialsError``, ``ChecksumError`` — so the
+  ``EndpointConnectionError``, ``ConnectionClosedError``, ``NoCredentialsError`` — so the
   callers translate both clients' failures through one boundary, and :func:`shardwise.backends.service_error`
   reads what the service said either way.
 
@@ -39,7 +39,6 @@ import json
 import random
 import time
 import urllib.request
-import zlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -48,7 +47,6 @@ import urllib3
 from botocore.config import Config
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import (
-    ChecksumError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -252,7 +250,6 @@ class SignedJsonClient:
         signing_name: str,
         ca_certs: str | None = None,
         pool_size: int = POOL_SIZE,
-        check_crc32: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
         backoff_base_s: float | None = None,
@@ -266,7 +263,6 @@ class SignedJsonClient:
         self._target_prefix = f"{target_prefix}."
         self._credentials = credentials
         self._limits = limits
-        self._check_crc32 = check_crc32
         self._sleep = sleep
         self._rng = rng
         self._backoff_base_s = BACKOFF_BASE_S if backoff_base_s is None else backoff_base_s
@@ -329,19 +325,11 @@ class SignedJsonClient:
         while True:
             attempt += 1
             try:
-                status, data, crc32 = self._send(operation, body)
+                status, data = self._send(operation, body)
             except urllib3.exceptions.HTTPError as exc:
                 failure = self._connection_error(exc)
                 if attempt >= attempts:
                     raise failure from exc
-                self._back_off(attempt)
-                continue
-            if crc32 is not None and str(zlib.crc32(data)) != crc32:
-                # botocore's DynamoDB answer check: a damaged body is retried, and raised when attempts run out.
-                if attempt >= attempts:
-                    raise ChecksumError(
-                        checksum_type="crc32", expected_checksum=crc32, actual_checksum=str(zlib.crc32(data))
-                    )
                 self._back_off(attempt)
                 continue
             if status < 300:
@@ -360,7 +348,7 @@ class SignedJsonClient:
     def _back_off(self, attempt: int) -> None:
         self._sleep(backoff_s(attempt, self._backoff_base_s, BACKOFF_CAP_S, self._rng))
 
-    def _send(self, operation: str, body: bytes) -> tuple[int, bytes, str | None]:
+    def _send(self, operation: str, body: bytes) -> tuple[int, bytes]:
         credentials = self._credentials()
         if credentials is None:
             raise NoCredentialsError()
@@ -368,8 +356,7 @@ class SignedJsonClient:
         response = self._pool.urlopen(
             "POST", self._path, body=body, headers=headers, redirect=False, preload_content=True
         )
-        crc32 = response.headers.get("x-amz-crc32") if self._check_crc32 else None
-        return response.status, response.data, crc32
+        return response.status, response.data
 
     def _connection_error(self, exc: urllib3.exceptions.HTTPError) -> Exception:
         """botocore's exception for a urllib3 failure (what botocore's own HTTP session raises)."""
