@@ -263,14 +263,14 @@ class FeatureStore:
 
     # -- reading ---------------------------------------------------------------------------------------------
 
-    def read(self, *, detect_layout_by_scan: bool = True) -> FinalizedFeatures:
-        """Strongly consistent reads of the features record and ``Migration3.0``. Without either item the
-        single-table layout counts as chosen only if a scan finds coordinator items (``detect_layout_by_scan``;
-        workers skip that scan: it reads the whole lease table)."""
+    def read(self, *, detect_layout_by_scan: bool = True, consistent: bool = True) -> FinalizedFeatures:
+        """Reads of the features record and ``Migration3.0`` (strongly consistent unless ``consistent`` is
+        False). Without either item the single-table layout counts as chosen only if a scan finds coordinator
+        items (``detect_layout_by_scan``; workers skip that scan: it reads the whole lease table)."""
         coordinator = self._coordinator
         exists = coordinator.exists()
-        record_item = coordinator.get(FEATURES_KEY) if exists else None
-        migration_item = coordinator.get(MIGRATION_KEY) if exists else None
+        record_item = coordinator.get(FEATURES_KEY, consistent=consistent) if exists else None
+        migration_item = coordinator.get(MIGRATION_KEY, consistent=consistent) if exists else None
         return self._finalize(record_item, migration_item, exists=exists, detect_layout_by_scan=detect_layout_by_scan)
 
     def read_from(self, records: Iterable[ItemRecord]) -> FinalizedFeatures:

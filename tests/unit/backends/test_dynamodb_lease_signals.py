@@ -38,12 +38,15 @@ def table_name() -> str:
     return f"shardwise-signals-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def stores(moto_server: Server, table_name: str) -> tuple[DynamoDBLeaseStore, DynamoDBLeaseStore]:
-    """Two workers' stores of one table: the leader's and a worker's."""
+@pytest.fixture(params=["fast", "boto3"])
+def stores(
+    moto_server: Server, table_name: str, request: pytest.FixtureRequest
+) -> tuple[DynamoDBLeaseStore, DynamoDBLeaseStore]:
+    """Two workers' stores of one table: the leader's and a worker's (lease updates on either client)."""
     config = DynamoDBLeaseStoreConfig(table_name=table_name, table_poll_interval_s=0.05)
     leader, worker = (
-        DynamoDBLeaseStore(config, endpoint_url=moto_server.endpoint_url, region_name=REGION) for _ in range(2)
+        DynamoDBLeaseStore(config, endpoint_url=moto_server.endpoint_url, region_name=REGION, data_client=request.param)
+        for _ in range(2)
     )
     leader.create_table_if_not_exists()
     return leader, worker
