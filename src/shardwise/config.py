@@ -40,7 +40,7 @@ A file looks like this (every key optional except the two names; defaults are KC
     stabilization_period_ms = 600000
 
     [retrieval]
-    client = "fast"                    # or "boto3": the client that reads records from Kinesis (aws backend)
+    client = "fast"                    # or "boto3": the client that reads Kinesis and updates leases (aws backend)
 
     [state]                            # stateful processors only (shardwise.processor.StatefulRecordProcessor)
     dir = "shardwise-state"            # local stores: <dir>/<application>/<shard_id>/

@@ -26,8 +26,8 @@ __all__ = [
 ]
 
 Backend = Literal["local", "aws"]
-#: The client that reads records from Kinesis: the fast data-plane client, or boto3's (the control plane is
-#: always boto3's).
+#: The client that reads records from Kinesis and writes the lease updates to DynamoDB: shardwise's direct
+#: clients, or boto3's (the control plane, scans, reads and puts are always boto3's).
 DataClient = Literal["fast", "boto3"]
 
 #: KCL's failover time (``failoverTimeMillis``); the limits of a config built without a worker derive from it.
@@ -90,8 +90,9 @@ def derived_call_limits(failover_time_ms: int) -> DerivedLimits:
 @dataclass(frozen=True, slots=True)
 class RetrievalConfig:
     """How records are read (the ``[retrieval]`` section). ``client``: ``"fast"`` (default) reads Kinesis with
-    shardwise's data-plane client (signed HTTP, msgspec decoding); ``"boto3"`` with boto3's client, as before.
-    The local backend ignores it."""
+    shardwise's data-plane client (signed HTTP, msgspec decoding) and writes the DynamoDB lease updates
+    (renewals, takes, checkpoints) with the same direct client; ``"boto3"`` uses boto3's clients for both, as
+    before. The local backend ignores it."""
 
     client: DataClient = "fast"
 
