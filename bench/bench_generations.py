@@ -40,8 +40,12 @@ RECORDS_PER_SHARD_PER_SECOND = 20
 FEATURE_CHECK_PROSE = (
     "Every worker of either generation checks the finalized feature levels every 30 s: from its own scan of the "
     "lease table when it made one since the last check (2.x taker, 3.x leader), else by reading the features "
-    "record and the Migration3.0 item every 10th check; the 3.x leader takes its own leases from its scan "
-    "instead of querying the owner index."
+    "record and the Migration3.0 item (eventually consistent) every 10th check; the 3.x leader takes its own "
+    "leases from its scan instead of querying the owner index. The other 3.x workers query the owner index only "
+    "when a renewal returns an assignment signal (or while they hold nothing or wait for a handoff, and every 5 "
+    "minutes), read the leader lock eventually consistently once per lease duration (120 s), and scan for "
+    "malformed leases only while the leader publishes some on the lock item; every worker's malformed-lease "
+    "report otherwise rides on the scans it makes anyway."
 )
 
 
@@ -282,8 +286,7 @@ def main() -> None:
     )
     lines.append(
         f"\nDefault (KCL) timings: failover 10 s (renewals every 3.3 s, 2.x taker scans every 20 s), 3.x leader "
-        f"scans every 20 s (leases and worker metrics in one scan), owner-index queries every 10 s backing off to "
-        f"60 s while nothing changes, worker metrics every 30 s. {FEATURE_CHECK_PROSE} {warmup_prose}, then a "
+        f"scans every 20 s (leases and worker metrics in one scan), worker metrics every 30 s. {FEATURE_CHECK_PROSE} {warmup_prose}, then a "
         f"{args.minutes:g}-minute window. Streams get {RECORDS_PER_SHARD_PER_SECOND} records/s per "
         "shard and processors checkpoint every batch (about one write per shard per 1.5 s, the same in both "
         "generations). Two read accountings: moto's (it bills an UpdateItem 0.5 units where DynamoDB bills at "
