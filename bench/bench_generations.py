@@ -287,7 +287,8 @@ def main() -> None:
     lines.append(
         f"\nDefault (KCL) timings: failover 10 s (renewals every 3.3 s, 2.x taker scans every 20 s), 3.x leader "
         f"scans every 20 s (leases and worker metrics in one scan), worker metrics every 30 s. "
-        f"{FEATURE_CHECK_PROSE} {warmup_prose}, then a {args.minutes:g}-minute window. Streams get {RECORDS_PER_SHARD_PER_SECOND} records/s per "
+        f"{FEATURE_CHECK_PROSE} {warmup_prose}, then a {args.minutes:g}-minute window. "
+        f"Streams get {RECORDS_PER_SHARD_PER_SECOND} records/s per "
         "shard and processors checkpoint every batch (about one write per shard per 1.5 s, the same in both "
         "generations). Two read accountings: moto's (it bills an UpdateItem 0.5 units where DynamoDB bills at "
         "least 1, and a Scan or Query 1 unit whatever its size, which understates what full scans of a 64-lease "
