@@ -22,11 +22,13 @@ for that long. The rule is the pure function :func:`decide_lock_action`; :class:
 Reading costs (issue 15): a contender reads the item eventually consistently (half a read unit; a stale read
 can only delay a take-over, never cause a wrong one, since every write is conditioned on the version number
 read) and only when the lock could have expired: once ``leaseDuration`` after it first saw the current version
-number (:func:`next_contender_check`), not every heartbeat period as KCL's non-leaders do. A dead leader is
-therefore replaced within two lease durations of its last heartbeat (one, plus the time until a contender first
-reads that heartbeat). A shardwise leader also writes what the others would otherwise read for themselves
-(``shardwiseLeader``: its name, saying it signals assignments on lease items; ``shardwiseMalformedLeases``: how
-many unreadable lease items its latest scan met) — attributes the lock client and KCL ignore.
+number (:func:`next_contender_check`), not every heartbeat period as KCL's non-leaders do — when the holder is a
+shardwise leader; a lock held by anyone else (a Java worker) is read every heartbeat period, as KCL does. A dead
+shardwise leader is therefore replaced within two lease durations of its last heartbeat (one, plus the time until
+a contender first reads that heartbeat), and one that stops gracefully within one lease duration. A shardwise
+leader also writes what the others would otherwise read for themselves (``shardwiseLeader``: its name, saying it
+signals assignments on lease items; ``shardwiseMalformedLeases``: how many unreadable lease items its latest scan
+met) — attributes the lock client and KCL ignore.
 """
 
 from __future__ import annotations
@@ -426,7 +428,15 @@ class LeaderLock:
                 except ShardwiseError as exc:
                     logger.warning("worker %r: leader lock check failed: %s", self._owner, exc)
                 observation, seen = self._observation, self._last_seen
-                if self._held_rvn is None and observation is not None and seen is not None:
+                # Only a shardwise holder's lock is read this sparsely: its followers hear of what changes from it
+                # (signals, published counts). A Java holder's followers read every heartbeat period, as KCL's do,
+                # so that a graceful release (the item deleted) is noticed as soon as KCL would notice it.
+                if (
+                    self._held_rvn is None
+                    and observation is not None
+                    and seen is not None
+                    and seen.from_shardwise_leader
+                ):
                     self._next_check = next_contender_check(
                         observation, seen.lease_duration_ms, now, self._heartbeat_period_s
                     )

@@ -445,7 +445,7 @@ class CountingItems:
 def test_is_leader_touches_the_store_once_per_heartbeat_period(database: Path, clock: FakeClock) -> None:
     items = CountingItems(coordinator(database))
     assert isinstance(items, ItemTable)
-    lock = LeaderLock(items, "worker-a", clock=clock.reader(0))
+    lock = LeaderLock(items, "worker-a", clock=clock.reader(0), published=lambda: {"shardwiseLeader": "worker-a"})
     assert lock.is_leader() is True
     assert items.calls == 2  # one acquisition attempt: read + put
     for _ in range(29):
@@ -469,7 +469,8 @@ def test_is_leader_touches_the_store_once_per_heartbeat_period(database: Path, c
 
 
 def test_a_contender_reads_a_live_lock_about_once_per_lease_duration(database: Path, clock: FakeClock) -> None:
-    leader = LeaderLock(coordinator(database), "worker-a", clock=clock.reader(0))
+    published = {"shardwiseLeader": "worker-a"}
+    leader = LeaderLock(coordinator(database), "worker-a", clock=clock.reader(0), published=lambda: published)
     follower_items = CountingItems(coordinator(database))
     follower = LeaderLock(follower_items, "worker-b", clock=clock.reader(0))
     assert leader.is_leader() is True
@@ -481,6 +482,23 @@ def test_a_contender_reads_a_live_lock_about_once_per_lease_duration(database: P
     # next wait starts at that read: reads at about 0, 121, 242, 363, 484 and 605 s (KCL: every 30 s, 20 reads).
     assert 5 <= len(follower_items.reads) <= 6
     assert not any(follower_items.reads)  # all eventually consistent
+
+
+def test_a_contender_reads_a_java_holders_lock_every_heartbeat_period(database: Path, clock: FakeClock) -> None:
+    # A holder that publishes nothing (a Java worker): read as KCL's followers do, so a graceful release (the item
+    # deleted) is seen within a heartbeat period.
+    java = LeaderLock(coordinator(database), "java-1", clock=clock.reader(0))
+    follower_items = CountingItems(coordinator(database))
+    follower = LeaderLock(follower_items, "worker-b", clock=clock.reader(0))
+    assert java.is_leader() is True
+    for _ in range(120):
+        assert follower.is_leader() is False
+        assert java.is_leader() is True
+        clock.advance(1)
+    assert len(follower_items.reads) == 4  # at 0, 30, 60 and 90 s
+    assert java.release()
+    clock.advance(30)
+    assert follower.is_leader() is True
 
 
 def test_is_leader_never_raises_and_stays_leader_only_within_the_lease(
