@@ -33,8 +33,9 @@ secrets = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 tokens = st.one_of(st.none(), st.text(alphabet="abcdefXYZ0123456789+/=", min_size=1, max_size=300))
 
 
-def botocore_headers(
+def both_headers(
     monkeypatch: pytest.MonkeyPatch,
+    signer: JsonPostSigner,
     *,
     endpoint: str,
     region: str,
@@ -42,15 +43,17 @@ def botocore_headers(
     credentials: ReadOnlyCredentials,
     body: bytes,
     now_s: int,
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers ``signer`` writes for one request, and the ones botocore's ``SigV4Auth`` writes for it."""
     signing_name, content_type, target = service
+    ours = signer.headers(credentials, target, body, now_s=now_s)
     request = AWSRequest(
         method="POST", url=endpoint, data=body, headers={"Content-Type": content_type, "X-Amz-Target": target}
     )
     moment = datetime.fromtimestamp(now_s, tz=timezone.utc).replace(tzinfo=None)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: moment)
     SigV4Auth(credentials, signing_name, region).add_auth(request)
-    return {name: str(value) for name, value in request.headers.items()}
+    return ours, {name: str(value) for name, value in request.headers.items()}
 
 
 @settings(max_examples=200)
@@ -77,10 +80,10 @@ def test_the_signature_is_botocores(
 ) -> None:
     credentials = ReadOnlyCredentials(access_key, secret, token)
     signer = JsonPostSigner(endpoint, region, service[0], service[1])
-    ours = signer.headers(credentials, service[2], body, now_s=now_s)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        theirs = botocore_headers(
+        ours, theirs = both_headers(
             monkeypatch,
+            signer,
             endpoint=endpoint,
             region=region,
             service=service,
@@ -111,9 +114,9 @@ def test_the_kept_signing_key_follows_the_day_and_the_secret(monkeypatch: pytest
     seen = set()
     for credentials, now_s in steps:
         body = b'{"ShardIterator":"abc","Limit":10000}'
-        ours = signer.headers(credentials, service[2], body, now_s=now_s)
-        theirs = botocore_headers(
+        ours, theirs = both_headers(
             monkeypatch,
+            signer,
             endpoint=endpoint,
             region=region,
             service=service,
