@@ -473,6 +473,18 @@ def check_every_record_processed(scenario: Scenario) -> list[Delivery]:
     return deliveries
 
 
+def _processing(events: Sequence[Lifecycle]) -> dict[str, str]:
+    """Which worker processes each shard now: the last to initialize a processor for it that has not ended."""
+    current: dict[str, str] = {}
+    for event in sorted(events, key=lambda e: e.time_ns):
+        if event.event == "initialize":
+            current[event.shard_id] = event.worker_id
+        elif event.event in ("shutdown_requested", "lease_lost", "shard_ended"):
+            if current.get(event.shard_id) == event.worker_id:
+                del current[event.shard_id]
+    return current
+
+
 def check_no_loss_across_transitions(scenario: Scenario) -> TransitionReport:
     deliveries = check_every_record_processed(scenario)
     report = check_transitions(deliveries, scenario.lifecycle())
@@ -663,9 +675,13 @@ def test_a_killed_leader_is_replaced_and_assignment_goes_on(
             held = fleet.held(leases)
             leader = scenario.leader()
             every_worker = all(held.get(w) for w in workers) and sum(len(held[w]) for w in workers) == 8
-            # No graceful handoff under way, so that the leases the leader is processing are the ones it owns.
+            # No graceful handoff under way, and every owner processing its leases (a handoff's new owner starts
+            # its processor a discovery run after the old one released the lease): the leases the leader owns are
+            # the ones it is processing.
             steady = all(lease.checkpoint_owner is None for lease in leases)
-            return leader if every_worker and steady and leader in workers else None
+            processing = _processing(scenario.lifecycle())
+            started = all(processing.get(lease.lease_key) == lease.lease_owner for lease in leases)
+            return leader if every_worker and steady and started and leader in workers else None
 
         victim = fleet.wait_until(settled, 60, lambda: f"8 leases spread over 4 workers; held {fleet.held()}")
         assert victim is not None
