@@ -28,7 +28,8 @@ shardwise leader is therefore replaced within two lease durations of its last he
 a contender first reads that heartbeat), and one that stops gracefully within one lease duration. A shardwise
 leader also writes what the others would otherwise read for themselves (``shardwiseLeader``: its name, saying it
 signals assignments on lease items; ``shardwiseMalformedLeases``: how many unreadable lease items its latest scan
-met) — attributes the lock client and KCL ignore.
+met; ``shardwiseFinalizedFeatures``: the finalized feature levels it last read, so the others read the feature
+items only when these change) — attributes the lock client and KCL ignore.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from shardwise.errors import ConfigurationError, MalformedItemError, ShardwiseEr
 from shardwise.tables.items import ItemRecord, ItemTable
 
 __all__ = [
+    "ATTR_FINALIZED_FEATURES",
     "ATTR_IS_RELEASED",
     "ATTR_LEASE_DURATION",
     "ATTR_MALFORMED_LEASES",
@@ -79,6 +81,9 @@ class LockItem:
     published_by: str | None = None
     #: ``shardwiseMalformedLeases``: unreadable lease items in that leader's latest scan (``None`` if absent).
     malformed_leases: int | None = None
+    #: ``shardwiseFinalizedFeatures``: the finalized levels that leader last read, as
+    #: :meth:`~shardwise.versions.feature_store.FinalizedFeatures.summary` writes them (``None`` if absent).
+    finalized_features: str | None = None
 
     @property
     def from_shardwise_leader(self) -> bool:
@@ -96,6 +101,7 @@ ATTR_IS_RELEASED = "isReleased"
 IS_RELEASED_VALUE = "1"
 ATTR_PUBLISHED_BY = "shardwiseLeader"
 ATTR_MALFORMED_LEASES = "shardwiseMalformedLeases"
+ATTR_FINALIZED_FEATURES = "shardwiseFinalizedFeatures"
 
 
 class LockAction(enum.Enum):
@@ -172,6 +178,7 @@ def lock_from_record(record: ItemRecord, default_lease_duration_ms: int) -> Lock
         )
     owner = attributes.get(ATTR_OWNER_NAME)
     published_by = attributes.get(ATTR_PUBLISHED_BY)
+    features = attributes.get(ATTR_FINALIZED_FEATURES)
     return LockItem(
         owner_name=owner if isinstance(owner, str) else "",
         lease_duration_ms=_lease_duration_ms(
@@ -181,6 +188,7 @@ def lock_from_record(record: ItemRecord, default_lease_duration_ms: int) -> Lock
         is_released=attributes.get(ATTR_IS_RELEASED) == IS_RELEASED_VALUE,
         published_by=published_by if isinstance(published_by, str) else None,
         malformed_leases=_count(attributes.get(ATTR_MALFORMED_LEASES)),
+        finalized_features=features if isinstance(features, str) else None,
     )
 
 

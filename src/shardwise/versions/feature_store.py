@@ -199,6 +199,11 @@ class FinalizedFeatures:
         """Only the levels that are finalized (non-zero)."""
         return {name: level for name, level in self.levels.items() if level}
 
+    def summary(self) -> str:
+        """The finalized levels in one short string (``lease.assignment=2,table.layout=2``; ``-`` for none): a
+        leader publishes it on the lock item, so that the other workers read the items only when it changes."""
+        return ",".join(f"{name}={level}" for name, level in sorted(self.finalized().items())) or "-"
+
 
 def parse_advertisement(record: ItemRecord) -> tuple[dict[str, SupportedRange], str | None, float] | None:
     """``(ranges, release, advertised at)`` of a worker record, or None when it advertises nothing (not a

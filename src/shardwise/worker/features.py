@@ -8,13 +8,19 @@ strongly consistent GetItems. After that the check runs on every worker-metrics 
 * in the single-table layout, a worker whose lease store completed a scan of the lease table since the last
   tick (the 2.x taker every ``2 × failover_time_ms``, the 3.x leader every assignment run, the shard-sync
   leader's audit) takes both items from that scan — they are in it (eventually consistent, like the scan);
-* otherwise (a 3.x worker that is not the leader, the legacy layout, a backend without shared scans) it reads
-  the two items again only every :data:`FALLBACK_TICKS`-th tick.
+* under a shardwise 3.x leader, the leader publishes the finalized levels it last read on the lock item
+  (``shardwiseFinalizedFeatures``), which the others read anyway: a worker reads the two items (eventually
+  consistently) only when that publication changes to something other than what it last read — so a steady
+  fleet's workers read them never;
+* otherwise (no leader that publishes, the legacy layout, a backend without shared scans) it reads the two
+  items only every :data:`FALLBACK_TICKS`-th tick.
 
 So a finalized level change or a ``Migration3.0`` change is noticed by a scanning worker within one tick plus
-its scan interval (50 s at KCL's defaults), and by every worker within ``FALLBACK_TICKS`` ticks (5 minutes at
-the defaults). (``Migration3.0`` changes that switch generations are followed separately, by the migration
-state machine's own poll, when the worker runs under ``client_version_config``.)
+its scan interval (50 s at KCL's defaults), by a worker under a publishing leader within the leader's notice,
+one lease duration (its next read of the lock) and one tick (about 100 s at the defaults), and by every worker
+within ``FALLBACK_TICKS`` ticks (5 minutes at the defaults). (``Migration3.0`` changes that switch generations
+are followed separately, by the migration state machine's own poll, when the worker runs under
+``client_version_config``.)
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ def stopped_while_running(problem: tuple[str, int, SupportedRange], source: str)
     )
 
 
+def _raise(error: ShardwiseError) -> None:
+    raise error
+
+
 class FeatureVersions:
     """Reads the finalized levels and writes this worker's advertisement, through the application's items."""
 
@@ -79,8 +89,13 @@ class FeatureVersions:
         *,
         clock_epoch_s: Callable[[], float],
         lease_store: LeaseStore | None = None,
+        published: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._config = config
+        #: The finalized levels the current leader published (``None``: no leader that publishes).
+        self._published = published
+        #: The publication when the items were last read (a change of it is a reason to read them again).
+        self._published_at_read: str | None = None
         self._items = items
         self._clock_epoch_s = clock_epoch_s
         self._lease_store = lease_store
@@ -93,8 +108,23 @@ class FeatureVersions:
         self.sources: dict[str, int] = {"scan": 0, "read": 0, "skipped": 0}
         #: The finalized levels as last read (0: not finalized); empty before the first read.
         self.finalized: dict[str, int] = {}
+        #: Their :meth:`~shardwise.versions.feature_store.FinalizedFeatures.summary` (``None`` before the first
+        #: read): what this worker publishes while it leads.
+        self.summary: str | None = None
         #: Whether this worker has written its advertisement (its record is then withdrawn at a clean stop).
         self.advertising = False
+        #: What stops the running worker on a level it cannot run (:meth:`enforce`); the worker sets it.
+        self.on_unsupported: Callable[[ShardwiseError], None] = _raise
+
+    def enforce(self, found: Unsupported | None, running: bool) -> bool:
+        """Act on a level this worker cannot run (``found``): refuse to start (raises), or once running, stop the
+        worker through :attr:`on_unsupported`. Returns whether there was one."""
+        if found is None:
+            return False
+        if not running:
+            raise refused_at_start(*found)
+        self.on_unsupported(stopped_while_running(*found))
+        return True
 
     def store(self) -> FeatureStore:
         if self._store is None:
@@ -130,9 +160,10 @@ class FeatureVersions:
         returns ``None`` on a tick that has nothing new to look at)."""
         store = self.store()
         finalized = self._from_scan(store) if running else None
+        published = self._published() if running else None
         if finalized is not None:
             self.sources["scan"] += 1
-        elif running and self._ticks_since_read + 1 < FALLBACK_TICKS:
+        elif running and not self._read_due(published):
             self._ticks_since_read += 1
             self.sources["skipped"] += 1
             return None
@@ -141,12 +172,24 @@ class FeatureVersions:
             # ago is noticed at the next check; admission at start reads consistently.
             finalized = store.read(detect_layout_by_scan=False, consistent=not running)
             self.sources["read"] += 1
+            self._published_at_read = published
         self._ticks_since_read = 0
         self.finalized = dict(finalized.levels)
+        self.summary = finalized.summary()
         problem = first_unsupported(finalized.levels, supported)
         if problem is None:
             return None
         return problem, finalized.sources.get(problem[0], "the features record")
+
+    def _read_due(self, published: str | None) -> bool:
+        """Whether a running check without a scan reads the items: under a leader that publishes, when its
+        publication changed since the last read and differs from what this worker last read; else every
+        :data:`FALLBACK_TICKS`-th tick."""
+        if published is None:
+            return self._ticks_since_read + 1 >= FALLBACK_TICKS
+        if published == self.summary:
+            self._published_at_read = published  # nothing new: this worker already runs on these levels
+        return published != self._published_at_read
 
     def advertise(self, supported: Mapping[str, SupportedRange]) -> None:
         """Write this worker's supported ranges on its worker record (never creates a table for it: after a

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from shardwise.errors import ConfigurationError, DependencyError, InvalidStateError, ShardwiseError
 from shardwise.leadership.deterministic import DeterministicShuffleLeaderDecider
-from shardwise.leadership.lock import ATTR_MALFORMED_LEASES, ATTR_PUBLISHED_BY, LeaderLock
+from shardwise.leadership.lock import ATTR_FINALIZED_FEATURES, ATTR_MALFORMED_LEASES, ATTR_PUBLISHED_BY, LeaderLock
 from shardwise.leases.model import RESERVED_KEYS, Lease
 from shardwise.leases.store import AssignmentSignals, LeaseStore, OwnerIndex, SharedTableScan
 from shardwise.leasing.assigner import AssignmentRun, LeaseAssignmentManager
@@ -66,6 +66,8 @@ class GenerationContext:
     rng: random.Random
     #: Whether the worker is shutting down (no leadership taken, no owner-index wait continued).
     stopping: Callable[[], bool]
+    #: The finalized feature levels this worker last read, summarized (``None`` before): a leader publishes them.
+    finalized_features: Callable[[], str | None] = lambda: None
 
     @property
     def worker_id(self) -> str:
@@ -143,6 +145,11 @@ class Generation(Protocol):
         scanned it for another reason since the last report (see :mod:`shardwise.leasing.bad_items`)."""
         ...
 
+    def published_features(self) -> str | None:
+        """The finalized feature levels another worker leading this generation published, as this worker last
+        read the lock (``None``: no such leader; see :mod:`shardwise.worker.features`). No store call."""
+        ...
+
 
 class LeaseCountGeneration:
     """KCL 2.x: every worker takes leases by count; the deterministic leader runs shard sync."""
@@ -206,6 +213,9 @@ class LeaseCountGeneration:
 
     def needs_own_malformed_scan(self) -> bool:
         return True  # the taker scans every run; only a worker whose taker could not scan gets here
+
+    def published_features(self) -> str | None:
+        return None
 
 
 def check_worker_id_for_single_table(worker_id: str) -> None:
@@ -378,7 +388,17 @@ class UtilizationGeneration:
             number, malformed = store.last_scan_malformed()
             if number:
                 published[ATTR_MALFORMED_LEASES] = str(len(malformed))
+        features = self._context.finalized_features()
+        if features is not None:
+            published[ATTR_FINALIZED_FEATURES] = features
         return published
+
+    def published_features(self) -> str | None:
+        lock = self.lock
+        seen = None if lock is None else lock.last_seen()
+        if seen is None or not seen.from_shardwise_leader or seen.owner_name == self._context.worker_id:
+            return None
+        return seen.finalized_features
 
     def _signalled(self) -> bool:
         """Whether this worker (not leading) learns of new leases from signals, not by polling the owner index."""

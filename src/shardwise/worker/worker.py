@@ -74,7 +74,7 @@ from shardwise.versions.migration_state import MIGRATION_KEY, ClientVersion
 from shardwise.worker.config import AssignmentMode, WorkerConfig, WorkerStats
 from shardwise.worker.dispatcher import Dispatcher
 from shardwise.worker.faults import initialize_with_retries
-from shardwise.worker.features import FeatureVersions, refused_at_start, stopped_while_running
+from shardwise.worker.features import FeatureVersions
 from shardwise.worker.generations import GENERATIONS, Generation, GenerationContext, request_owner_index
 from shardwise.worker.items import CoordinatorItems, kcl_2x_peers
 from shardwise.worker.loops import LoopFaults, Loops
@@ -159,7 +159,10 @@ class Worker:
         )
         # Feature versions: where the finalized levels are read and this worker's ranges advertised, and why the
         # worker stopped if it met a level it cannot run.
-        self._features = FeatureVersions(config, self._items, clock_epoch_s=clock_epoch_s, lease_store=store)
+        self._features = FeatureVersions(
+            config, self._items, clock_epoch_s=clock_epoch_s, lease_store=store, published=self._published_features
+        )
+        self._features.on_unsupported = self._stop_for
         #: Why the worker stopped on its own (a feature level it cannot run, a permanent error), else ``None``.
         self.stop_reason: ShardwiseError | None = None
         #: How many initialization attempts :meth:`run` made.
@@ -176,6 +179,7 @@ class Worker:
             clock_epoch_s,
             rng or random.Random(),
             lambda: self._dispatcher.stopping,
+            lambda: self._features.summary,
         )
         # Serializes taker runs, leader decisions and generation swaps, so a swap happens between two runs and a
         # lock is never (re)acquired by a run of the generation being left.
@@ -309,8 +313,7 @@ class Worker:
         worker refuses to run, later it stops processing cleanly (:attr:`stop_reason`)."""
         version, behaviour = step.version, step.behaviour
         problem = first_unsupported(levels_from_client_version(version), self.supported_ranges(version))
-        if problem is not None:
-            self._unsupported(problem, f"{MIGRATION_KEY} is {version.value}")
+        if self._features.enforce(problem and (problem, f"{MIGRATION_KEY} is {version.value}"), self._loops_started):
             return
         with self._coordination_lock:
             target = self._generation_for(behaviour.assignment)
@@ -436,16 +439,13 @@ class Worker:
 
     # -- feature versions ---------------------------------------------------------------------------
 
+    def _published_features(self) -> str | None:
+        return self._generation.published_features()
+
     def _check_features(self) -> None:
         """Admission (at start) and the running check: every finalized level must be one this worker runs."""
         found = self._features.first_unsupported(self.supported_ranges(), running=self._loops_started)
-        if found is not None:
-            self._unsupported(*found)
-
-    def _unsupported(self, problem: tuple[str, int, SupportedRange], source: str) -> None:
-        if not self._loops_started:
-            raise refused_at_start(problem, source)
-        self._stop_for(stopped_while_running(problem, source))
+        self._features.enforce(found, self._loops_started)
 
     def _on_permanent(self, source: str, exc: BaseException, consecutive: int) -> None:
         """A loop or shard consumer saw a permanent error ``consecutive`` times in a row: at the limit the worker

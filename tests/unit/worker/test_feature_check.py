@@ -1,9 +1,11 @@
-"""The running feature-level check reads nothing of its own where the worker scans the lease table anyway, and
-falls back to reading the two items every ``FALLBACK_TICKS`` ticks where it does not (issue 15)."""
+"""The running feature-level check reads nothing of its own where the worker scans the lease table anyway, reads
+the two items only when the leader's publication changes under a shardwise 3.x leader, and falls back to reading
+them every ``FALLBACK_TICKS`` ticks otherwise (issue 15)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -32,7 +34,10 @@ def store(moto_server: Server) -> DynamoDBLeaseStore:
     return lease_store
 
 
-def _versions(store: DynamoDBLeaseStore) -> tuple[FeatureVersions, ReadUnitsMeter]:
+def _versions(
+    store: DynamoDBLeaseStore, published: Callable[[], str | None] | None = None
+) -> tuple[FeatureVersions, ReadUnitsMeter]:
+    """A worker's feature check; one given ``published`` (a 3.x worker that does not lead) does not scan."""
     config = WorkerConfig(store.table_name, "stream", worker_id="w1")
     items = CoordinatorItems(
         config,
@@ -41,7 +46,10 @@ def _versions(store: DynamoDBLeaseStore) -> tuple[FeatureVersions, ReadUnitsMete
         metrics=NullMetricsSink(),
         clock_epoch_s=lambda: 1_000.0,
     )
-    versions = FeatureVersions(config, items, clock_epoch_s=lambda: 1_000.0, lease_store=store)
+    if published is None:
+        versions = FeatureVersions(config, items, clock_epoch_s=lambda: 1_000.0, lease_store=store)
+    else:
+        versions = FeatureVersions(config, items, clock_epoch_s=lambda: 1_000.0, published=published)
     meter = ReadUnitsMeter()
     meter.attach(store.client)
     return versions, meter
@@ -96,3 +104,51 @@ def test_a_scan_that_stopped_early_does_not_count(store: DynamoDBLeaseStore) -> 
     assert versions.sources == {"scan": 1, "read": 0, "skipped": 0}
     versions.first_unsupported(SUPPORTED, running=True)  # no scan since: a skipped tick, not a stale reuse
     assert versions.sources == {"scan": 1, "read": 0, "skipped": 1}
+
+
+def test_under_a_publishing_leader_a_worker_reads_the_items_only_when_the_publication_changes(
+    store: DynamoDBLeaseStore,
+) -> None:
+    publication: list[str | None] = [None]
+    versions, meter = _versions(store, lambda: publication[0])
+    leader_versions, _ = _versions(store)
+    assert versions.first_unsupported(SUPPORTED) is None  # admission: the two consistent GetItems
+    assert leader_versions.first_unsupported(SUPPORTED) is None
+    assert versions.summary == leader_versions.summary
+    publication[0] = leader_versions.summary  # the leader publishes what it read: the same as this worker
+    start = _item_reads(meter)
+    assert [versions.first_unsupported(SUPPORTED, running=True) for _ in range(3 * FALLBACK_TICKS)] == [None] * (
+        3 * FALLBACK_TICKS
+    )
+    assert _item_reads(meter) == start  # a steady fleet: never a read, not even the fallback's
+
+    _finalize_assignment_2(leader_versions)  # (reads through its own client)
+    start = _item_reads(meter)
+    assert versions.first_unsupported(SUPPORTED, running=True) is None  # the leader has not noticed yet
+    assert _item_reads(meter) == start
+    store.list_leases()  # the leader's next assignment run scans ...
+    assert leader_versions.first_unsupported(SUPPORTED, running=True) is not None
+    publication[0] = leader_versions.summary  # ... and its next heartbeat publishes the new levels
+    assert publication[0] is not None and f"{LEASE_ASSIGNMENT}=2" in publication[0]
+    before = _item_reads(meter)
+    found = versions.first_unsupported(SUPPORTED, running=True)
+    assert found is not None and found[0][:2] == (LEASE_ASSIGNMENT, 2)
+    assert _item_reads(meter) - before == 2  # one read of the two items, at once
+    assert versions.first_unsupported(SUPPORTED, running=True) is None  # read: nothing new until it changes again
+    assert _item_reads(meter) - before == 2
+
+
+def test_a_publication_that_never_matches_what_the_worker_reads_costs_one_read_per_change(
+    store: DynamoDBLeaseStore,
+) -> None:
+    publication: list[str | None] = ["table.layout=2,some.future.feature=3"]  # a newer leader's view, say
+    versions, meter = _versions(store, lambda: publication[0])
+    versions.first_unsupported(SUPPORTED)
+    start = _item_reads(meter)
+    for _ in range(3 * FALLBACK_TICKS):
+        versions.first_unsupported(SUPPORTED, running=True)
+    assert _item_reads(meter) - start == 2  # read once for the publication, then not again while it stays
+    publication[0] = None  # a leader that publishes nothing (a Java worker): the fallback schedule again
+    for _ in range(FALLBACK_TICKS):
+        versions.first_unsupported(SUPPORTED, running=True)
+    assert _item_reads(meter) - start == 4

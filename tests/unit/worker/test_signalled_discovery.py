@@ -11,7 +11,7 @@ import pytest
 
 from shardwise.backends.aws.leases import DynamoDBLeaseStore, DynamoDBLeaseStoreConfig
 from shardwise.checkpoint.sequence import TRIM_HORIZON
-from shardwise.leadership.lock import ATTR_MALFORMED_LEASES, ATTR_PUBLISHED_BY, LeaderLock
+from shardwise.leadership.lock import ATTR_FINALIZED_FEATURES, ATTR_MALFORMED_LEASES, ATTR_PUBLISHED_BY, LeaderLock
 from shardwise.leases.model import Lease
 from shardwise.leasing.renewer import LeaseRenewer
 from shardwise.metrics.sink import NullMetricsSink
@@ -66,6 +66,7 @@ class Setup:
             lambda: 1.0,
             random.Random(0),
             lambda: False,
+            lambda: "lease.assignment=1",  # what w2 last read of the finalized levels
         )
         self.generation = UtilizationGeneration(context)
         self.generation.open()
@@ -168,3 +169,24 @@ def test_a_worker_scans_for_malformed_leases_only_when_the_leader_says_so(
         assert setup.leader.heartbeat()
         assert lock.try_acquire() is False  # the worker's next read of the lock
         assert setup.generation.needs_own_malformed_scan() is needed
+
+
+@pytest.mark.parametrize("leader_publishes", [True, False])
+def test_the_leaders_finalized_features_reach_the_others_on_the_lock(
+    moto_server: Server, leader_publishes: bool
+) -> None:
+    setup = Setup(moto_server, leader_publishes=leader_publishes)
+    lock = setup.generation.lock
+    assert lock is not None
+    setup.published[ATTR_FINALIZED_FEATURES] = "lease.assignment=2"
+    assert setup.leader.heartbeat()
+    assert lock.try_acquire() is False  # the worker's next read of the lock
+    # Only a shardwise leader's publication counts (a Java worker taking the lock over keeps the old attribute).
+    assert setup.generation.published_features() == ("lease.assignment=2" if leader_publishes else None)
+
+    # When w2 leads, it publishes what it read itself, and takes no publication from its own lock.
+    assert setup.leader.release()
+    assert lock.try_acquire()  # w2 takes the released lock
+    seen = setup.leader.current()  # as w1 reads it now
+    assert seen is not None and seen.finalized_features == "lease.assignment=1" and seen.from_shardwise_leader
+    assert setup.generation.published_features() is None
