@@ -12,7 +12,7 @@ from shardwise.errors import ConfigurationError
 from shardwise.leases.store import LeaseStore
 from shardwise.lifecycle.stateful import StateConfig, StateServices, ensured_once
 from shardwise.metrics.sink import MetricsSink
-from shardwise.state.engines import open_local_store
+from shardwise.state.port import OpenedStore
 from shardwise.versions.features import STATE_FORMAT, SupportedRange
 from shardwise.worker.config import WorkerConfig
 
@@ -30,6 +30,16 @@ def state_levels(finalized: int, supported: SupportedRange) -> tuple[int, int]:
         )
     write = finalized if finalized > 0 else supported.max_level
     return write, supported.max_level
+
+
+def _open_local_store(path: Path, *, shard_id: str, engine: str, write_level: int, readable_level: int) -> OpenedStore:
+    """:func:`shardwise.state.engines.open_local_store`, imported on the first stateful open: a stateless worker
+    never loads the engines (nor ``rocksdict``), which would add to every worker's start-up."""
+    from shardwise.state.engines import open_local_store  # noqa: PLC0415 (see above)
+
+    return open_local_store(
+        path, shard_id=shard_id, engine=engine, write_level=write_level, readable_level=readable_level
+    )
 
 
 class StateWiring:
@@ -69,7 +79,7 @@ class StateWiring:
                 readable_level=readable,
             ),
             changelog=self._changelog,
-            open_store=open_local_store,
+            open_store=_open_local_store,
             metrics=self._metrics,
             clock_ns=self._clock_ns,
         )
