@@ -411,14 +411,14 @@ class UtilizationGeneration:
             and seen.owner_name != self._context.worker_id
         )
 
-    def _query_due(self) -> bool:
+    def _query_due(self, signalled: bool) -> bool:
         """Whether a worker that does not lead queries the owner index in this discovery run: always when polling;
         when signalled, at once if a signal arrived since the last query, else once the unsignalled interval
         (five polling ceilings) has passed — or KCL's interval, while it holds no lease or the last query left
         leases it could not take yet (a handoff under way)."""
         context = self._context
         store = context.store
-        if not self._signalled() or not isinstance(store, AssignmentSignals):
+        if not signalled or not isinstance(store, AssignmentSignals):
             return True
         if store.assignment_signals_seen() != self._signals_at_query:
             return True
@@ -446,13 +446,14 @@ class UtilizationGeneration:
             return []
         context = self._context
         lock = self.lock
+        signalled = self._signalled()
         if lock is not None and lock.holds_lock():
             # The leader assigns every lease itself, and its own scan shows which are its own: it queries the
             # owner index only for a worker that does not lead (saves a Query per interval on the leader).
             keys, self._leader_keys = self._leader_keys, None
             found = [] if keys is None else discoverer.discover(keys)
             context.metrics.put("LeaseDiscovery", "NewLeasesDiscovered", len(found))
-        elif self._query_due():
+        elif self._query_due(signalled):
             store = context.store
             self._signals_at_query = store.assignment_signals_seen() if isinstance(store, AssignmentSignals) else None
             found = discoverer.discover()
@@ -468,7 +469,7 @@ class UtilizationGeneration:
         # Signalled, a discovery run is a local check unless a query is due: it runs every renewal interval, so a
         # signal (returned by a renewal) is acted on within two renewal intervals.
         base = context.config.lease_discovery_interval_ms
-        if self._signalled():
+        if signalled:
             self._discovery_interval_ms = min(base, context.config.leases.renewal_interval_ms)
         elif found or not context.renewer.held():
             self._discovery_interval_ms = base
