@@ -39,13 +39,14 @@ from support.dynamodb_units import ReadUnitsMeter, RequestStats
 RECORDS_PER_SHARD_PER_SECOND = 20
 FEATURE_CHECK_PROSE = (
     "Every worker of either generation checks the finalized feature levels every 30 s: from its own scan of the "
-    "lease table when it made one since the last check (2.x taker, 3.x leader), else by reading the features "
-    "record and the Migration3.0 item (eventually consistent) every 10th check; the 3.x leader takes its own "
-    "leases from its scan instead of querying the owner index. The other 3.x workers query the owner index only "
-    "when a renewal returns an assignment signal (or while they hold nothing or wait for a handoff, and every 5 "
-    "minutes), read the leader lock eventually consistently once per lease duration (120 s), and scan for "
-    "malformed leases only while the leader publishes some on the lock item; every worker's malformed-lease "
-    "report otherwise rides on the scans it makes anyway."
+    "lease table when it made one since the last check (2.x taker, 3.x leader); a 3.x worker that does not lead "
+    "reads the features record and the Migration3.0 item (eventually consistent) only when the finalized levels "
+    "the leader publishes on the lock item change, a 2.x worker without a scan every 10th check; the 3.x leader "
+    "takes its own leases from its scan instead of querying the owner index. The other 3.x workers query the "
+    "owner index only when a renewal returns an assignment signal (or while they hold nothing or wait for a "
+    "handoff, and every 5 minutes), read the leader lock eventually consistently once per lease duration (120 s), "
+    "and scan for malformed leases only while the leader publishes some on the lock item; every worker's "
+    "malformed-lease report otherwise rides on the scans it makes anyway."
 )
 
 
