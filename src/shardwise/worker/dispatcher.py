@@ -14,6 +14,7 @@ discovery under way) are released without a consumer — the intake is closed.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +77,9 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._shutdown_requested = threading.Event()
         self._wake = threading.Event()  # ends the dispatcher's wait: a step done, a lease, a handoff, a shutdown
+        #: When (``clock_ns``) the dispatcher looks at the consumers next without being woken; 0 while it is
+        #: looking, or shutting down (a finished step then always wakes it).
+        self._next_look_ns = 0
         self._shutdown_deadline_ns: int | None = None
         #: Set (under the consumers' lock) once the dispatcher has finished: no shard consumer starts after it.
         self.intake_closed = False
@@ -198,6 +202,7 @@ class Dispatcher:
         shutting_down = False
         while True:
             self._wake.clear()  # a wake from here on ends the wait below at once
+            self._next_look_ns = 0
             if self._shutdown_requested.is_set() and not shutting_down:
                 shutting_down = True
                 logger.info("worker %s shuts down gracefully", self._worker_id)
@@ -221,7 +226,7 @@ class Dispatcher:
                     if consumer.is_due(now):
                         future = pool.submit(consumer.step)
                         self._running[key] = future
-                        future.add_done_callback(self._step_done)
+                        future.add_done_callback(functools.partial(self._step_done, consumer))
                     elif next_due_ns is None or consumer.next_due_ns < next_due_ns:
                         next_due_ns = consumer.next_due_ns
                 remaining = len(self._consumers)
@@ -241,7 +246,14 @@ class Dispatcher:
                         self.intake_closed = True
                     return
             wait_s = max_wait_s if next_due_ns is None else min(max_wait_s, max(0.0, (next_due_ns - now) / 1e9))
+            if not shutting_down:
+                self._next_look_ns = now + int(wait_s * 1e9)
             self._wake.wait(wait_s)
 
-    def _step_done(self, _future: concurrent.futures.Future[None]) -> None:
-        self._wake.set()
+    def _step_done(self, consumer: ShardConsumer, _future: concurrent.futures.Future[None]) -> None:
+        """A step finished: wake the dispatcher unless it looks again before this consumer is next due anyway
+        (an idle consumer's read then costs the dispatcher one pass, not two). A pass that saw this step still
+        running planned its next look without it, and that look takes it into account."""
+        next_look = self._next_look_ns
+        if next_look == 0 or consumer.is_complete or consumer.next_due_ns < next_look:
+            self._wake.set()
