@@ -77,6 +77,14 @@ class Setup:
         self.meter = ReadUnitsMeter()
         self.meter.attach(self.store.client)
 
+    def publish(self, attribute: str, value: str) -> None:
+        """The leader writes ``attribute`` on the lock item at its next heartbeat; w2 reads the lock next."""
+        self.published[attribute] = value
+        assert self.leader.heartbeat()
+        lock = self.generation.lock
+        assert lock is not None
+        assert lock.try_acquire() is False  # w2's next read of the lock
+
     def queries(self) -> int:
         return sum(n for kind, n in self.meter.snapshot().requests.items() if kind.startswith("Query"))
 
@@ -157,17 +165,13 @@ def test_a_worker_scans_for_malformed_leases_only_when_the_leader_says_so(
     moto_server: Server, leader_publishes: bool
 ) -> None:
     setup = Setup(moto_server, leader_publishes=leader_publishes)
-    lock = setup.generation.lock
-    assert lock is not None
     # A leader that publishes nothing (a Java worker): scan for yourself. A shardwise leader that has not scanned
     # yet: it will, and publish what it found.
     assert setup.generation.needs_own_malformed_scan() is not leader_publishes
     if not leader_publishes:
         return
     for count, needed in (("2", True), ("0", False)):
-        setup.published[ATTR_MALFORMED_LEASES] = count
-        assert setup.leader.heartbeat()
-        assert lock.try_acquire() is False  # the worker's next read of the lock
+        setup.publish(ATTR_MALFORMED_LEASES, count)
         assert setup.generation.needs_own_malformed_scan() is needed
 
 
@@ -176,17 +180,14 @@ def test_the_leaders_finalized_features_reach_the_others_on_the_lock(
     moto_server: Server, leader_publishes: bool
 ) -> None:
     setup = Setup(moto_server, leader_publishes=leader_publishes)
-    lock = setup.generation.lock
-    assert lock is not None
-    setup.published[ATTR_FINALIZED_FEATURES] = "lease.assignment=2"
-    assert setup.leader.heartbeat()
-    assert lock.try_acquire() is False  # the worker's next read of the lock
+    setup.publish(ATTR_FINALIZED_FEATURES, "lease.assignment=2")
     # Only a shardwise leader's publication counts (a Java worker taking the lock over keeps the old attribute).
     assert setup.generation.published_features() == ("lease.assignment=2" if leader_publishes else None)
 
     # When w2 leads, it publishes what it read itself, and takes no publication from its own lock.
     assert setup.leader.release()
-    assert lock.try_acquire()  # w2 takes the released lock
+    lock = setup.generation.lock
+    assert lock is not None and lock.try_acquire()  # w2 takes the released lock
     seen = setup.leader.current()  # as w1 reads it now
     assert seen is not None and seen.finalized_features == "lease.assignment=1" and seen.from_shardwise_leader
     assert setup.generation.published_features() is None
