@@ -479,9 +479,10 @@ def _processing(events: Sequence[Lifecycle]) -> dict[str, str]:
     for event in sorted(events, key=lambda e: e.time_ns):
         if event.event == "initialize":
             current[event.shard_id] = event.worker_id
-        elif event.event in ("shutdown_requested", "lease_lost", "shard_ended"):
-            if current.get(event.shard_id) == event.worker_id:
-                del current[event.shard_id]
+        elif event.event in ("shutdown_requested", "lease_lost", "shard_ended") and (
+            current.get(event.shard_id) == event.worker_id
+        ):
+            del current[event.shard_id]
     return current
 
 

@@ -368,11 +368,14 @@ class DynamoDBLeaseStore:
             request["ExclusiveStartKey"] = last_key
 
     def _lease_or_skip(self, item: Item) -> Lease | None:
-        """The item's lease, or ``None`` (reported once per key and reason) if it is not a valid lease."""
+        """The item's lease, or ``None`` if it is not one: a coordinator item sharing the table (the single-table
+        layout's ``Leader``, worker and feature items: expected, logged at debug level only) or a malformed lease
+        (a warning, once per key and problem)."""
         if classify_item(item) == "other":
-            entity = item.get(ATTR_ENTITY_TYPE, {}).get("S")
-            reason = f"not a lease (entityType {entity})" if entity else "not a lease (reserved coordinator key)"
-            self._report_skip(item_key(item), reason)
+            entity = item.get(ATTR_ENTITY_TYPE, {}).get("S") or "none, a reserved key"
+            logger.debug(
+                "lease table %r: item %r is a coordinator item (entityType %s)", self.table_name, item_key(item), entity
+            )
             return None
         try:
             return lease_from_item(item)

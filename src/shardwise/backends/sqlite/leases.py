@@ -147,8 +147,10 @@ class SQLiteLeaseStore:
 
     def _parse(self, row: sqlite3.Row) -> Lease | None:
         key = str(row["lease_key"])
-        if row["entity_type"] != "LEASE" or key in RESERVED_KEYS:
-            self._warn_once(key, f"not a lease (entityType {row['entity_type']})")
+        if row["entity_type"] != "LEASE" or key in RESERVED_KEYS:  # a coordinator item: expected, not reported
+            logger.debug(
+                "lease table %s: item %r is a coordinator item (entityType %s)", self._table, key, row["entity_type"]
+            )
             return None
         try:
             return lease_from_row(row)
