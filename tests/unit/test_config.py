@@ -130,11 +130,13 @@ def test_build_config_from_overrides_only() -> None:
                 parse_override("leases.failover_time_ms=3000"),
                 parse_override("consumer.max_records=25"),
                 parse_override("consumer.call_process_records_even_for_empty_list=true"),
+                parse_override("worker_metrics.lease_throughput_ema_alpha=0.5"),
                 parse_override('db="/tmp/x.db"'),
             ]
         ),
     )
     worker, backend = build_config(values)
+    assert worker.worker_metrics.lease_throughput_ema_alpha == 0.5  # KCL's fixed smoothing, for whoever wants it
     assert (worker.application_name, worker.stream_name) == ("billing", "billing-stream")
     assert worker.initial_position == InitialPosition.trim_horizon()
     assert worker.leases.failover_time_ms == 3_000

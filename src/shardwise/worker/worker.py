@@ -111,7 +111,7 @@ class Worker:
         self._clock_ns = clock_ns
         self._clock_epoch_s = clock_epoch_s
         self._follows_migration = config.client_version_config is not None
-        throughput = LeaseThroughputRecorder(clock_ns)
+        throughput = LeaseThroughputRecorder(clock_ns, alpha=config.worker_metrics.lease_throughput_ema_alpha)
         self._throughput = throughput
         self.renewer = LeaseRenewer(
             store,

@@ -31,6 +31,14 @@ class WorkerMetricsConfig:
     * ``disable_worker_metrics`` (``disableWorkerMetrics``): report no CPU; balance on throughput only.
     * ``ema_alpha`` (``workerMetricsEMAAlpha``): smoothing of a worker's ``sts`` values by the assignment
       decider.
+    * ``lease_throughput_ema_alpha``: smoothing of each lease's ``throughputKBps`` from one renewal interval to
+      the next. KCL's is a fixed 0.5; **0.2** here (not a KCL setting): with batches read every 1.5 s and an
+      interval of 3.3 s, each interval holds two or three batches, and 0.5 leaves about ±8.5 % of that
+      quantization on every lease — enough, summed over a worker's leases, to put an evenly loaded worker above
+      the rebalance threshold now and then and move a lease for nothing (``bench/RESULTS.md``, "Lease-assignment
+      generations"). 0.2 keeps about ±3.4 % and still follows a change of load within ~10 intervals (33 s), less
+      than the leader's 60 s between rebalancing runs. Java workers keep writing theirs with 0.5: both estimate
+      the same rate.
     * ``cpu_source``: ``"auto"`` (a container's cgroup when it has a CPU limit, else throughput only),
       ``"proc-stat"`` (host-wide CPU: one worker per host), ``"cgroup"`` or ``"none"``; see
       :func:`~shardwise.worker_metrics.cpu.select_cpu_source`.
@@ -42,6 +50,7 @@ class WorkerMetricsConfig:
     stale_entry_cleanup_ms: int = 86_400_000
     disable_worker_metrics: bool = False
     ema_alpha: float = 0.5
+    lease_throughput_ema_alpha: float = 0.2
     cpu_source: Literal["auto", "proc-stat", "cgroup", "none"] = "auto"
 
     def __post_init__(self) -> None:
@@ -57,9 +66,10 @@ class WorkerMetricsConfig:
             raise ConfigurationError(
                 f"disable_worker_metrics must be a bool (True or False), got {self.disable_worker_metrics!r}"
             )
-        alpha: object = self.ema_alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-            raise ConfigurationError(f"ema_alpha must be a number in (0, 1], got {alpha!r}")
+        for name in ("ema_alpha", "lease_throughput_ema_alpha"):
+            alpha: object = getattr(self, name)
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+                raise ConfigurationError(f"{name} must be a number in (0, 1], got {alpha!r}")
 
     @property
     def active_window_s(self) -> float:
