@@ -147,11 +147,13 @@ def test_java_and_shardwise_workers_share_an_application(scenario: Interop) -> N
     )
     print(f"phase 4 (sw-3, sw-4 joined): {phase4}")
 
-    # 5. The Java leader stops (releasing its lock), the other Java worker is SIGKILLed: shardwise takes over.
-    s.java["java-1"].stop()
+    # 5. The other Java worker is SIGKILLed, then the Java leader stops (releasing its lock): shardwise takes over.
+    # In this order, because a Java worker that took the released lock before its kill would hold it, dead, for
+    # Java's 120 s lock lease (CI: java-2 read the lock 0.3 s after java-1's release and before its kill).
     held = _held(s)
     killed["java-2"] = held.get("java-2", [])
     s.java["java-2"].kill()
+    s.java["java-1"].stop()
     s.wait_for(lambda: s.leader() in ("sw-3", "sw-4"), 60, lambda: f"a shardwise leader; now {s.leader()}")
     phase5 = _wait_everyone_holds(s, ["sw-3", "sw-4"], 90, "the shardwise workers to take every Java lease")
     leader = s.leader()
